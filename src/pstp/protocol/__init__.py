@@ -1,0 +1,5 @@
+"""The sans-I/O protocol core."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

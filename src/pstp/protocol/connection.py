@@ -1,0 +1,548 @@
+"""The sans-I/O connection: the one object drivers talk to (docs/protocol.md §4-§6).
+
+Bytes go in with :meth:`Connection.receive_data`; events come out of
+:meth:`Connection.events_received`; bytes to send come out of
+:meth:`Connection.data_to_send`.  The clock is passed in.  Bad input from the
+peer never raises: the connection closes (silently while the responder has not
+authenticated the initiator, otherwise with a CLOSE record) and reports
+:class:`~pstp.protocol.events.ConnectionTerminated`, keeping the cause in
+:attr:`Connection.close_exc`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from pstp.crypto.kdf import hkdf_expand_sha256
+from pstp.exceptions import (
+    ConnectionClosed,
+    ErrorCode,
+    FrameTooLarge,
+    HandshakeFailed,
+    InvalidState,
+    LocalProtocolError,
+    ProtocolError,
+    PstpError,
+    RemoteProtocolError,
+)
+from pstp.protocol.config import Config
+from pstp.protocol.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    HandshakeCompleted,
+    HeartbeatAcknowledged,
+)
+from pstp.protocol.handshake import (
+    DiscoveryBinding,
+    DiscoveryLookup,
+    InitiatorHandshake,
+    KeyRing,
+    ResponderHandshake,
+    SessionKeys,
+)
+from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
+from pstp.wire.frames import (
+    CONFIRM_LEN,
+    FRAME_HEADER_LEN,
+    RECORD_HEADER_LEN,
+    TAG_LEN,
+    ClosePayload,
+    FrameType,
+    InnerType,
+)
+
+__all__ = ["TRANSITIONS", "Connection", "ConnectionState", "Input", "Role"]
+
+_log = logging.getLogger("pstp.protocol")
+
+
+class Role(enum.Enum):
+    """Which side of the handshake we play."""
+
+    CLIENT = "initiator"
+    SERVER = "responder"
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is; waiting states say what they wait for (§4)."""
+
+    IDLE = enum.auto()
+    CLIENT_EXPECT_RESPONSE = enum.auto()
+    SERVER_EXPECT_INIT = enum.auto()
+    SERVER_EXPECT_CONFIRM = enum.auto()
+    ESTABLISHED = enum.auto()
+    CLOSED = enum.auto()
+
+
+class Input(enum.Enum):
+    """What can arrive: a handshake frame or a record's inner type."""
+
+    HS_INIT = enum.auto()
+    HS_RESP = enum.auto()
+    CONFIRM = enum.auto()
+    DATA = enum.auto()
+    PING = enum.auto()
+    PONG = enum.auto()
+    KEY_UPDATE = enum.auto()
+    CLOSE = enum.auto()
+
+
+_S = ConnectionState
+#: The legal moves (§4, table 1).  Anything else ends the connection.
+TRANSITIONS: dict[tuple[ConnectionState, Input], ConnectionState] = {
+    (_S.SERVER_EXPECT_INIT, Input.HS_INIT): _S.SERVER_EXPECT_CONFIRM,
+    (_S.CLIENT_EXPECT_RESPONSE, Input.HS_RESP): _S.ESTABLISHED,
+    (_S.SERVER_EXPECT_CONFIRM, Input.CONFIRM): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.DATA): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.PING): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.PONG): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.KEY_UPDATE): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.CLOSE): _S.CLOSED,
+}
+
+_INNER_INPUT = {
+    InnerType.CONFIRM: Input.CONFIRM,
+    InnerType.DATA: Input.DATA,
+    InnerType.PING: Input.PING,
+    InnerType.PONG: Input.PONG,
+    InnerType.KEY_UPDATE: Input.KEY_UPDATE,
+    InnerType.CLOSE: Input.CLOSE,
+}
+
+# A record frame body: record header, inner type, payload, tag (§6.1).
+_RECORD_EXTRA = RECORD_HEADER_LEN + 1 + TAG_LEN
+# Heartbeat body: an 8-byte counter echoed by PONG (§6.5).
+_PING_LEN = 8
+
+
+class Connection:
+    """One PSTP/2 session, either role, with no I/O of its own.
+
+    Args:
+        role: initiator (``Role.CLIENT``) or responder (``Role.SERVER``).
+        config: limits and algorithms.
+        pair_key: initiator only: the 32-byte pair key.
+        timestamp: initiator only: wall-clock nanoseconds for HS_INIT (§5.1).
+        responder_id: initiator only: the device id we expect, if known.
+        discovery: initiator only: the (nonce, PING, PONG) that found the peer.
+        keyring: responder only: the keys we accept.
+        own_id: responder only: our device id.
+        discovery_lookup: responder only: PING/PONG exchanged under a nonce.
+        logger: where debug lines go (``<`` received, ``>`` sent, ``=`` state).
+
+    Raises:
+        LocalProtocolError: a role-specific argument is missing.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        config: Config | None = None,
+        *,
+        pair_key: bytes | None = None,
+        timestamp: int | None = None,
+        responder_id: str | None = None,
+        discovery: DiscoveryBinding | None = None,
+        keyring: KeyRing | None = None,
+        own_id: str | None = None,
+        discovery_lookup: DiscoveryLookup | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.role = role
+        self.config = config or Config()
+        self._log = logger or _log
+        self.debug = self._log.isEnabledFor(logging.DEBUG)
+        self._state = ConnectionState.IDLE
+        self._initiator: InitiatorHandshake | None = None
+        self._responder: ResponderHandshake | None = None
+        if role is Role.CLIENT:
+            if pair_key is None or timestamp is None:
+                raise LocalProtocolError("an initiator needs pair_key and timestamp")
+            self._client_args = (pair_key, timestamp, responder_id, discovery)
+        else:
+            if keyring is None or own_id is None:
+                raise LocalProtocolError("a responder needs keyring and own_id")
+            keepalive = self.config.keepalive_interval
+            self._responder = ResponderHandshake(
+                keyring,
+                self.config,
+                own_id=own_id,
+                discovery_lookup=discovery_lookup,
+                keepalive_ms=int(keepalive * 1000) if keepalive else 0,
+            )
+        self._inbuf = bytearray()
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._sender: RecordSender | None = None
+        self._receiver: RecordReceiver | None = None
+        self._keys: SessionKeys | None = None
+        self._now = 0.0
+        self._handshake_deadline: float | None = None
+        self._keepalive: float | None = self.config.keepalive_interval
+        self._last_rx = 0.0
+        self._pings_out = 0
+        self._ping_sent_at: dict[int, float] = {}
+        self._ping_counter = 0
+        self.peer_id: str | None = None
+        self.service: str | None = None
+        self.close_exc: PstpError | None = None
+        self.dropped_records = 0
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return self._state
+
+    def _set_state(self, new: ConnectionState) -> None:
+        if self.debug:
+            self._log.debug("= %s %s -> %s", self.role.value, self._state.name, new.name)
+        self._state = new
+
+    def _transition(self, inp: Input) -> None:
+        new = TRANSITIONS.get((self._state, inp))
+        if new is None:
+            raise RemoteProtocolError(f"unexpected {inp.name} in {self._state.name}")
+        self._set_state(new)
+
+    @property
+    def session_id(self) -> bytes:
+        """The final handshake hash, unique to this session.
+
+        Raises:
+            InvalidState: the handshake is not complete.
+        """
+        return self._session_keys().session_id
+
+    @property
+    def suite(self) -> int:
+        """The negotiated record suite.
+
+        Raises:
+            InvalidState: the handshake is not complete.
+        """
+        return self._session_keys().suite
+
+    def _session_keys(self) -> SessionKeys:
+        if self._keys is None or self._state is not ConnectionState.ESTABLISHED:
+            raise InvalidState("the handshake is not complete")
+        return self._keys
+
+    def export_secret(self, label: str, length: int = 32) -> bytes:
+        """Derive a session-bound secret for ``label`` (§5.6), e.g. a resumption secret.
+
+        Raises:
+            InvalidState: the handshake is not complete.
+        """
+        prk = self._session_keys().exporter_secret
+        return hkdf_expand_sha256(prk, b"PSTP/2 export " + label.encode("utf-8"), length)
+
+    # -- verbs ---------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin: the initiator queues HS_INIT; the responder starts waiting.
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: already started.
+        """
+        if self._state is not ConnectionState.IDLE:
+            raise InvalidState("connection already started")
+        self._now = now
+        self._handshake_deadline = now + self.config.handshake_timeout
+        if self.role is Role.CLIENT:
+            pair_key, timestamp, responder_id, discovery = self._client_args
+            self._initiator = InitiatorHandshake(
+                pair_key,
+                self.config,
+                timestamp=timestamp,
+                responder_id=responder_id,
+                discovery=discovery,
+            )
+            self._out.append(self._initiator.message.serialize())
+            self._set_state(ConnectionState.CLIENT_EXPECT_RESPONSE)
+        else:
+            self._set_state(ConnectionState.SERVER_EXPECT_INIT)
+
+    def send_data(self, data: bytes) -> None:
+        """Queue application bytes, split into records of the peer's maximum size.
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: the connection is not established.
+        """
+        if self._state is not ConnectionState.ESTABLISHED:
+            raise InvalidState(f"cannot send in state {self._state.name}")
+        step = self._sender_or_raise().max_body
+        view = memoryview(data)
+        for off in range(0, len(view), step):
+            self._seal(InnerType.DATA, bytes(view[off : off + step]))
+
+    def send_ping(self) -> None:
+        """Send a heartbeat PING now (heartbeats are also automatic).
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: the connection is not established.
+        """
+        if self._state is not ConnectionState.ESTABLISHED:
+            raise InvalidState(f"cannot ping in state {self._state.name}")
+        self._ping_counter += 1
+        self._ping_sent_at[self._ping_counter] = self._now
+        self._seal(InnerType.PING, self._ping_counter.to_bytes(_PING_LEN, "big"))
+
+    def close(self, code: ErrorCode | int = ErrorCode.NORMAL, reason: str = "") -> None:
+        """Close with an authenticated CLOSE record (silently before keys exist).
+
+        Flush with `data_to_send()` afterwards.  Closing twice does nothing.
+        """
+        if self._state is ConnectionState.CLOSED:
+            return
+        self._terminate(int(code), reason, by_peer=False, exc=None)
+
+    # -- input ---------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes from the transport.  Never raises for bad peer input.
+
+        Flush with `data_to_send()` afterwards.
+        """
+        self._now = now
+        if self._state is ConnectionState.CLOSED or not data:
+            return
+        if self._state is ConnectionState.IDLE:
+            raise InvalidState("receive_data before start")
+        buf = self._inbuf
+        buf += data
+        try:
+            pos = 0
+            while self._state is not ConnectionState.CLOSED:
+                if len(buf) - pos < FRAME_HEADER_LEN:
+                    break
+                ftype = buf[pos]
+                length = int.from_bytes(buf[pos + 1 : pos + 4], "big")
+                self._check_frame_size(ftype, length)
+                end = pos + FRAME_HEADER_LEN + length
+                if len(buf) < end:
+                    break
+                self._handle_frame(ftype, bytes(buf[pos:end]))
+                pos = end
+            del buf[:pos]
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def receive_eof(self, now: float) -> None:
+        """The transport ended.  Without a CLOSE record first, that is truncation.
+
+        Flush with `data_to_send()` afterwards (nothing will be queued).
+        """
+        self._now = now
+        if self._state is ConnectionState.CLOSED:
+            return
+        exc = RemoteProtocolError("connection ended without a CLOSE record")
+        self.close_exc = exc
+        self._out.clear()
+        self._set_state(ConnectionState.CLOSED)
+        self._events.append(
+            ConnectionTerminated(code=ErrorCode.TRUNCATED, reason=str(exc), by_peer=False)
+        )
+
+    def _check_frame_size(self, ftype: int, length: int) -> None:
+        # Checked from the header alone, before any body is buffered (§6.1, §10).
+        if ftype == FrameType.RECORD:
+            limit = self.config.max_record_size + _RECORD_EXTRA
+        elif ftype in (FrameType.HS_INIT, FrameType.HS_RESP):
+            limit = self.config.max_handshake_size
+        else:
+            raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
+        if length > limit:
+            raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {limit}")
+
+    def _handle_frame(self, ftype: int, frame: bytes) -> None:
+        body = frame[FRAME_HEADER_LEN:]
+        if ftype == FrameType.HS_INIT:
+            if self.debug:
+                self._log.debug("< HS_INIT %d bytes", len(frame))
+            self._transition(Input.HS_INIT)
+            self._on_hs_init(body)
+        elif ftype == FrameType.HS_RESP:
+            if self.debug:
+                self._log.debug("< HS_RESP %d bytes", len(frame))
+            self._transition(Input.HS_RESP)
+            self._on_hs_resp(body)
+        else:
+            if self._receiver is None:
+                raise RemoteProtocolError("record before the handshake")
+            self._on_record(frame)
+
+    def _on_hs_init(self, body: bytes) -> None:
+        assert self._responder is not None
+        self._responder.read_init(body)
+        frame, keys = self._responder.write_response()
+        assert self._responder.peer is not None
+        self.peer_id = self._responder.peer.device_id
+        self.service = self._responder.service
+        self._install_keys(keys, send_key=keys.r2i_key, recv_key=keys.i2r_key)
+        self._out.append(frame)
+
+    def _on_hs_resp(self, body: bytes) -> None:
+        assert self._initiator is not None
+        keys = self._initiator.read_response(body)
+        self.peer_id = keys.responder_id
+        self.service = self.config.service
+        if keys.keepalive_ms and self._keepalive:
+            self._keepalive = min(self._keepalive, keys.keepalive_ms / 1000)
+        self._install_keys(keys, send_key=keys.i2r_key, recv_key=keys.r2i_key)
+        self._seal(InnerType.CONFIRM, self._initiator.confirm)
+        self._established()
+
+    def _install_keys(self, keys: SessionKeys, *, send_key: bytes, recv_key: bytes) -> None:
+        cipher = cipher_for_suite(keys.suite)
+        max_body = min(keys.peer_max_record, self.config.max_record_size)
+        self._keys = keys
+        self._sender = RecordSender(cipher, send_key, self.config, self._now, max_body)
+        self._receiver = RecordReceiver(cipher, recv_key, self.config)
+
+    def _established(self) -> None:
+        assert self._keys is not None
+        self._handshake_deadline = None
+        self._last_rx = self._now
+        self._events.append(
+            HandshakeCompleted(
+                peer_id=self.peer_id or "",
+                suite=self._keys.suite,
+                session_id=self._keys.session_id,
+                service=self.service or "",
+            )
+        )
+
+    def _on_record(self, frame: bytes) -> None:
+        assert self._receiver is not None
+        try:
+            inner, body = self._receiver.open(frame)
+        except RemoteProtocolError:
+            # On a transport that may duplicate or reorder (§6.3), a bad
+            # record is dropped and the session goes on; on a stream it is fatal.
+            if self.config.ordered or self._state is not ConnectionState.ESTABLISHED:
+                raise
+            self.dropped_records += 1
+            return
+        try:
+            inp = _INNER_INPUT[InnerType(inner)]
+        except ValueError as exc:
+            raise RemoteProtocolError(f"unknown record type 0x{inner:02x}") from exc
+        if self.debug:
+            self._log.debug("< %s %d bytes", inp.name, len(body))
+        self._transition(inp)
+        self._last_rx = self._now
+        self._pings_out = 0
+        if inp is Input.DATA:
+            self._events.append(DataReceived(data=body))
+        elif inp is Input.CONFIRM:
+            assert self._responder is not None
+            if len(body) != CONFIRM_LEN:
+                raise HandshakeFailed("bad confirm length")
+            self._responder.check_confirm(body)
+            self._established()
+        elif inp is Input.PING:
+            if len(body) != _PING_LEN:
+                raise RemoteProtocolError("bad PING length")
+            self._seal(InnerType.PONG, body)
+        elif inp is Input.PONG:
+            sent = self._ping_sent_at.pop(int.from_bytes(body, "big"), None)
+            if sent is not None:
+                self._events.append(HeartbeatAcknowledged(rtt=self._now - sent))
+        elif inp is Input.CLOSE:
+            msg = ClosePayload.parse(body)
+            self.close_exc = ConnectionClosed(msg.code, msg.reason)
+            self._out.clear()
+            self._events.append(
+                ConnectionTerminated(code=msg.code, reason=msg.reason, by_peer=True)
+            )
+        # KEY_UPDATE needs nothing here: the receiver already ratcheted.
+
+    # -- output --------------------------------------------------------------
+
+    def _sender_or_raise(self) -> RecordSender:
+        if self._sender is None:
+            raise InvalidState("no keys yet")
+        return self._sender
+
+    def _seal(self, inner: InnerType, body: bytes) -> None:
+        if self.debug:
+            self._log.debug("> %s %d bytes", inner.name, len(body))
+        self._out.append(self._sender_or_raise().seal(inner, body, self._now))
+
+    def data_to_send(self) -> bytes:
+        """Return and forget the bytes queued for the transport (``b""`` when idle)."""
+        if not self._out:
+            return b""
+        out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        return out
+
+    def events_received(self) -> list[Event]:
+        """Return and forget the events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    # -- timers --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` should next be called, or ``None``."""
+        if self._state is ConnectionState.CLOSED:
+            return None
+        if self._handshake_deadline is not None:
+            return self._handshake_deadline
+        if self._state is ConnectionState.ESTABLISHED and self._keepalive:
+            return self._last_rx + self._keepalive * (self._pings_out + 1)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``: handshake timeout, heartbeats, dead peer.
+
+        Flush with `data_to_send()` afterwards.
+        """
+        self._now = now
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return
+        if self._handshake_deadline is not None:
+            self._fail(HandshakeFailed("handshake timed out"), ErrorCode.TIMEOUT)
+        elif self._pings_out >= self.config.keepalive_count_max:
+            self._fail(
+                RemoteProtocolError(f"peer silent after {self._pings_out} heartbeats"),
+                ErrorCode.TIMEOUT,
+            )
+        else:
+            self._pings_out += 1
+            self.send_ping()
+
+    # -- ending --------------------------------------------------------------
+
+    def _fail(self, exc: ProtocolError, code: ErrorCode | None = None) -> None:
+        if self.debug:
+            self._log.debug("= %s error: %s", self.role.value, exc)
+        self._terminate(int(code if code is not None else exc.code), str(exc), False, exc)
+
+    def _terminate(
+        self, code: int, reason: str, by_peer: bool, exc: ProtocolError | None
+    ) -> None:
+        # Before the responder has verified confirm_I, nothing is sent: an
+        # unauthenticated peer learns nothing from our reaction (§5.1, §12).
+        may_speak = self._state is ConnectionState.ESTABLISHED and self._sender is not None
+        if may_speak:
+            wire_reason = reason if exc is None else ""  # never send error text (§9)
+            try:
+                self._seal(InnerType.CLOSE, ClosePayload(code, wire_reason).serialize())
+            except LocalProtocolError:
+                pass
+        self.close_exc = exc if exc is not None else ConnectionClosed(code, reason)
+        self._set_state(ConnectionState.CLOSED)
+        self._events.append(ConnectionTerminated(code=code, reason=reason, by_peer=by_peer))

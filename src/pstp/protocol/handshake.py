@@ -1,0 +1,449 @@
+"""PSTP-HS: the session handshake (docs/protocol.md §5).
+
+Noise ``NNpsk0`` over P-256, AES-256-GCM and SHA-256, keyed by a pair key,
+with an encrypted monotonic timestamp, a blinded key id, capability
+negotiation inside the transcript, and explicit key confirmation::
+
+    HS_INIT   I -> R   version, flags, kid, [nonce], e_I, AEAD(timestamp, versions, suites, ...)
+    HS_RESP   R -> I   version, e_R, AEAD(suite, max_record, keepalive, responder id), confirm_R
+    CONFIRM   I -> R   first record: confirm_I
+
+The responder finds the pair key by trial-matching the key id, and decrypts
+HS_INIT before it spends an ECDH; any failure up to then leaves it silent.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from pstp.crypto.kdf import hkdf_expand_sha256, hkdf_sha256, hmac_sha256, random_bytes
+from pstp.exceptions import DecryptError, HandshakeFailed, LocalProtocolError, RemoteProtocolError
+from pstp.protocol.config import Config
+from pstp.protocol.noise import HandshakeState
+from pstp.wire.frames import (
+    HS_FLAG_DISCOVERY,
+    HS_FLAG_RESPONDER_ID,
+    NONCE_LEN,
+    P256_POINT_LEN,
+    HsInit,
+    HsResp,
+    InitPayload,
+    RespPayload,
+    hs_init_header,
+)
+
+__all__ = [
+    "NOISE_PROTOCOL",
+    "PAIR_KEY_LEN",
+    "DiscoveryBinding",
+    "DiscoveryLookup",
+    "InitiatorHandshake",
+    "KeyRing",
+    "PeerKey",
+    "ResponderHandshake",
+    "SessionKeys",
+    "build_prologue",
+    "make_kid",
+]
+
+#: The Noise protocol the handshake instantiates (§5).
+NOISE_PROTOCOL = "Noise_NNpsk0_P256_AESGCM_SHA256"
+#: Pair keys are 32 bytes from a CSPRNG (§4).
+PAIR_KEY_LEN = 32
+
+# Domain-separation labels (§5.2, §5.5).  Each use of the pair key or of the
+# final chaining key gets its own label, so no value is valid in two roles.
+LABEL_PSK = b"PSTP/2 psk"
+LABEL_KID = b"PSTP/2 key id"
+LABEL_PROLOGUE = b"PSTP/2 prologue"
+LABEL_CONFIRM_R = b"PSTP/2 confirm responder"
+LABEL_CONFIRM_I = b"PSTP/2 confirm initiator"
+LABEL_EXPORTER = b"PSTP/2 exporter"
+_KID_RANDOM_LEN = 16
+
+#: What an initiator saw in discovery: (nonce, raw PING, raw PONG), §5.3.
+DiscoveryBinding = tuple[bytes, bytes, bytes]
+#: Responder callback: the PING and PONG it exchanged under a nonce, if any.
+DiscoveryLookup = Callable[[bytes], tuple[bytes, bytes] | None]
+
+
+def _derive(pair_key: bytes, label: bytes) -> bytes:
+    if len(pair_key) != PAIR_KEY_LEN:
+        raise ValueError("a pair key is exactly 32 bytes")
+    return hkdf_sha256(pair_key, salt=None, info=label, length=32)
+
+
+def make_kid(kid_key: bytes, r: bytes) -> bytes:
+    """Key id ``r || HMAC-SHA256(kid_key, r)[:16]`` (§5.2)."""
+    return r + hmac_sha256(kid_key, r)[:16]
+
+
+@dataclass(slots=True)
+class PeerKey:
+    """A pair key as the responder holds it.
+
+    Attributes:
+        device_id: the peer's device id.
+        psk: the Noise psk derived from the pair key.
+        kid_key: the key-id MAC key derived from the pair key.
+        last_timestamp: the newest HS_INIT timestamp accepted (replay guard).
+    """
+
+    device_id: str
+    psk: bytes = field(repr=False)
+    kid_key: bytes = field(repr=False)
+    last_timestamp: int = 0
+
+    @classmethod
+    def from_pair_key(cls, device_id: str, pair_key: bytes) -> PeerKey:
+        """Derive the per-use keys from a 32-byte pair key.
+
+        Raises:
+            ValueError: the pair key is not 32 bytes.
+        """
+        return cls(device_id, _derive(pair_key, LABEL_PSK), _derive(pair_key, LABEL_KID))
+
+    def matches(self, kid: bytes) -> bool:
+        """True if ``kid`` was made with this key (constant-time compare)."""
+        expected = hmac_sha256(self.kid_key, kid[:_KID_RANDOM_LEN])[:16]
+        return hmac.compare_digest(expected, kid[_KID_RANDOM_LEN:])
+
+
+class KeyRing:
+    """The responder's pair keys, found by key id (§5.2).
+
+    The ring is shared by every connection of a server; it also holds the
+    replay guard (the newest timestamp accepted per key).
+    """
+
+    def __init__(self) -> None:
+        self._peers: dict[str, PeerKey] = {}
+
+    def add(self, device_id: str, pair_key: bytes, last_timestamp: int = 0) -> None:
+        """Add or replace a peer's pair key.
+
+        Raises:
+            ValueError: the pair key is not 32 bytes.
+        """
+        peer = PeerKey.from_pair_key(device_id, pair_key)
+        old = self._peers.get(device_id)
+        peer.last_timestamp = max(last_timestamp, old.last_timestamp if old else 0)
+        self._peers[device_id] = peer
+
+    def remove(self, device_id: str) -> None:
+        """Forget a peer (no error if unknown)."""
+        self._peers.pop(device_id, None)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._peers
+
+    def __iter__(self) -> Iterator[PeerKey]:
+        return iter(list(self._peers.values()))
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def find(self, kid: bytes) -> PeerKey | None:
+        """Return the peer whose key made ``kid``, trying every key.
+
+        Every key is tried even after a match, so the time taken does not
+        depend on which peer matched.
+        """
+        found = None
+        for peer in self._peers.values():
+            if peer.matches(kid) and found is None:
+                found = peer
+        return found
+
+
+def build_prologue(init_header: bytes, responder_id: str | None, ping: bytes, pong: bytes) -> bytes:
+    """The Noise prologue (§5.3): label, HS_INIT cleartext header, ids, discovery bytes."""
+    rid = b"" if responder_id is None else responder_id.encode("utf-8")
+    return b"".join(
+        (
+            LABEL_PROLOGUE,
+            len(init_header).to_bytes(2, "big"),
+            init_header,
+            len(rid).to_bytes(1, "big"),
+            rid,
+            len(ping).to_bytes(2, "big"),
+            ping,
+            len(pong).to_bytes(2, "big"),
+            pong,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """What a completed handshake hands to the record layer (§5.5).
+
+    Attributes:
+        suite: the negotiated record suite.
+        i2r_key: initiator-to-responder key, epoch 0.
+        r2i_key: responder-to-initiator key, epoch 0.
+        session_id: the final handshake hash ``h``.
+        exporter_secret: secret from which session-bound values are derived (§5.6).
+        peer_max_record: the largest record body the peer accepts.
+        keepalive_ms: the responder's heartbeat interval hint (0 = none).
+        responder_id: the responder's device id as it stated it.
+    """
+
+    suite: int
+    i2r_key: bytes = field(repr=False)
+    r2i_key: bytes = field(repr=False)
+    session_id: bytes
+    exporter_secret: bytes = field(repr=False)
+    peer_max_record: int
+    keepalive_ms: int
+    responder_id: str
+
+
+def _confirm(ck: bytes, label: bytes, h: bytes) -> bytes:
+    return hmac_sha256(hkdf_expand_sha256(ck, label, 32), h)
+
+
+def _negotiated_version(offered: tuple[int, ...], ours: tuple[int, ...]) -> int | None:
+    common = set(offered) & set(ours)
+    return max(common) if common else None
+
+
+class InitiatorHandshake:
+    """The initiator's half of PSTP-HS.
+
+    Args:
+        pair_key: the 32-byte pair key.
+        config: versions, suites and limits offered.
+        timestamp: nanoseconds since the Unix epoch; must grow with every
+            handshake under this pair key (§5.1).
+        responder_id: the device id we expect to reach, bound into the
+            prologue; ``None`` if unknown (the responder then states it).
+        discovery: the (nonce, PING, PONG) that led here, bound into the
+            prologue; ``None`` when the address came from elsewhere.
+        ephemeral: fixed ephemeral private key (test vectors only).
+        kid_random: fixed key-id randomness (test vectors only).
+
+    Raises:
+        ValueError: bad key or nonce length.
+    """
+
+    def __init__(
+        self,
+        pair_key: bytes,
+        config: Config,
+        *,
+        timestamp: int,
+        responder_id: str | None = None,
+        discovery: DiscoveryBinding | None = None,
+        ephemeral: bytes | None = None,
+        kid_random: bytes | None = None,
+    ) -> None:
+        peer = PeerKey.from_pair_key(responder_id or "", pair_key)
+        self._config = config
+        self._responder_id = responder_id
+        flags = (HS_FLAG_RESPONDER_ID if responder_id is not None else 0) | (
+            HS_FLAG_DISCOVERY if discovery is not None else 0
+        )
+        nonce, ping, pong = discovery if discovery is not None else (None, b"", b"")
+        if nonce is not None and len(nonce) != NONCE_LEN:
+            raise ValueError("discovery nonce must be 16 bytes")
+        r = kid_random if kid_random is not None else random_bytes(_KID_RANDOM_LEN)
+        self._version = max(config.versions)
+        kid = make_kid(peer.kid_key, r)
+        header = hs_init_header(self._version, flags, kid, nonce)
+        self._noise = HandshakeState(
+            NOISE_PROTOCOL,
+            initiator=True,
+            prologue=build_prologue(header, responder_id, ping, pong),
+            psks=[peer.psk],
+            e=ephemeral,
+        )
+        payload = InitPayload(
+            timestamp=timestamp,
+            versions=tuple(config.versions),
+            suites=tuple(int(s) for s in config.suites),
+            max_record=config.max_record_size,
+            service=config.service,
+        )
+        raw = self._noise.write_message(payload.serialize())
+        eph, ct = raw[:P256_POINT_LEN], raw[P256_POINT_LEN:]
+        self.message = HsInit(self._version, flags, kid, nonce, eph, ct)
+        self.confirm: bytes = b""
+
+    def read_response(self, body: bytes) -> SessionKeys:
+        """Process HS_RESP and check confirm_R.
+
+        On success ``self.confirm`` holds confirm_I for the first record.
+
+        Raises:
+            HandshakeFailed: malformed, wrong version, bad point, bad
+                confirm_R, or a suite we did not offer.
+            DecryptError: the payload did not decrypt.
+        """
+        try:
+            msg = HsResp.parse(body)
+            if msg.version != self._version:
+                raise HandshakeFailed("responder answered with another version")
+            plain = self._noise.read_message(msg.ephemeral + msg.ciphertext)
+            payload = RespPayload.parse(plain)
+        except (HandshakeFailed, DecryptError):
+            raise
+        except RemoteProtocolError as exc:
+            raise HandshakeFailed("malformed HS_RESP") from exc
+        ck, h = self._noise.chaining_key, self._noise.handshake_hash
+        if not hmac.compare_digest(_confirm(ck, LABEL_CONFIRM_R, h), msg.confirm):
+            raise HandshakeFailed("responder key confirmation failed")
+        if payload.suite not in self._config.suites:
+            raise HandshakeFailed("responder chose a suite we did not offer")
+        if self._responder_id is not None and payload.responder_id != self._responder_id:
+            raise HandshakeFailed("responder stated another device id")
+        if payload.max_record < 1024:
+            raise HandshakeFailed("responder record limit below the minimum")
+        self.confirm = _confirm(ck, LABEL_CONFIRM_I, h)
+        i2r, r2i = self._noise.split()
+        return SessionKeys(
+            suite=payload.suite,
+            i2r_key=i2r.key,
+            r2i_key=r2i.key,
+            session_id=h,
+            exporter_secret=hkdf_expand_sha256(ck, LABEL_EXPORTER, 32),
+            peer_max_record=payload.max_record,
+            keepalive_ms=payload.keepalive_ms,
+            responder_id=payload.responder_id,
+        )
+
+
+class ResponderHandshake:
+    """The responder's half of PSTP-HS.
+
+    Args:
+        keyring: the pair keys we accept, with their replay guards.
+        config: versions, suites and limits we accept.
+        own_id: our device id, stated in HS_RESP and checked against the prologue.
+        discovery_lookup: finds the PING/PONG we exchanged under a nonce.
+        keepalive_ms: the heartbeat interval we suggest.
+        ephemeral: fixed ephemeral private key (test vectors only).
+    """
+
+    def __init__(
+        self,
+        keyring: KeyRing,
+        config: Config,
+        *,
+        own_id: str,
+        discovery_lookup: DiscoveryLookup | None = None,
+        keepalive_ms: int = 0,
+        ephemeral: bytes | None = None,
+    ) -> None:
+        self._keyring = keyring
+        self._config = config
+        self._own_id = own_id
+        self._lookup = discovery_lookup
+        self._keepalive_ms = keepalive_ms
+        self._ephemeral = ephemeral
+        self._noise: HandshakeState | None = None
+        self._init: InitPayload | None = None
+        self._version = 0
+        self.peer: PeerKey | None = None
+        self._confirm_i = b""
+
+    @property
+    def service(self) -> str:
+        """The service the initiator asked for (after :meth:`read_init`)."""
+        return self._init.service if self._init is not None else ""
+
+    def read_init(self, body: bytes) -> None:
+        """Authenticate HS_INIT without any ECDH (§5.1).
+
+        The replay guard of the matched key moves only when every check passes.
+
+        Raises:
+            HandshakeFailed: unknown key id, bad version, unknown discovery
+                nonce, replayed or stale timestamp, downgrade, no common suite.
+            DecryptError: the payload did not decrypt.
+            RemoteProtocolError: malformed.
+        """
+        msg = HsInit.parse(body)
+        if msg.version not in self._config.versions:
+            raise HandshakeFailed("unsupported version")
+        peer = self._keyring.find(msg.kid)
+        if peer is None:
+            raise HandshakeFailed("unknown key id")
+        ping = pong = b""
+        if msg.discovery_nonce is not None:
+            seen = self._lookup(msg.discovery_nonce) if self._lookup is not None else None
+            if seen is None:
+                raise HandshakeFailed("unknown discovery nonce")
+            ping, pong = seen
+        rid = self._own_id if msg.flags & HS_FLAG_RESPONDER_ID else None
+        noise = HandshakeState(
+            NOISE_PROTOCOL,
+            initiator=False,
+            prologue=build_prologue(msg.header_bytes(), rid, ping, pong),
+            psks=[peer.psk],
+            e=self._ephemeral,
+        )
+        payload = InitPayload.parse(noise.read_message(msg.ephemeral + msg.ciphertext))
+        if payload.timestamp <= peer.last_timestamp:
+            raise HandshakeFailed("replayed or stale HS_INIT")
+        # Downgrade guard (§11): the header must carry the best common version.
+        if _negotiated_version(payload.versions, self._config.versions) != msg.version:
+            raise HandshakeFailed("version downgrade detected")
+        if not any(s in payload.suites for s in self._config.suites):
+            raise HandshakeFailed("no common cipher suite")
+        if payload.max_record < 1024:
+            raise HandshakeFailed("initiator record limit below the minimum")
+        peer.last_timestamp = payload.timestamp
+        self.peer, self._noise, self._init, self._version = peer, noise, payload, msg.version
+
+    def write_response(self) -> tuple[bytes, SessionKeys]:
+        """Build HS_RESP (this is where the one ECDH happens).
+
+        Returns:
+            The HS_RESP frame and the session keys.
+
+        Raises:
+            LocalProtocolError: :meth:`read_init` has not succeeded.
+            HandshakeFailed: the initiator's ephemeral is not a valid point.
+        """
+        if self._noise is None or self._init is None:
+            raise LocalProtocolError("write_response before read_init")
+        suite = int(next(s for s in self._config.suites if s in self._init.suites))
+        payload = RespPayload(
+            suite=suite,
+            max_record=self._config.max_record_size,
+            keepalive_ms=self._keepalive_ms,
+            responder_id=self._own_id,
+        )
+        raw = self._noise.write_message(payload.serialize())
+        ck, h = self._noise.chaining_key, self._noise.handshake_hash
+        self._confirm_i = _confirm(ck, LABEL_CONFIRM_I, h)
+        frame = HsResp(
+            self._version,
+            raw[:P256_POINT_LEN],
+            raw[P256_POINT_LEN:],
+            _confirm(ck, LABEL_CONFIRM_R, h),
+        ).serialize()
+        i2r, r2i = self._noise.split()
+        keys = SessionKeys(
+            suite=suite,
+            i2r_key=i2r.key,
+            r2i_key=r2i.key,
+            session_id=h,
+            exporter_secret=hkdf_expand_sha256(ck, LABEL_EXPORTER, 32),
+            peer_max_record=self._init.max_record,
+            keepalive_ms=self._keepalive_ms,
+            responder_id=self._own_id,
+        )
+        return frame, keys
+
+    def check_confirm(self, confirm_i: bytes) -> None:
+        """Verify confirm_I from the initiator's first record (§5.5).
+
+        Raises:
+            HandshakeFailed: it does not match.
+        """
+        if not self._confirm_i or not hmac.compare_digest(self._confirm_i, confirm_i):
+            raise HandshakeFailed("initiator key confirmation failed")
