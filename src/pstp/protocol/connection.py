@@ -529,7 +529,11 @@ class Connection:
     def _fail(self, exc: ProtocolError, code: ErrorCode | None = None) -> None:
         if self.debug:
             self._log.debug("= %s error: %s", self.role.value, exc)
-        self._terminate(int(code if code is not None else exc.code), str(exc), False, exc)
+        if code is None:
+            # Before the handshake completes every failure reads the same (§5.1):
+            # an unknown key id and a bad tag must not be told apart, even in logs.
+            code = ErrorCode.HANDSHAKE_FAILED if self._handshake_deadline else exc.code
+        self._terminate(int(code), str(exc), False, exc)
 
     def _terminate(
         self, code: int, reason: str, by_peer: bool, exc: ProtocolError | None

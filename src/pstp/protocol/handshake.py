@@ -224,6 +224,7 @@ class InitiatorHandshake:
             prologue; ``None`` when the address came from elsewhere.
         ephemeral: fixed ephemeral private key (test vectors only).
         kid_random: fixed key-id randomness (test vectors only).
+        version: the header version; default the highest we speak (tests only).
 
     Raises:
         ValueError: bad key or nonce length.
@@ -239,6 +240,7 @@ class InitiatorHandshake:
         discovery: DiscoveryBinding | None = None,
         ephemeral: bytes | None = None,
         kid_random: bytes | None = None,
+        version: int | None = None,
     ) -> None:
         peer = PeerKey.from_pair_key(responder_id or "", pair_key)
         self._config = config
@@ -250,7 +252,7 @@ class InitiatorHandshake:
         if nonce is not None and len(nonce) != NONCE_LEN:
             raise ValueError("discovery nonce must be 16 bytes")
         r = kid_random if kid_random is not None else random_bytes(_KID_RANDOM_LEN)
-        self._version = max(config.versions)
+        self._version = version if version is not None else max(config.versions)
         kid = make_kid(peer.kid_key, r)
         header = hs_init_header(self._version, flags, kid, nonce)
         self._noise = HandshakeState(

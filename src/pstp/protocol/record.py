@@ -113,12 +113,12 @@ class RecordSender:
         #: Every (epoch, seq) sealed when ``trace_nonces`` is set; for tests.
         self.nonce_log: list[tuple[int, int]] | None = None
 
-    def rekey_due(self, now: float) -> bool:
-        """True if the current key reached a soft limit (§6.3)."""
+    def rekey_due(self, now: float, upcoming: int = 0) -> bool:
+        """True if sealing ``upcoming`` more bytes would cross a soft limit (§6.3)."""
         c = self._config
         return (
             self.seq >= c.rekey_after_records - 1
-            or self.bytes_sealed >= c.rekey_after_bytes
+            or self.bytes_sealed + upcoming > c.rekey_after_bytes
             or now - self._epoch_started >= c.rekey_after_seconds
         )
 
@@ -133,7 +133,7 @@ class RecordSender:
                 key is past its hard limit.
         """
         out = b""
-        if inner != InnerType.KEY_UPDATE and self.rekey_due(now):
+        if inner != InnerType.KEY_UPDATE and self.rekey_due(now, len(body)):
             out = self._seal(InnerType.KEY_UPDATE, b"")
             self._aead = Aead(self._cipher, self._aead.rekey())
             self.epoch = (self.epoch + 1) & 0xFF

@@ -1,0 +1,62 @@
+"""Open a PSTP/2 session to a device over TCP (asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pstp.asyncio.connection import Session, SessionProtocol, next_timestamp
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, Role
+from pstp.protocol.handshake import DiscoveryBinding
+
+__all__ = ["connect"]
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    pair_key: bytes,
+    device_id: str | None = None,
+    config: Config | None = None,
+    discovery: DiscoveryBinding | None = None,
+    timeout: float | None = None,
+) -> Session:
+    """Connect, run PSTP-HS, and return the established session.
+
+    Args:
+        host: address or name of the device.
+        port: its TCP port.
+        pair_key: the 32-byte pair key shared with the device.
+        device_id: the device id we expect it to have, if known.
+        config: limits and algorithms.
+        discovery: the (nonce, PING, PONG) that found the device, if any.
+        timeout: seconds for connect and handshake together (default: the
+            config's handshake timeout).
+
+    Raises:
+        OSError: the TCP connection failed.
+        HandshakeFailed: the device did not prove the pair key, or did not answer.
+        TimeoutError: the handshake took too long.
+    """
+    config = config or Config()
+    loop = asyncio.get_running_loop()
+    conn = Connection(
+        Role.CLIENT,
+        config,
+        pair_key=pair_key,
+        timestamp=next_timestamp(),
+        responder_id=device_id,
+        discovery=discovery,
+    )
+
+    async def run() -> Session:
+        _, proto = await loop.create_connection(lambda: SessionProtocol(conn), host, port)
+        try:
+            await proto.handshake
+        except BaseException:
+            proto.close()
+            raise
+        return Session(proto)
+
+    return await asyncio.wait_for(run(), timeout or config.handshake_timeout)

@@ -1,0 +1,124 @@
+"""Serve PSTP/2 sessions over TCP (asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from pstp.asyncio.connection import Session, SessionProtocol
+from pstp.exceptions import ErrorCode, PstpError
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, Role
+from pstp.protocol.handshake import DiscoveryLookup, KeyRing
+
+__all__ = ["Server", "serve"]
+
+_log = logging.getLogger("pstp.server")
+
+#: What the application runs for each established session.
+Handler = Callable[[Session], Awaitable[None]]
+
+
+class Server:
+    """A listening PSTP/2 server; close it with :meth:`close` or ``async with``."""
+
+    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]]) -> None:
+        self._server = server
+        self._tasks = tasks
+
+    @property
+    def sockets(self) -> list[tuple[str, int]]:
+        """The (host, port) addresses we listen on."""
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The first listening port (handy with port 0)."""
+        return int(self.sockets[0][1])
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening and end every session with GOING_AWAY."""
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def serve(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    keyring: KeyRing,
+    own_id: str,
+    config: Config | None = None,
+    discovery_lookup: DiscoveryLookup | None = None,
+) -> Server:
+    """Listen for PSTP/2 sessions and run ``handler`` for each established one.
+
+    A connection that fails the handshake is closed without a word (§5.1);
+    the handler never sees it.
+
+    Args:
+        handler: coroutine run with each established :class:`Session`.
+        host: address to bind.
+        port: TCP port (0 picks a free one).
+        keyring: the pair keys we accept.
+        own_id: our device id.
+        config: limits and algorithms.
+        discovery_lookup: PING/PONG exchanged under a discovery nonce.
+
+    Raises:
+        OSError: the address could not be bound.
+    """
+    config = config or Config()
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(proto: SessionProtocol) -> None:
+        try:
+            await proto.handshake
+        except PstpError:
+            return
+        session = Session(proto)
+        try:
+            await handler(session)
+        except asyncio.CancelledError:
+            proto.close(ErrorCode.GOING_AWAY, "server shutting down")
+            raise
+        except PstpError as exc:
+            _log.info("session with %s ended: %s", session.peer_id, exc)
+        except Exception:
+            _log.exception("handler failed for %s", session.peer_id)
+            proto.close(ErrorCode.INTERNAL_ERROR)
+        else:
+            proto.close()
+
+    def factory() -> SessionProtocol:
+        conn = Connection(
+            Role.SERVER,
+            config,
+            keyring=keyring,
+            own_id=own_id,
+            discovery_lookup=discovery_lookup,
+        )
+        proto = SessionProtocol(conn)
+        task = loop.create_task(run(proto))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return proto
+
+    server = await loop.create_server(factory, host, port)
+    return Server(server, tasks)
