@@ -88,9 +88,7 @@ class Pair:
     wire: list[tuple[str, bytes]] = field(default_factory=list)
 
     @classmethod
-    def new(
-        cls, client_config: Config | None = None, server_config: Config | None = None
-    ) -> Pair:
+    def new(cls, client_config: Config | None = None, server_config: Config | None = None) -> Pair:
         """A fresh, started pair."""
         pair = cls(make_client(client_config), make_server(server_config))
         pair.server.start(pair.clock.now)

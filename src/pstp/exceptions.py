@@ -154,7 +154,9 @@ class ChannelError(PstpError):
         self.channel_id = channel_id
         self.code = code
         self.reason = reason
-        super().__init__(f"channel {channel_id} failed (code {code}){': ' + reason if reason else ''}")
+        super().__init__(
+            f"channel {channel_id} failed (code {code}){': ' + reason if reason else ''}"
+        )
 
 
 class DaemonError(PstpError):

@@ -206,9 +206,7 @@ def test_records_fed_every_way_deliver_the_same_data() -> None:
                 server.receive_data(data[i : i + 1], 1_000.0)
         else:
             server.receive_data(data + b"\x17\x00\x00\x05junk!", 1_000.0)
-        seen.append(
-            [e.data for e in server.events_received() if isinstance(e, DataReceived)]
-        )
+        seen.append([e.data for e in server.events_received() if isinstance(e, DataReceived)])
     assert seen[0] == seen[1] == seen[2] == [b"one", b"two" * 100]
 
 
@@ -471,9 +469,7 @@ def test_suite_not_offered_is_refused_by_the_initiator() -> None:
     from pstp.protocol import handshake as hs
     from pstp.wire.frames import RespPayload
 
-    raw = noise.write_message(
-        RespPayload(Suite.CHACHA20_POLY1305, 65536, 0, SERVER_ID).serialize()
-    )
+    raw = noise.write_message(RespPayload(Suite.CHACHA20_POLY1305, 65536, 0, SERVER_ID).serialize())
     confirm = hs._confirm(noise.chaining_key, hs.LABEL_CONFIRM_R, noise.handshake_hash)
     client.receive_data(HsResp(2, raw[:65], raw[65:], confirm).serialize(), 1_000.0)
     assert client.state is ConnectionState.CLOSED
@@ -488,8 +484,14 @@ def test_same_pair_key_under_another_protocol_label_is_useless() -> None:
     peer = PeerKey.from_pair_key(CLIENT_ID, PAIR_KEY)
     payload = InitPayload(next_timestamp(), (2,), (1,), 65536, "session").serialize()
     others = [
-        ("Noise_NNpsk0_P256_ChaChaPoly_SHA256", build_prologue(real.header_bytes(), SERVER_ID, b"", b"")),
-        ("Noise_NNpsk0_25519_AESGCM_SHA256", build_prologue(real.header_bytes(), SERVER_ID, b"", b"")),
+        (
+            "Noise_NNpsk0_P256_ChaChaPoly_SHA256",
+            build_prologue(real.header_bytes(), SERVER_ID, b"", b""),
+        ),
+        (
+            "Noise_NNpsk0_25519_AESGCM_SHA256",
+            build_prologue(real.header_bytes(), SERVER_ID, b"", b""),
+        ),
         (NOISE_PROTOCOL, b"PSTP/3 prologue" + real.header_bytes()),
     ]
     for name, prologue in others:
@@ -518,7 +520,9 @@ def test_same_pair_key_under_another_protocol_label_is_useless() -> None:
 
 
 def _wycheproof_invalid_points() -> list[bytes]:
-    data = json.loads((SHARED_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text())
+    data = json.loads(
+        (SHARED_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text()
+    )
     points = []
     for group in data["testGroups"]:
         for case in group["tests"]:
@@ -530,7 +534,7 @@ def _wycheproof_invalid_points() -> list[bytes]:
 
 def test_invalid_points_in_hs_resp_are_rejected() -> None:
     """HS_RESP carrying an invalid or off-curve P-256 point fails as HandshakeFailed."""
-    points = _wycheproof_invalid_points() + [b"\x04" + b"\x00" * 64, b"\x00" * 65]
+    points = [*_wycheproof_invalid_points(), b"\x04" + b"\x00" * 64, b"\x00" * 65]
     assert points
     for point in points:
         c = make_client()
@@ -549,7 +553,7 @@ def test_invalid_point_in_hs_init_fails_silently_at_ecdh() -> None:
     from pstp.protocol.handshake import make_kid
     from pstp.wire.frames import HS_FLAG_RESPONDER_ID, hs_init_header
 
-    for point in _wycheproof_invalid_points()[:5] + [b"\x04" + b"\x00" * 64]:
+    for point in [*_wycheproof_invalid_points()[:5], b"\x04" + b"\x00" * 64]:
         kid = make_kid(peer.kid_key, b"\x01" * 16)
         header = hs_init_header(2, HS_FLAG_RESPONDER_ID, kid, None)
         # Build message 1 by hand with the Noise symmetric state, e = the bad point.

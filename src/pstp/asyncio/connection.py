@@ -31,7 +31,7 @@ _last_timestamp = 0
 
 def next_timestamp() -> int:
     """Wall-clock nanoseconds for HS_INIT, strictly increasing within this process."""
-    global _last_timestamp  # noqa: PLW0603 - one process-wide monotonic counter
+    global _last_timestamp
     _last_timestamp = max(time.time_ns(), _last_timestamp + 1)
     return _last_timestamp
 
@@ -61,22 +61,22 @@ class SessionProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.conn.start(self._loop.time())
         self._pump()
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data, self._loop.time())
         self._pump()
 
-    def eof_received(self) -> bool:  # noqa: D102
+    def eof_received(self) -> bool:
         self.conn.receive_eof(self._loop.time())
         self._pump()
         return False
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
         if self.conn.state is not ConnectionState.CLOSED:
             self.conn.receive_eof(self._loop.time())
         self._transport = None
@@ -85,10 +85,10 @@ class SessionProtocol(asyncio.Protocol):
             self._timer.cancel()
         self._writable.set()
 
-    def pause_writing(self) -> None:  # noqa: D102
+    def pause_writing(self) -> None:
         self._writable.clear()
 
-    def resume_writing(self) -> None:  # noqa: D102
+    def resume_writing(self) -> None:
         self._writable.set()
 
     # -- the loop: feed (done by the caller), drain, flush, dispatch ----------

@@ -11,6 +11,7 @@ authenticated the initiator, otherwise with a CLOSE record) and reports
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 
@@ -192,6 +193,9 @@ class Connection:
 
     # -- state ---------------------------------------------------------------
 
+    def _is_open(self) -> bool:
+        return self._state is not ConnectionState.CLOSED
+
     @property
     def state(self) -> ConnectionState:
         """The current state."""
@@ -322,7 +326,7 @@ class Connection:
         buf += data
         try:
             pos = 0
-            while self._state is not ConnectionState.CLOSED:
+            while self._is_open():
                 if len(buf) - pos < FRAME_HEADER_LEN:
                     break
                 ftype = buf[pos]
@@ -535,18 +539,15 @@ class Connection:
             code = ErrorCode.HANDSHAKE_FAILED if self._handshake_deadline else exc.code
         self._terminate(int(code), str(exc), False, exc)
 
-    def _terminate(
-        self, code: int, reason: str, by_peer: bool, exc: ProtocolError | None
-    ) -> None:
+    def _terminate(self, code: int, reason: str, by_peer: bool, exc: ProtocolError | None) -> None:
         # Before the responder has verified confirm_I, nothing is sent: an
         # unauthenticated peer learns nothing from our reaction (§5.1, §12).
         may_speak = self._state is ConnectionState.ESTABLISHED and self._sender is not None
         if may_speak:
             wire_reason = reason if exc is None else ""  # never send error text (§9)
-            try:
+            # A key past its hard limit cannot carry CLOSE; the peer then sees truncation.
+            with contextlib.suppress(LocalProtocolError):
                 self._seal(InnerType.CLOSE, ClosePayload(code, wire_reason).serialize())
-            except LocalProtocolError:
-                pass
         self.close_exc = exc if exc is not None else ConnectionClosed(code, reason)
         self._set_state(ConnectionState.CLOSED)
         self._events.append(ConnectionTerminated(code=code, reason=reason, by_peer=by_peer))

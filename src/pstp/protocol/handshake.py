@@ -205,6 +205,12 @@ def _confirm(ck: bytes, label: bytes, h: bytes) -> bytes:
     return hmac_sha256(hkdf_expand_sha256(ck, label, 32), h)
 
 
+def _split(noise: HandshakeState) -> tuple[bytes, bytes]:
+    i2r, r2i = noise.split()
+    assert i2r.key is not None and r2i.key is not None  # Split always yields keys
+    return i2r.key, r2i.key
+
+
 def _negotiated_version(offered: tuple[int, ...], ours: tuple[int, ...]) -> int | None:
     common = set(offered) & set(ours)
     return max(common) if common else None
@@ -304,11 +310,11 @@ class InitiatorHandshake:
         if payload.max_record < 1024:
             raise HandshakeFailed("responder record limit below the minimum")
         self.confirm = _confirm(ck, LABEL_CONFIRM_I, h)
-        i2r, r2i = self._noise.split()
+        i2r, r2i = _split(self._noise)
         return SessionKeys(
             suite=payload.suite,
-            i2r_key=i2r.key,
-            r2i_key=r2i.key,
+            i2r_key=i2r,
+            r2i_key=r2i,
             session_id=h,
             exporter_secret=hkdf_expand_sha256(ck, LABEL_EXPORTER, 32),
             peer_max_record=payload.max_record,
@@ -428,11 +434,11 @@ class ResponderHandshake:
             raw[P256_POINT_LEN:],
             _confirm(ck, LABEL_CONFIRM_R, h),
         ).serialize()
-        i2r, r2i = self._noise.split()
+        i2r, r2i = _split(self._noise)
         keys = SessionKeys(
             suite=suite,
-            i2r_key=i2r.key,
-            r2i_key=r2i.key,
+            i2r_key=i2r,
+            r2i_key=r2i,
             session_id=h,
             exporter_secret=hkdf_expand_sha256(ck, LABEL_EXPORTER, 32),
             peer_max_record=self._init.max_record,

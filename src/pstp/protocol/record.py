@@ -19,7 +19,6 @@ from pstp.wire.frames import (
     FrameType,
     InnerType,
     Suite,
-    frame_header,
 )
 
 __all__ = [
