@@ -235,6 +235,18 @@ class Connection:
             raise InvalidState("the handshake is not complete")
         return self._keys
 
+    @property
+    def challenge_response(self) -> tuple[bytes, bytes]:
+        """Initiator only: (e_R, confirm_I), the challenge and response of §5.
+
+        Raises:
+            InvalidState: not an established initiator.
+        """
+        self._session_keys()
+        if self._initiator is None:
+            raise InvalidState("only the initiator holds the challenge and response")
+        return self._initiator.challenge, self._initiator.confirm
+
     def export_secret(self, label: str, length: int = 32) -> bytes:
         """Derive a session-bound secret for ``label`` (§5.6), e.g. a resumption secret.
 
@@ -349,13 +361,19 @@ class Connection:
         self._now = now
         if self._state is ConnectionState.CLOSED:
             return
-        exc = RemoteProtocolError("connection ended without a CLOSE record")
+        exc: ProtocolError
+        if self._handshake_deadline is not None:
+            # A responder that rejects us stays silent and hangs up (§5.1).
+            exc = HandshakeFailed("the peer hung up during the handshake (wrong key or id?)")
+        else:
+            exc = RemoteProtocolError("connection ended without a CLOSE record")
         self.close_exc = exc
         self._out.clear()
         self._set_state(ConnectionState.CLOSED)
-        self._events.append(
-            ConnectionTerminated(code=ErrorCode.TRUNCATED, reason=str(exc), by_peer=False)
+        code = (
+            ErrorCode.HANDSHAKE_FAILED if isinstance(exc, HandshakeFailed) else ErrorCode.TRUNCATED
         )
+        self._events.append(ConnectionTerminated(code=code, reason=str(exc), by_peer=False))
 
     def _check_frame_size(self, ftype: int, length: int) -> None:
         # Checked from the header alone, before any body is buffered (§6.1, §10).

@@ -278,7 +278,10 @@ class InitiatorHandshake:
         raw = self._noise.write_message(payload.serialize())
         eph, ct = raw[:P256_POINT_LEN], raw[P256_POINT_LEN:]
         self.message = HsInit(self._version, flags, kid, nonce, eph, ct)
+        #: confirm_I, once HS_RESP verified: the "response" of the product story.
         self.confirm: bytes = b""
+        #: The responder's fresh ephemeral e_R: the "challenge" of the product story.
+        self.challenge: bytes = b""
 
     def read_response(self, body: bytes) -> SessionKeys:
         """Process HS_RESP and check confirm_R.
@@ -310,6 +313,7 @@ class InitiatorHandshake:
         if payload.max_record < 1024:
             raise HandshakeFailed("responder record limit below the minimum")
         self.confirm = _confirm(ck, LABEL_CONFIRM_I, h)
+        self.challenge = msg.ephemeral
         i2r, r2i = _split(self._noise)
         return SessionKeys(
             suite=payload.suite,

@@ -1,0 +1,135 @@
+"""The ``pstp`` command: argparse subcommands, one error-to-exit-code mapping.
+
+Commands import what they need lazily, so ``pstp --help`` loads no crypto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from pstp import __version__
+
+__all__ = ["Console", "main"]
+
+#: Exit codes (sysexits-style where one fits).
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PROTOCOL = 3
+EXIT_CONNECTION = 4
+EXIT_INTERRUPTED = 130
+
+
+class Console:
+    """Where commands write; tests swap the streams.
+
+    Args:
+        out: standard output.
+        err: standard error.
+    """
+
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def print(self, *parts: object) -> None:
+        """Write a line to standard output."""
+        print(*parts, file=self.out, flush=True)
+
+    def error(self, *parts: object) -> None:
+        """Write a line to standard error."""
+        print("pstp:", *parts, file=self.err, flush=True)
+
+
+Command = Callable[[argparse.Namespace, Console], int]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pstp",
+        description="Reach and control your own devices privately (PSTP/2).",
+    )
+    parser.add_argument("--version", action="version", version=f"pstp {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a device and a peer on this machine and show a session end to end",
+        description=(
+            "Start a serving device in a child process on 127.0.0.1, connect to it with a "
+            "fresh pair key, show the handshake, exchange a few records, and close."
+        ),
+    )
+    demo.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    demo.add_argument(
+        "--role",
+        choices=["both", "server"],
+        default="both",
+        help=argparse.SUPPRESS,  # "server": the child half; reads the pair key from stdin
+    )
+    demo.set_defaults(func=_lazy("pstp.cli.cmd_demo", "run"))
+    return parser
+
+
+def _lazy(module: str, name: str) -> Command:
+    def call(args: argparse.Namespace, console: Console) -> int:
+        import importlib
+
+        func: Command = getattr(importlib.import_module(module), name)
+        return func(args, console)
+
+    return call
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run the CLI and return its exit code.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+        console: where to write (default: the process's stdout/stderr).
+
+    Returns:
+        The exit code: 0 on success, 2 on usage errors, 3 when the peer broke the
+        protocol or the handshake failed, 4 when the connection failed.
+    """
+    console = console or Console()
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(console.out)
+        return EXIT_USAGE
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=console.err,
+        )
+    try:
+        return int(args.func(args, console))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return _report(exc, console)
+
+
+def _report(exc: Exception, console: Console) -> int:
+    from pstp.exceptions import ConnectionClosed, HandshakeFailed, ProtocolError
+
+    if isinstance(exc, HandshakeFailed):
+        console.error(f"handshake failed: {exc} (check the pair key and the device id)")
+        return EXIT_PROTOCOL
+    if isinstance(exc, ProtocolError):
+        console.error(f"protocol error: {exc}")
+        return EXIT_PROTOCOL
+    if isinstance(exc, ConnectionClosed):
+        console.error(str(exc))
+        return EXIT_CONNECTION
+    if isinstance(exc, (OSError, TimeoutError)):
+        console.error(f"connection failed: {exc}")
+        return EXIT_CONNECTION
+    raise exc
