@@ -24,7 +24,19 @@ _LAZY = {
     "ErrorCode": "pstp.exceptions",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Config",
+    "ConnectionClosed",
+    "ErrorCode",
+    "HandshakeFailed",
+    "KeyRing",
+    "PstpError",
+    "Server",
+    "Session",
+    "__version__",
+    "connect",
+    "serve",
+]
 
 if TYPE_CHECKING:
     from pstp.asyncio.client import connect
