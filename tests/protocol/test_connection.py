@@ -601,6 +601,23 @@ def test_data_before_handshake_completion_is_refused() -> None:
     assert len(out) == confirm_len
 
 
+def test_wrong_confirm_gets_silence_from_the_responder() -> None:
+    """A CONFIRM record that decrypts but carries a wrong confirm_I gets no reply at all."""
+    for body in (b"\x00" * 32, b"\x00" * 33):
+        pair = Pair.new()
+        pair.server.receive_data(pair.client.data_to_send(), 1_000.0)
+        pair.client.receive_data(pair.server.data_to_send(), 1_000.0)
+        pair.client.data_to_send()  # drop the real CONFIRM
+        sender = pair.client._sender
+        assert sender is not None
+        sender.seq = 0
+        forged = sender.seal(InnerType.CONFIRM, body, 1_000.0)
+        pair.server.receive_data(forged, 1_000.0)
+        assert pair.server.state is ConnectionState.CLOSED
+        assert pair.server.data_to_send() == b""
+        assert terminated(pair.server.events_received()).code == ErrorCode.HANDSHAKE_FAILED
+
+
 def test_out_of_order_and_second_handshake_messages_abort() -> None:
     """HS_RESP to a responder, HS_INIT to an initiator, a second HS_INIT, all abort."""
     pair = Pair.new()
@@ -768,11 +785,11 @@ def test_every_state_input_pair_is_legal_or_refused(state: ConnectionState, inp:
     conn = make_server()
     conn._state = state
     if (state, inp) in TRANSITIONS:
-        conn._transition(inp)
-        assert conn.state is TRANSITIONS[(state, inp)]
+        assert conn._next_state(inp) is TRANSITIONS[(state, inp)]
     else:
         with pytest.raises(RemoteProtocolError):
-            conn._transition(inp)
+            conn._next_state(inp)
+    assert conn.state is state  # looking a move up never changes the state
 
 
 def test_misuse_raises_local_errors() -> None:

@@ -68,8 +68,10 @@ def test_key_update_body_and_short_records_are_refused() -> None:
     """A KEY_UPDATE with a body, or a frame shorter than header + tag, is refused."""
     tx = RecordSender("AESGCM", KEY, Config(), 0.0, 65536)
     rx = RecordReceiver("AESGCM", KEY, Config())
+    with pytest.raises(LocalProtocolError):
+        tx.seal(InnerType.KEY_UPDATE, b"", 0.0)
     with pytest.raises(RemoteProtocolError):
-        rx.open(tx.seal(InnerType.KEY_UPDATE, b"x", 0.0))
+        rx.open(tx._seal(InnerType.KEY_UPDATE, b"x"))
     with pytest.raises(RemoteProtocolError):
         RecordReceiver("AESGCM", KEY, Config()).open(b"\x17\x00\x00\x05abcde")
 
@@ -91,3 +93,23 @@ def test_receiver_enforces_the_byte_hard_limit() -> None:
     with pytest.raises(KeyExhausted):
         for _ in range(10):
             rx.open(tx.seal(InnerType.DATA, b"x" * 1000, 0.0))
+
+
+def test_explicit_rekey_keeps_both_sides_in_step() -> None:
+    """rekey() emits KEY_UPDATE under the old key; the receiver follows to the new epoch."""
+    tx = RecordSender("ChaChaPoly", KEY, Config(), 0.0, 65536)
+    rx = RecordReceiver("ChaChaPoly", KEY, Config())
+    assert rx.open(tx.rekey(0.0)) == (InnerType.KEY_UPDATE, b"")
+    assert rx.epoch == tx.epoch == 1
+    assert rx.open(tx.seal(InnerType.DATA, b"after", 0.0)) == (InnerType.DATA, b"after")
+
+
+def test_window_mode_hard_limit_is_fatal_not_a_silent_drop() -> None:
+    """Past the byte hard limit a datagram-mode receiver raises KeyExhausted (fatal)."""
+    loose = Config(ordered=False, rekey_after_bytes=1 << 20, reject_after_bytes=1 << 21)
+    strict = Config(ordered=False, rekey_after_bytes=1024, reject_after_bytes=2048)
+    tx = RecordSender("AESGCM", KEY, loose, 0.0, 65536)
+    rx = RecordReceiver("AESGCM", KEY, strict)
+    rx.open(tx.seal(InnerType.DATA, b"x" * 2000, 0.0))
+    with pytest.raises(KeyExhausted):
+        rx.open(tx.seal(InnerType.DATA, b"x" * 100, 0.0))

@@ -4,7 +4,7 @@ Every function has the same shape (``DHFunction``): it makes key pairs,
 rebuilds them from private bytes, and computes a shared secret from a local
 ``KeyPair`` and the peer's public key *as bytes*.  Peer keys are decoded and
 validated inside ``dh``, so a party that never runs a DH never pays for
-point decoding (docs/protocol.md §4: the responder decrypts message 1 before
+point decoding (docs/protocol.md §5.1, Appendix A: the responder decrypts message 1 before
 any EC work).
 
 P-256 is not a standard Noise DH (rev 34 §12 names only 25519 and 448); PSTP

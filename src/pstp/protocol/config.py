@@ -60,6 +60,15 @@ class Config:
             raise ValueError("rekey_after_records must be below reject_after_records")
         if not 0 < self.rekey_after_bytes < self.reject_after_bytes:
             raise ValueError("rekey_after_bytes must be below reject_after_bytes")
+        if not 256 <= self.max_handshake_size <= 65535:
+            raise ValueError("max_handshake_size must be in [256, 65535]")
+        if self.handshake_timeout <= 0 or self.rekey_after_seconds <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.keepalive_interval is not None and self.keepalive_interval <= 0:
+            raise ValueError("keepalive_interval must be positive (or None)")
+        if self.reject_after_records >= 1 << 63:
+            # Far below 2**64 - 1, the nonce Noise REKEY reserves (§6.3).
+            raise ValueError("reject_after_records must be below 2**63")
         if self.keepalive_count_max < 1:
             raise ValueError("keepalive_count_max must be at least 1")
         if not 64 <= self.replay_window <= 1 << 16:

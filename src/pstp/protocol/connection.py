@@ -18,6 +18,7 @@ import logging
 from pstp.crypto.kdf import hkdf_expand_sha256
 from pstp.exceptions import (
     ConnectionClosed,
+    DecryptError,
     ErrorCode,
     FrameTooLarge,
     HandshakeFailed,
@@ -26,6 +27,7 @@ from pstp.exceptions import (
     ProtocolError,
     PstpError,
     RemoteProtocolError,
+    ReplayError,
 )
 from pstp.protocol.config import Config
 from pstp.protocol.events import (
@@ -116,6 +118,7 @@ _INNER_INPUT = {
 _RECORD_EXTRA = RECORD_HEADER_LEN + 1 + TAG_LEN
 # Heartbeat body: an 8-byte counter echoed by PONG (§6.5).
 _PING_LEN = 8
+_PINGS_REMEMBERED = 16
 
 
 class Connection:
@@ -206,11 +209,13 @@ class Connection:
             self._log.debug("= %s %s -> %s", self.role.value, self._state.name, new.name)
         self._state = new
 
-    def _transition(self, inp: Input) -> None:
+    def _next_state(self, inp: Input) -> ConnectionState:
+        # Look the move up first; the state changes only once the input has
+        # been fully checked, so a failed check leaves us where we were (§4).
         new = TRANSITIONS.get((self._state, inp))
         if new is None:
             raise RemoteProtocolError(f"unexpected {inp.name} in {self._state.name}")
-        self._set_state(new)
+        return new
 
     @property
     def session_id(self) -> bytes:
@@ -311,6 +316,9 @@ class Connection:
             raise InvalidState(f"cannot ping in state {self._state.name}")
         self._ping_counter += 1
         self._ping_sent_at[self._ping_counter] = self._now
+        # Remember only the latest few PINGs: unanswered ones must not pile up.
+        while len(self._ping_sent_at) > _PINGS_REMEMBERED:
+            del self._ping_sent_at[next(iter(self._ping_sent_at))]
         self._seal(InnerType.PING, self._ping_counter.to_bytes(_PING_LEN, "big"))
 
     def close(self, code: ErrorCode | int = ErrorCode.NORMAL, reason: str = "") -> None:
@@ -391,13 +399,16 @@ class Connection:
         if ftype == FrameType.HS_INIT:
             if self.debug:
                 self._log.debug("< HS_INIT %d bytes", len(frame))
-            self._transition(Input.HS_INIT)
+            new = self._next_state(Input.HS_INIT)
             self._on_hs_init(body)
+            self._set_state(new)
         elif ftype == FrameType.HS_RESP:
             if self.debug:
                 self._log.debug("< HS_RESP %d bytes", len(frame))
-            self._transition(Input.HS_RESP)
+            new = self._next_state(Input.HS_RESP)
             self._on_hs_resp(body)
+            self._set_state(new)
+            self._established()
         else:
             if self._receiver is None:
                 raise RemoteProtocolError("record before the handshake")
@@ -422,7 +433,6 @@ class Connection:
             self._keepalive = min(self._keepalive, keys.keepalive_ms / 1000)
         self._install_keys(keys, send_key=keys.i2r_key, recv_key=keys.r2i_key)
         self._seal(InnerType.CONFIRM, self._initiator.confirm)
-        self._established()
 
     def _install_keys(self, keys: SessionKeys, *, send_key: bytes, recv_key: bytes) -> None:
         cipher = cipher_for_suite(keys.suite)
@@ -448,9 +458,10 @@ class Connection:
         assert self._receiver is not None
         try:
             inner, body = self._receiver.open(frame)
-        except RemoteProtocolError:
-            # On a transport that may duplicate or reorder (§6.3), a bad
-            # record is dropped and the session goes on; on a stream it is fatal.
+        except (ReplayError, DecryptError):
+            # On a transport that may duplicate or reorder (§6.3), a duplicate
+            # or forged record is dropped and the session goes on; on a stream,
+            # or before the handshake completes, it is fatal.
             if self.config.ordered or self._state is not ConnectionState.ESTABLISHED:
                 raise
             self.dropped_records += 1
@@ -461,7 +472,7 @@ class Connection:
             raise RemoteProtocolError(f"unknown record type 0x{inner:02x}") from exc
         if self.debug:
             self._log.debug("< %s %d bytes", inp.name, len(body))
-        self._transition(inp)
+        new = self._next_state(inp)
         self._last_rx = self._now
         self._pings_out = 0
         if inp is Input.DATA:
@@ -471,12 +482,15 @@ class Connection:
             if len(body) != CONFIRM_LEN:
                 raise HandshakeFailed("bad confirm length")
             self._responder.check_confirm(body)
+            self._set_state(new)
             self._established()
         elif inp is Input.PING:
             if len(body) != _PING_LEN:
                 raise RemoteProtocolError("bad PING length")
             self._seal(InnerType.PONG, body)
         elif inp is Input.PONG:
+            if len(body) != _PING_LEN:
+                raise RemoteProtocolError("bad PONG length")
             sent = self._ping_sent_at.pop(int.from_bytes(body, "big"), None)
             if sent is not None:
                 self._events.append(HeartbeatAcknowledged(rtt=self._now - sent))
@@ -484,6 +498,7 @@ class Connection:
             msg = ClosePayload.parse(body)
             self.close_exc = ConnectionClosed(msg.code, msg.reason)
             self._out.clear()
+            self._set_state(new)
             self._events.append(
                 ConnectionTerminated(code=msg.code, reason=msg.reason, by_peer=True)
             )

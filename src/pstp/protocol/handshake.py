@@ -50,7 +50,7 @@ __all__ = [
 
 #: The Noise protocol the handshake instantiates (§5).
 NOISE_PROTOCOL = "Noise_NNpsk0_P256_AESGCM_SHA256"
-#: Pair keys are 32 bytes from a CSPRNG (§4).
+#: Pair keys are 32 bytes from a CSPRNG (§5.2).
 PAIR_KEY_LEN = 32
 
 # Domain-separation labels (§5.2, §5.5).  Each use of the pair key or of the
@@ -248,6 +248,8 @@ class InitiatorHandshake:
         kid_random: bytes | None = None,
         version: int | None = None,
     ) -> None:
+        if responder_id is not None and not 0 < len(responder_id.encode()) <= 64:
+            raise ValueError("a device id is 1 to 64 bytes of UTF-8")
         peer = PeerKey.from_pair_key(responder_id or "", pair_key)
         self._config = config
         self._responder_id = responder_id

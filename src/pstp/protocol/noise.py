@@ -15,7 +15,7 @@ DH ``25519``, ``448`` and ``P256`` (PSTP's own, see ``pstp.crypto.keys``);
 ciphers ``AESGCM`` and ``ChaChaPoly``; hashes ``SHA256``, ``SHA512``,
 ``BLAKE2s`` and ``BLAKE2b``.
 
-PSTP runs NNpsk0 over P-256 with this engine (docs/protocol.md §4).  One
+PSTP runs NNpsk0 over P-256 with this engine (docs/protocol.md §5, Appendix A).  One
 deliberate property matters there: a received ``e`` is stored as raw bytes
 and only decoded by the DH function when a DH token needs it, so a responder
 reading ``-> psk, e`` decrypts the payload before any elliptic-curve work.

@@ -131,19 +131,31 @@ class RecordSender:
             LocalProtocolError: the body exceeds the largest record, or the
                 key is past its hard limit.
         """
-        out = b""
-        if inner != InnerType.KEY_UPDATE and self.rekey_due(now, len(body)):
-            out = self._seal(InnerType.KEY_UPDATE, b"")
-            self._aead = Aead(self._cipher, self._aead.rekey())
-            self.epoch = (self.epoch + 1) & 0xFF
-            self.seq = 0
-            self.bytes_sealed = 0
-            self._epoch_started = now
+        if inner == InnerType.KEY_UPDATE:
+            raise LocalProtocolError("KEY_UPDATE is sent by rekey(), not seal()")
+        out = self.rekey(now) if self.rekey_due(now, len(body)) else b""
         return out + self._seal(inner, body)
+
+    def rekey(self, now: float) -> bytes:
+        """Ratchet the key now: returns the KEY_UPDATE frame sealed under the old key.
+
+        Raises:
+            LocalProtocolError: the old key is past its hard limit.
+        """
+        out = self._seal(InnerType.KEY_UPDATE, b"")
+        self._aead = Aead(self._cipher, self._aead.rekey())
+        self.epoch = (self.epoch + 1) & 0xFF
+        self.seq = 0
+        self.bytes_sealed = 0
+        self._epoch_started = now
+        return out
 
     def _seal(self, inner: InnerType, body: bytes) -> bytes:
         c = self._config
-        if self.seq >= c.reject_after_records or self.bytes_sealed >= c.reject_after_bytes:
+        if (
+            self.seq >= c.reject_after_records
+            or self.bytes_sealed + len(body) > c.reject_after_bytes
+        ):
             raise LocalProtocolError("record key used past its hard limit")
         if len(body) > self.max_body:
             raise LocalProtocolError("record too large")

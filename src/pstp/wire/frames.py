@@ -298,6 +298,8 @@ class RespPayload:
         suite, max_record, keepalive = r.u16(), r.u32(), r.u32()
         rid = r.text8()
         r.expect_end()
+        if len(rid.encode()) > MAX_NAME_LEN:
+            raise RemoteProtocolError("responder id too long")
         return cls(suite, max_record, keepalive, rid)
 
     def serialize(self) -> bytes:
@@ -330,6 +332,8 @@ class ClosePayload:
         code = r.u16()
         reason = r.text8()
         r.expect_end()
+        if len(reason.encode()) > MAX_REASON_LEN:
+            raise RemoteProtocolError("close reason too long")
         return cls(code, reason)
 
     def serialize(self) -> bytes:
