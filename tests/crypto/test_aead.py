@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
 from pstp.crypto.aead import MAX_NONCE, Aead, CipherName, open_raw, seal_raw
 from pstp.exceptions import DecryptError
+from tests.helpers import SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "wycheproof"
+VECTORS = SHARED_VECTORS / "wycheproof"
 
 
 def _cases(filename: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +22,9 @@ from pstp.crypto.kdf import (
     random_bytes,
     verify_hmac_sha256,
 )
+from tests.helpers import SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "wycheproof"
+VECTORS = SHARED_VECTORS / "wycheproof"
 
 
 def _tests(filename: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

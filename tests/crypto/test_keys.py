@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pstp.crypto.keys import P256, X448, X25519, DHFunction, get_dh
 from pstp.exceptions import HandshakeFailed, LocalProtocolError
+from tests.helpers import SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "wycheproof"
+VECTORS = SHARED_VECTORS / "wycheproof"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,9 @@ from pstp.protocol.noise import (
     NoiseProtocol,
     SymmetricState,
 )
+from tests.helpers import SHARED_VECTORS
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "noise"
+VECTORS = SHARED_VECTORS / "noise"
 CACOPHONY: list[dict[str, Any]] = json.loads((VECTORS / "cacophony.txt").read_text())["vectors"]
 PSTP_NAME = "Noise_NNpsk0_P256_AESGCM_SHA256"
 PSK = bytes(range(32))
