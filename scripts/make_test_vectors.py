@@ -54,6 +54,7 @@ def _hs_case(
         discovery=discovery,
         ephemeral=init_e,
         kid_random=kid_random,
+        initiator_id="phone",
     )
     ring = KeyRing()
     ring.add("phone", pair_key)

@@ -58,6 +58,7 @@ def test_handshake_vectors_reproduce(case: dict) -> None:  # type: ignore[type-a
         discovery=binding,
         ephemeral=bytes.fromhex(inp["initiator_ephemeral_private"]),
         kid_random=bytes.fromhex(inp["kid_random"]),
+        initiator_id=inp["initiator_id"],
     )
     assert ini.message.serialize().hex() == want["hs_init"]
     ring = KeyRing()
@@ -71,6 +72,7 @@ def test_handshake_vectors_reproduce(case: dict) -> None:  # type: ignore[type-a
         ephemeral=bytes.fromhex(inp["responder_ephemeral_private"]),
     )
     resp.read_init(bytes.fromhex(want["hs_init"])[4:])
+    assert resp.initiator_id == inp["initiator_id"]
     frame, rkeys = resp.write_response()
     assert frame.hex() == want["hs_resp"]
     ikeys = ini.read_response(frame[4:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pstp.wire.messages import INITIAL_WINDOW, MAX_WINDOW
 from pstp.wire.frames import MAX_FRAME_BODY, RECORD_HEADER_LEN, TAG_LEN, VERSION, Suite
 
 __all__ = ["Config"]
@@ -30,6 +31,8 @@ class Config:
             false, records are checked against a sliding window instead (MQTT).
         replay_window: size in records of that sliding window.
         service: the service an initiator asks for in HS_INIT.
+        channel_window: the receive window we grant each channel, in bytes.
+        max_channels: channels the peer may have open at once.
     """
 
     versions: tuple[int, ...] = (VERSION,)
@@ -47,6 +50,8 @@ class Config:
     ordered: bool = True
     replay_window: int = 1024
     service: str = "session"
+    channel_window: int = 1 << 20
+    max_channels: int = 1024
 
     def __post_init__(self) -> None:
         if VERSION not in self.versions:
@@ -69,6 +74,10 @@ class Config:
         if self.reject_after_records >= 1 << 63:
             # Far below 2**64 - 1, the nonce Noise REKEY reserves (§6.3).
             raise ValueError("reject_after_records must be below 2**63")
+        if not INITIAL_WINDOW <= self.channel_window <= MAX_WINDOW:
+            raise ValueError(f"channel_window must be in [{INITIAL_WINDOW}, {MAX_WINDOW}]")
+        if self.max_channels < 1:
+            raise ValueError("max_channels must be at least 1")
         if self.keepalive_count_max < 1:
             raise ValueError("keepalive_count_max must be at least 1")
         if not 64 <= self.replay_window <= 1 << 16:

@@ -29,6 +29,7 @@ from pstp.exceptions import (
     RemoteProtocolError,
     ReplayError,
 )
+from pstp.protocol.channels import ChannelState, ChannelTable
 from pstp.protocol.config import Config
 from pstp.protocol.events import (
     ConnectionTerminated,
@@ -46,6 +47,16 @@ from pstp.protocol.handshake import (
     SessionKeys,
 )
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
+from pstp.wire.messages import (
+    CHANNEL_DATA_HEADER_LEN,
+    ChannelCode,
+    ControlMessage,
+    Params,
+    decode_channel_data,
+    decode_control,
+    encode_channel_data,
+    encode_control,
+)
 from pstp.wire.frames import (
     CONFIRM_LEN,
     FRAME_HEADER_LEN,
@@ -90,6 +101,8 @@ class Input(enum.Enum):
     PONG = enum.auto()
     KEY_UPDATE = enum.auto()
     CLOSE = enum.auto()
+    CHANNEL_CONTROL = enum.auto()
+    CHANNEL_DATA = enum.auto()
 
 
 _S = ConnectionState
@@ -103,6 +116,8 @@ TRANSITIONS: dict[tuple[ConnectionState, Input], ConnectionState] = {
     (_S.ESTABLISHED, Input.PONG): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.KEY_UPDATE): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.CLOSE): _S.CLOSED,
+    (_S.ESTABLISHED, Input.CHANNEL_CONTROL): _S.ESTABLISHED,
+    (_S.ESTABLISHED, Input.CHANNEL_DATA): _S.ESTABLISHED,
 }
 
 _INNER_INPUT = {
@@ -112,6 +127,8 @@ _INNER_INPUT = {
     InnerType.PONG: Input.PONG,
     InnerType.KEY_UPDATE: Input.KEY_UPDATE,
     InnerType.CLOSE: Input.CLOSE,
+    InnerType.CHANNEL_CONTROL: Input.CHANNEL_CONTROL,
+    InnerType.CHANNEL_DATA: Input.CHANNEL_DATA,
 }
 
 # A record frame body: record header, inner type, payload, tag (§6.1).
@@ -132,7 +149,7 @@ class Connection:
         responder_id: initiator only: the device id we expect, if known.
         discovery: initiator only: the (nonce, PING, PONG) that found the peer.
         keyring: responder only: the keys we accept.
-        own_id: responder only: our device id.
+        own_id: our device id (required for a responder; an initiator states it).
         discovery_lookup: responder only: PING/PONG exchanged under a nonce.
         logger: where debug lines go (``<`` received, ``>`` sent, ``=`` state).
 
@@ -164,7 +181,7 @@ class Connection:
         if role is Role.CLIENT:
             if pair_key is None or timestamp is None:
                 raise LocalProtocolError("an initiator needs pair_key and timestamp")
-            self._client_args = (pair_key, timestamp, responder_id, discovery)
+            self._client_args = (pair_key, timestamp, responder_id, discovery, own_id or "")
         else:
             if keyring is None or own_id is None:
                 raise LocalProtocolError("a responder needs keyring and own_id")
@@ -190,7 +207,14 @@ class Connection:
         self._ping_sent_at: dict[int, float] = {}
         self._ping_counter = 0
         self.peer_id: str | None = None
+        #: Responder only: the device id the initiator stated for itself in HS_INIT.
+        self.peer_stated_id = ""
         self.service: str | None = None
+        self._channels = ChannelTable(
+            initiator=role is Role.CLIENT,
+            window=self.config.channel_window,
+            max_channels=self.config.max_channels,
+        )
         self.close_exc: PstpError | None = None
         self.dropped_records = 0
 
@@ -276,13 +300,14 @@ class Connection:
         self._now = now
         self._handshake_deadline = now + self.config.handshake_timeout
         if self.role is Role.CLIENT:
-            pair_key, timestamp, responder_id, discovery = self._client_args
+            pair_key, timestamp, responder_id, discovery, own_id = self._client_args
             self._initiator = InitiatorHandshake(
                 pair_key,
                 self.config,
                 timestamp=timestamp,
                 responder_id=responder_id,
                 discovery=discovery,
+                initiator_id=own_id,
             )
             self._out.append(self._initiator.message.serialize())
             self._set_state(ConnectionState.CLIENT_EXPECT_RESPONSE)
@@ -329,6 +354,121 @@ class Connection:
         if self._state is ConnectionState.CLOSED:
             return
         self._terminate(int(code), reason, by_peer=False, exc=None)
+
+    # -- channels (docs/protocol.md §14) ---------------------------------------
+
+    def _established_or_raise(self) -> None:
+        if self._state is not ConnectionState.ESTABLISHED:
+            raise InvalidState(f"no channels in state {self._state.name}")
+
+    def _control(self, msg: ControlMessage | None) -> None:
+        if msg is not None:
+            self._seal(InnerType.CHANNEL_CONTROL, encode_control(msg))
+
+    def open_channel(self, kind: str, params: Params | None = None) -> int:
+        """Open a channel of ``kind``; data may be sent at once, up to the send window.
+
+        Flush with `data_to_send()` afterwards.
+
+        Returns:
+            The new channel's id.
+
+        Raises:
+            InvalidState: the connection is not established.
+            LocalProtocolError: channel ids are exhausted.
+        """
+        self._established_or_raise()
+        cid, msg = self._channels.open(kind, params)
+        self._control(msg)
+        return cid
+
+    def accept_channel(self, channel_id: int) -> None:
+        """Accept a channel the peer opened (after :class:`ChannelOpenRequested`).
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: not established, or the channel is not awaiting a decision.
+        """
+        self._established_or_raise()
+        self._control(self._channels.accept(channel_id))
+
+    def reject_channel(
+        self, channel_id: int, code: int = ChannelCode.REFUSED, reason: str = ""
+    ) -> None:
+        """Refuse a channel the peer opened.
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: not established, or the channel is not awaiting a decision.
+        """
+        self._established_or_raise()
+        self._control(self._channels.reject(channel_id, code, reason))
+
+    def channel_send_window(self, channel_id: int) -> int:
+        """Bytes we may send on the channel right now (0 once it is closed)."""
+        return self._channels.send_window(channel_id)
+
+    def channel_state(self, channel_id: int) -> ChannelState:
+        """The channel's state (CLOSED once it is gone)."""
+        return self._channels.state(channel_id)
+
+    def send_channel_data(self, channel_id: int, data: bytes | memoryview) -> None:
+        """Send bytes on a channel; at most :meth:`channel_send_window` bytes.
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: not established, or the channel cannot send.
+            LocalProtocolError: ``data`` is larger than the send window.
+        """
+        self._established_or_raise()
+        self._channels.send_data(channel_id, len(data))
+        step = self._sender_or_raise().max_body - CHANNEL_DATA_HEADER_LEN
+        view = memoryview(data)
+        for off in range(0, max(len(view), 1), step):
+            self._seal(
+                InnerType.CHANNEL_DATA, encode_channel_data(channel_id, view[off : off + step])
+            )
+
+    def send_channel_eof(self, channel_id: int) -> None:
+        """Half-close the channel: we send no more data.
+
+        Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: not established, or the channel cannot send.
+        """
+        self._established_or_raise()
+        self._control(self._channels.eof(channel_id))
+
+    def close_channel(
+        self,
+        channel_id: int,
+        code: int = ChannelCode.OK,
+        exit_status: int | None = None,
+        reason: str = "",
+    ) -> None:
+        """Close a channel, with the exit status of what ran on it if any.
+
+        Closing a closed channel does nothing.  Flush with `data_to_send()` afterwards.
+
+        Raises:
+            InvalidState: the channel is awaiting our decision (reject it instead).
+        """
+        if self._state is not ConnectionState.ESTABLISHED:
+            return
+        self._control(self._channels.close(channel_id, code, exit_status, reason))
+
+    def acknowledge_channel_data(self, channel_id: int, size: int) -> None:
+        """Tell the core the application consumed ``size`` bytes of the channel.
+
+        This is what reopens the peer's window: a reader that does not
+        acknowledge stops the writer.  Flush with `data_to_send()` afterwards.
+        """
+        if self._state is ConnectionState.ESTABLISHED:
+            self._control(self._channels.acknowledge(channel_id, size))
 
     # -- input ---------------------------------------------------------------
 
@@ -420,6 +560,7 @@ class Connection:
         frame, keys = self._responder.write_response()
         assert self._responder.peer is not None
         self.peer_id = self._responder.peer.device_id
+        self.peer_stated_id = self._responder.initiator_id
         self.service = self._responder.service
         self._install_keys(keys, send_key=keys.r2i_key, recv_key=keys.i2r_key)
         self._out.append(frame)
@@ -475,7 +616,15 @@ class Connection:
         new = self._next_state(inp)
         self._last_rx = self._now
         self._pings_out = 0
-        if inp is Input.DATA:
+        if inp is Input.CHANNEL_DATA:
+            cid, data = decode_channel_data(body)
+            self._events += self._channels.receive_data(cid, data)
+        elif inp is Input.CHANNEL_CONTROL:
+            events, replies = self._channels.receive_control(decode_control(body))
+            self._events += events
+            for reply in replies:
+                self._seal(InnerType.CHANNEL_CONTROL, encode_control(reply))
+        elif inp is Input.DATA:
             self._events.append(DataReceived(data=body))
         elif inp is Input.CONFIRM:
             assert self._responder is not None

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ChannelAccepted",
+    "ChannelClosed",
+    "ChannelDataReceived",
+    "ChannelEofReceived",
+    "ChannelOpenRequested",
+    "ChannelRejected",
+    "ChannelWindowUpdated",
     "ConnectionTerminated",
     "DataReceived",
     "Event",
@@ -61,5 +68,78 @@ class ConnectionTerminated(Event):
     """
 
     code: int
+    reason: str
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOpenRequested(Event):
+    """The peer opened a channel; accept or reject it (§14.5).
+
+    Attributes:
+        channel_id: the new channel's id.
+        kind: the channel kind, e.g. ``"exec"``.
+        params: the kind's parameters as the peer sent them (validated only for type).
+    """
+
+    channel_id: int
+    kind: str
+    params: dict[str, str | int | float | bool | list[str] | None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelAccepted(Event):
+    """The peer accepted a channel we opened."""
+
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelRejected(Event):
+    """The peer refused a channel we opened; ``code`` is a ChannelCode value."""
+
+    channel_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelDataReceived(Event):
+    """Bytes arrived on a channel.  Acknowledge them once consumed to reopen the window."""
+
+    channel_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelEofReceived(Event):
+    """The peer will send no more data on the channel."""
+
+    channel_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelWindowUpdated(Event):
+    """We may now send ``window`` bytes on the channel."""
+
+    channel_id: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelClosed(Event):
+    """The channel ended.
+
+    Attributes:
+        channel_id: the channel.
+        code: a ChannelCode value (0 = normal).
+        exit_status: the exit status of what ran on the channel, if any.
+        reason: a short human-readable reason.
+        by_peer: true when the peer closed it.
+    """
+
+    channel_id: int
+    code: int
+    exit_status: int | None
     reason: str
     by_peer: bool

@@ -231,6 +231,7 @@ class InitiatorHandshake:
         ephemeral: fixed ephemeral private key (test vectors only).
         kid_random: fixed key-id randomness (test vectors only).
         version: the header version; default the highest we speak (tests only).
+        initiator_id: our own device id, stated (encrypted) in HS_INIT.
 
     Raises:
         ValueError: bad key or nonce length.
@@ -247,6 +248,7 @@ class InitiatorHandshake:
         ephemeral: bytes | None = None,
         kid_random: bytes | None = None,
         version: int | None = None,
+        initiator_id: str = "",
     ) -> None:
         if responder_id is not None and not 0 < len(responder_id.encode()) <= 64:
             raise ValueError("a device id is 1 to 64 bytes of UTF-8")
@@ -276,6 +278,7 @@ class InitiatorHandshake:
             suites=tuple(int(s) for s in config.suites),
             max_record=config.max_record_size,
             service=config.service,
+            initiator_id=initiator_id,
         )
         raw = self._noise.write_message(payload.serialize())
         eph, ct = raw[:P256_POINT_LEN], raw[P256_POINT_LEN:]
@@ -367,6 +370,11 @@ class ResponderHandshake:
     def service(self) -> str:
         """The service the initiator asked for (after :meth:`read_init`)."""
         return self._init.service if self._init is not None else ""
+
+    @property
+    def initiator_id(self) -> str:
+        """The device id the initiator stated in HS_INIT (may be empty)."""
+        return self._init.initiator_id if self._init is not None else ""
 
     def read_init(self, body: bytes) -> None:
         """Authenticate HS_INIT without any ECDH (§5.1).

@@ -88,6 +88,8 @@ class InnerType(enum.IntEnum):
     PONG = 0x04
     KEY_UPDATE = 0x05
     CLOSE = 0x06
+    CHANNEL_CONTROL = 0x10
+    CHANNEL_DATA = 0x11
 
 
 class Suite(enum.IntEnum):
@@ -250,6 +252,7 @@ class InitPayload:
     suites: tuple[int, ...]
     max_record: int
     service: str
+    initiator_id: str = ""
 
     @classmethod
     def parse(cls, data: bytes) -> Self:
@@ -265,17 +268,21 @@ class InitPayload:
         suites = tuple(r.u16() for _ in range(n_suites))
         max_record = r.u32()
         service = r.text8()
+        initiator_id = r.text8()
         r.expect_end()
-        if not versions or not suites or len(service.encode()) > MAX_NAME_LEN:
+        if not versions or not suites:
             raise RemoteProtocolError("bad HS_INIT payload")
-        return cls(ts, versions, suites, max_record, service)
+        if max(len(service.encode()), len(initiator_id.encode())) > MAX_NAME_LEN:
+            raise RemoteProtocolError("name too long in HS_INIT payload")
+        return cls(ts, versions, suites, max_record, service, initiator_id)
 
     def serialize(self) -> bytes:
         """Encode."""
         w = Writer().u64(self.timestamp).vec8(bytes(self.versions)).u8(len(self.suites))
         for s in self.suites:
             w.u16(s)
-        return w.u32(self.max_record).vec8(_check_name(self.service, "service")).getvalue()
+        w.u32(self.max_record).vec8(_check_name(self.service, "service"))
+        return w.vec8(_check_name(self.initiator_id, "initiator id")).getvalue()
 
 
 @dataclass(frozen=True, slots=True)
