@@ -148,3 +148,10 @@ def test_get_dh() -> None:
     assert [get_dh(n).pubkey_len for n in ("25519", "448", "P256")] == [32, 56, 65]
     with pytest.raises(ValueError):
         get_dh("P384")
+
+
+@pytest.mark.parametrize("dh", ALL_DH, ids=lambda dh: dh.name)
+def test_dh_functions_repr_as_their_class(dh: DHFunction) -> None:
+    """A DH function is stateless, and its repr is just its class name."""
+    assert repr(dh) == f"{type(dh).__name__}()"
+    assert repr(get_dh(dh.name)) == repr(dh)

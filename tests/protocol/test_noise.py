@@ -17,6 +17,7 @@ from pstp.protocol.noise import (
     MAX_MESSAGE_LEN,
     PATTERNS,
     CipherState,
+    HandshakePattern,
     HandshakeState,
     NoiseProtocol,
     SymmetricState,
@@ -408,3 +409,81 @@ def test_garbage_only_raises_remote_errors(data: bytes) -> None:
     responder = HandshakeState(PSTP_NAME, initiator=False, psks=[PSK])
     with pytest.raises(RemoteProtocolError):
         responder.read_message(data)
+
+
+# A pattern outside the table, with an initiator pre-message ``e`` (as the
+# fallback patterns of rev 34 §10.2 have); callers may build one directly.
+PRE_E = HandshakePattern("EN", ("e",), (), ((), ("e", "ee")))
+E_PRIVATE = bytes(range(32))
+E_PUBLIC = X25519().from_private(E_PRIVATE).public
+
+
+def _pre_e_protocol(psk: bool) -> NoiseProtocol:
+    pattern = PRE_E.with_psks([0]) if psk else PRE_E
+    name = f"Noise_{pattern.name}_25519_AESGCM_SHA256"
+    return NoiseProtocol(name, pattern, "25519", "AESGCM", "SHA256")
+
+
+@pytest.mark.parametrize("psk", [False, True], ids=["plain", "psk0"])
+def test_premessage_ephemeral_is_hashed_and_in_psk_mode_mixed(psk: bool) -> None:
+    """A pre-message e is MixHash'ed, and also MixKey'ed in a psk handshake (rev 34 §9.2)."""
+    protocol = _pre_e_protocol(psk)
+    psks = [PSK] if psk else []
+    initiator = HandshakeState(protocol, initiator=True, prologue=b"p", e=E_PRIVATE, psks=psks)
+    responder = HandshakeState(protocol, initiator=False, prologue=b"p", re=E_PUBLIC, psks=psks)
+    expected = SymmetricState(protocol.name, cipher="AESGCM", hash_name="SHA256")
+    start_ck = expected.ck
+    expected.mix_hash(b"p")
+    expected.mix_hash(E_PUBLIC)
+    if psk:
+        expected.mix_key(E_PUBLIC)
+    for side in (initiator, responder):
+        assert (side.handshake_hash, side.chaining_key) == (expected.h, expected.ck)
+    assert (expected.ck != start_ck) is psk
+    _handshake(initiator, responder)
+    assert initiator.handshake_hash == responder.handshake_hash
+    assert initiator.local_ephemeral_public == responder.remote_ephemeral == E_PUBLIC
+
+
+def test_premessage_ephemeral_binds_the_handshake() -> None:
+    """A responder that expects another pre-message e cannot read message 1."""
+    protocol = _pre_e_protocol(psk=True)
+    initiator = HandshakeState(protocol, initiator=True, e=E_PRIVATE, psks=[PSK])
+    other = X25519().from_private(bytes(range(1, 33))).public
+    responder = HandshakeState(protocol, initiator=False, re=other, psks=[PSK])
+    with pytest.raises(DecryptError):
+        responder.read_message(initiator.write_message(b"hello"))
+
+
+def test_premessage_ephemeral_keys_are_required() -> None:
+    """Without the pre-message e (ours or the peer's) the state cannot be built."""
+    protocol = _pre_e_protocol(psk=False)
+    with pytest.raises(ValueError, match="ephemeral"):
+        HandshakeState(protocol, initiator=True)
+    with pytest.raises(ValueError, match="re"):
+        HandshakeState(protocol, initiator=False)
+
+
+def test_invalid_custom_pattern_is_a_local_error() -> None:
+    """A DH token before both keys exist raises LocalProtocolError and kills the state."""
+    pattern = HandshakePattern("bad", (), (), (("ee",), ("e",)))
+    protocol = NoiseProtocol("Noise_bad_25519_AESGCM_SHA256", pattern, "25519", "AESGCM", "SHA256")
+    initiator = HandshakeState(protocol, initiator=True)
+    with pytest.raises(LocalProtocolError, match="ee"):
+        initiator.write_message(b"")
+    with pytest.raises(LocalProtocolError, match="failed"):
+        initiator.write_message(b"")
+
+
+def test_states_describe_themselves_without_secrets() -> None:
+    """repr names protocol, role and progress; keys never appear."""
+    initiator = HandshakeState(PSTP_NAME, initiator=True, psks=[PSK])
+    responder = HandshakeState(PSTP_NAME, initiator=False, psks=[PSK])
+    assert initiator.initiator and not responder.initiator
+    assert repr(initiator) == f"HandshakeState({PSTP_NAME!r}, initiator, message=0)"
+    responder.read_message(initiator.write_message(b""))
+    assert repr(responder) == f"HandshakeState({PSTP_NAME!r}, responder, message=1)"
+    cipher = CipherState("ChaChaPoly", PSK)
+    assert cipher.cipher == "ChaChaPoly"
+    assert repr(cipher) == "CipherState('ChaChaPoly', has_key=True, n=0)"
+    assert PSK.hex() not in repr(cipher)

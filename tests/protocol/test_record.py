@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pstp.exceptions import KeyExhausted, LocalProtocolError, RemoteProtocolError, ReplayError
+from pstp.exceptions import (
+    DecryptError,
+    KeyExhausted,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ReplayError,
+)
 from pstp.protocol.config import Config
-from pstp.protocol.record import RecordReceiver, RecordSender, ReplayWindow, record_overhead
-from pstp.wire.frames import InnerType
+from pstp.protocol.record import (
+    RecordReceiver,
+    RecordSender,
+    ReplayWindow,
+    cipher_for_suite,
+    record_overhead,
+)
+from pstp.wire.frames import InnerType, Suite
 
 KEY = b"\x11" * 32
 
@@ -113,3 +126,125 @@ def test_window_mode_hard_limit_is_fatal_not_a_silent_drop() -> None:
     rx.open(tx.seal(InnerType.DATA, b"x" * 2000, 0.0))
     with pytest.raises(KeyExhausted):
         rx.open(tx.seal(InnerType.DATA, b"x" * 100, 0.0))
+
+
+def _open_all(rx: RecordReceiver, frames: bytes) -> list[tuple[int, bytes]]:
+    return [rx.open(f) for f in _split(frames)]
+
+
+def test_refused_oversized_record_does_not_strand_the_peer() -> None:
+    """A body refused while a rekey is due leaves the sender in step with the receiver."""
+    tx = RecordSender("AESGCM", KEY, Config(), 0.0, 1024)
+    rx = RecordReceiver("AESGCM", KEY, Config())
+    later = Config().rekey_after_seconds + 1.0  # the key is now due for a time-based ratchet
+    with pytest.raises(LocalProtocolError):
+        tx.seal(InnerType.DATA, b"x" * 1025, later)
+    assert _open_all(rx, tx.seal(InnerType.DATA, b"fits", later))[-1] == (InnerType.DATA, b"fits")
+
+
+def test_body_above_the_byte_hard_limit_is_refused_without_ratcheting() -> None:
+    """A body no key may carry is refused, and the next record still opens in order."""
+    cfg = Config(rekey_after_bytes=512, reject_after_bytes=1000)
+    tx = RecordSender("ChaChaPoly", KEY, cfg, 0.0, 65536)
+    rx = RecordReceiver("ChaChaPoly", KEY, cfg)
+    with pytest.raises(LocalProtocolError):
+        tx.seal(InnerType.DATA, b"x" * 1001, 0.0)
+    assert _open_all(rx, tx.seal(InnerType.DATA, b"y" * 1000, 0.0)) == [
+        (InnerType.KEY_UPDATE, b""),
+        (InnerType.DATA, b"y" * 1000),
+    ]
+    assert rx.epoch == tx.epoch == 1
+
+
+def test_sender_ratchets_on_every_soft_limit() -> None:
+    """Record count, byte volume and key age each trigger a KEY_UPDATE before the record."""
+    cfg = Config(rekey_after_records=4, reject_after_records=8, rekey_after_bytes=3000)
+    cases = [
+        (b"r", 0.0, 3),  # the 4th record under a key is its KEY_UPDATE
+        (b"b" * 1000, 0.0, 3),  # a 4th kilobyte would cross rekey_after_bytes
+        (b"t", cfg.rekey_after_seconds, 0),  # the key is old
+    ]
+    for body, now, quiet in cases:
+        tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+        rx = RecordReceiver("AESGCM", KEY, cfg)
+        for _ in range(quiet):
+            assert len(_open_all(rx, tx.seal(InnerType.DATA, body, 0.0))) == 1
+        assert tx.epoch == 0
+        opened = _open_all(rx, tx.seal(InnerType.DATA, body, now))
+        assert opened == [(InnerType.KEY_UPDATE, b""), (InnerType.DATA, body)]
+        assert rx.epoch == tx.epoch == 1
+
+
+@given(st.lists(st.integers(0, 2000), min_size=1, max_size=60))
+def test_nonces_never_repeat_across_rekeys(sizes: list[int]) -> None:
+    """Every (epoch, seq) a sender uses is unique, and each epoch counts up from 0."""
+    cfg = Config(rekey_after_records=5, reject_after_records=6, rekey_after_bytes=4000)
+    tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    tx.nonce_log = []
+    frames = b"".join(tx.seal(InnerType.DATA, bytes(n), 0.0) for n in sizes)
+    log = tx.nonce_log
+    assert len(log) == len(set(log)) == len(_split(frames))
+    for (e1, s1), (e2, s2) in itertools.pairwise(log):
+        assert (e2, s2) in ((e1, s1 + 1), ((e1 + 1) & 0xFF, 0))
+
+
+def test_cipher_for_suite() -> None:
+    """Both suites map to their AEAD; an unknown suite is the peer's protocol error."""
+    assert cipher_for_suite(Suite.AES_256_GCM) == "AESGCM"
+    assert cipher_for_suite(Suite.CHACHA20_POLY1305) == "ChaChaPoly"
+    with pytest.raises(RemoteProtocolError):
+        cipher_for_suite(0x0003)
+
+
+def test_ordered_receiver_refuses_replays_gaps_and_other_epochs() -> None:
+    """In ordered mode a duplicate, a skipped record or a foreign epoch is a ReplayError."""
+    tx = RecordSender("AESGCM", KEY, Config(), 0.0, 65536)
+    first, second, third = (tx.seal(InnerType.DATA, b"%d" % i, 0.0) for i in range(3))
+    rx = RecordReceiver("AESGCM", KEY, Config())
+    assert rx.open(first) == (InnerType.DATA, b"0")
+    for bad in (first, third, first[:4] + b"\x01" + first[5:]):
+        with pytest.raises(ReplayError):
+            rx.open(bad)
+    assert rx.open(second) == (InnerType.DATA, b"1")
+    assert rx.open(third) == (InnerType.DATA, b"2")
+
+
+def test_receiver_cuts_off_a_key_used_past_the_record_hard_limit() -> None:
+    """A sequence number at reject_after_records raises KeyExhausted before any decryption."""
+    strict = Config(rekey_after_records=4, reject_after_records=5)
+    tx = RecordSender("AESGCM", KEY, Config(), 0.0, 65536)
+    rx = RecordReceiver("AESGCM", KEY, strict)
+    for _ in range(5):
+        rx.open(tx.seal(InnerType.DATA, b"ok", 0.0))
+    with pytest.raises(KeyExhausted):
+        rx.open(tx.seal(InnerType.DATA, b"one too many", 0.0))
+
+
+def test_forged_next_epoch_record_does_not_disturb_the_receiver() -> None:
+    """In window mode a forged next-epoch record fails, and the genuine one still opens."""
+    cfg = Config(ordered=False)
+    tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    rx = RecordReceiver("AESGCM", KEY, cfg)
+    update = tx.rekey(0.0)
+    genuine = tx.seal(InnerType.DATA, b"epoch one", 0.0)
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])
+    with pytest.raises(DecryptError):
+        rx.open(forged)
+    assert rx.epoch == 0
+    assert rx.open(genuine) == (InnerType.DATA, b"epoch one")
+    assert rx.epoch == 1
+    # The late KEY_UPDATE of the old epoch still opens and does not ratchet again.
+    assert rx.open(update) == (InnerType.KEY_UPDATE, b"")
+    assert rx.epoch == 1
+
+
+def test_window_receiver_refuses_epochs_it_cannot_know() -> None:
+    """Window mode accepts the previous, current and next epoch only."""
+    cfg = Config(ordered=False)
+    tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    rx = RecordReceiver("AESGCM", KEY, cfg)
+    tx.rekey(0.0)
+    tx.rekey(0.0)
+    with pytest.raises(ReplayError):
+        rx.open(tx.seal(InnerType.DATA, b"epoch two", 0.0))
+    assert rx.epoch == 0

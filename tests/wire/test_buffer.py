@@ -41,3 +41,20 @@ def test_short_reads_and_bad_text_raise_protocol_errors() -> None:
         Writer().vec8(b"x" * 256)
     with pytest.raises(ValueError):
         Writer().vec16(b"x" * 65536)
+
+
+def test_position_and_remaining_track_each_read() -> None:
+    """position counts bytes consumed; a failed read consumes nothing."""
+    r = Reader(bytearray(b"\x01\x00\x02\x03abc"))
+    assert (r.position, r.remaining) == (0, 7)
+    r.u8()
+    r.u16()
+    assert (r.position, r.remaining) == (3, 4)
+    with pytest.raises(RemoteProtocolError):
+        r.u64()
+    with pytest.raises(RemoteProtocolError):
+        r.take(-1)
+    assert (r.position, r.remaining) == (3, 4)
+    assert r.vec8() == b"abc"
+    assert r.rest() == b""
+    assert (r.position, r.remaining) == (7, 0)

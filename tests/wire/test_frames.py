@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pstp.exceptions import RemoteProtocolError
+from pstp.wire.buffer import Writer
 from pstp.wire.frames import (
+    HS_FLAG_DISCOVERY,
     ClosePayload,
     FrameType,
     HsInit,
@@ -116,3 +118,89 @@ def test_trailing_bytes_and_unknown_flags_are_refused() -> None:
         HsResp.parse(b"\x02\x01" + b"e" * 65 + b"c" * 48)
     with pytest.raises(RemoteProtocolError):
         InitPayload.parse(InitPayload(1, (), (1,), 1, "s").serialize())
+
+
+KID, EPH, CT = b"k" * 32, b"e" * 65, b"c" * 16
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        HsInit(2, 0, KID[:31], None, EPH, CT),
+        HsInit(2, 0, KID, None, EPH[:64], CT),
+        HsInit(2, HS_FLAG_DISCOVERY, KID, None, EPH, CT),
+        HsInit(2, 0, KID, b"n" * 16, EPH, CT),
+        HsInit(2, HS_FLAG_DISCOVERY, KID, b"n" * 15, EPH, CT),
+        HsInit(2, 0, KID, None, EPH, CT[:15]),
+    ],
+    ids=[
+        "short-kid",
+        "short-e",
+        "flag-without-nonce",
+        "nonce-without-flag",
+        "short-nonce",
+        "no-tag",
+    ],
+)
+def test_hs_init_check_refuses_inconsistent_fields(msg: HsInit) -> None:
+    """check() refuses wrong field lengths, a flag/nonce mismatch and a payload without a tag."""
+    with pytest.raises(RemoteProtocolError):
+        msg.check()
+
+
+def test_hs_init_parse_refuses_a_payload_shorter_than_a_tag() -> None:
+    """An HS_INIT cut inside the AEAD tag is refused; one whole tag is the minimum."""
+    body = HsInit(2, HS_FLAG_DISCOVERY, KID, b"n" * 16, EPH, CT).serialize()[4:]
+    assert HsInit.parse(body).ciphertext == CT
+    with pytest.raises(RemoteProtocolError):
+        HsInit.parse(body[:-1])
+
+
+def test_hs_resp_needs_room_for_a_tag_and_confirm() -> None:
+    """An HS_RESP shorter than e, a tag and confirm_R is refused; exactly that is accepted."""
+    body = HsResp(2, EPH, CT, b"f" * 32).serialize()[4:]
+    assert HsResp.parse(body) == HsResp(2, EPH, CT, b"f" * 32)
+    for cut in (body[:-1], body[:2], body[:1]):
+        with pytest.raises(RemoteProtocolError):
+            HsResp.parse(cut)
+
+
+def _init_raw(service: bytes, initiator_id: bytes) -> bytes:
+    """An InitPayload as a peer could write it, without the sender-side length checks."""
+    w = Writer().u64(1).vec8(b"\x02").u8(1).u16(1).u32(1024)
+    return w.vec8(service).vec8(initiator_id).getvalue()
+
+
+@pytest.mark.parametrize(
+    ("parser", "raw"),
+    [
+        (RespPayload.parse, Writer().u16(1).u32(1024).u32(0).vec8(b"x" * 65).getvalue()),
+        (RespPayload.parse, RespPayload(1, 1024, 0, "home").serialize() + b"\x00"),
+        (ClosePayload.parse, Writer().u16(0).vec8(b"r" * 201).getvalue()),
+        (ClosePayload.parse, ClosePayload(0, "bye").serialize() + b"\x00"),
+        (InitPayload.parse, InitPayload(1, (2,), (), 1024, "s").serialize()),
+        (InitPayload.parse, InitPayload(1, (2,), (1,), 1024, "s" * 64).serialize()[:-1]),
+        (InitPayload.parse, _init_raw(b"s" * 65, b"")),
+        (InitPayload.parse, _init_raw(b"session", b"i" * 65)),
+    ],
+    ids=[
+        "long-id",
+        "resp-trailing",
+        "long-reason",
+        "close-trailing",
+        "no-suites",
+        "truncated",
+        "long-service",
+        "long-initiator-id",
+    ],
+)
+def test_payload_parsers_refuse_what_writers_never_produce(parser: object, raw: bytes) -> None:
+    """Over-long names, over-long reasons, empty lists and trailing bytes are protocol errors."""
+    with pytest.raises(RemoteProtocolError):
+        parser(raw)  # type: ignore[operator]
+
+
+def test_init_payload_names_of_64_bytes_are_accepted() -> None:
+    """A 64-byte service and initiator id are the longest a peer may send."""
+    payload = InitPayload.parse(_init_raw(b"s" * 64, b"i" * 64))
+    assert (payload.service, payload.initiator_id) == ("s" * 64, "i" * 64)

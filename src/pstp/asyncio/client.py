@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
-from pstp.asyncio.connection import Session, SessionProtocol, next_timestamp
+from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol, next_timestamp
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryBinding
@@ -21,6 +22,8 @@ async def connect(
     config: Config | None = None,
     discovery: DiscoveryBinding | None = None,
     timeout: float | None = None,
+    own_id: str = "",
+    handlers: Mapping[str, ChannelHandler] | None = None,
 ) -> Session:
     """Connect, run PSTP-HS, and return the established session.
 
@@ -33,6 +36,8 @@ async def connect(
         discovery: the (nonce, PING, PONG) that found the device, if any.
         timeout: seconds for connect and handshake together (default: the
             config's handshake timeout).
+        own_id: our device id, stated to the device inside the encrypted handshake.
+        handlers: channel kinds we serve if the device opens channels to us.
 
     Raises:
         OSError: the TCP connection failed.
@@ -48,10 +53,13 @@ async def connect(
         timestamp=next_timestamp(),
         responder_id=device_id,
         discovery=discovery,
+        own_id=own_id,
     )
 
     async def run() -> Session:
-        _, proto = await loop.create_connection(lambda: SessionProtocol(conn), host, port)
+        _, proto = await loop.create_connection(
+            lambda: SessionProtocol(conn, handlers=handlers), host, port
+        )
         try:
             await proto.handshake
         except BaseException:

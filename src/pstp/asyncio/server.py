@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
-from pstp.asyncio.connection import Session, SessionProtocol
+from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol
 from pstp.exceptions import ErrorCode, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
@@ -57,7 +57,7 @@ class Server:
 
 
 async def serve(
-    handler: Handler,
+    handler: Handler | None,
     host: str,
     port: int,
     *,
@@ -65,6 +65,7 @@ async def serve(
     own_id: str,
     config: Config | None = None,
     discovery_lookup: DiscoveryLookup | None = None,
+    handlers: Mapping[str, ChannelHandler] | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -72,13 +73,16 @@ async def serve(
     the handler never sees it.
 
     Args:
-        handler: coroutine run with each established :class:`Session`.
+        handler: coroutine run with each established :class:`Session`; when it
+            returns the session is closed.  ``None``: sessions live until the
+            peer closes them, serving only channels.
         host: address to bind.
         port: TCP port (0 picks a free one).
         keyring: the pair keys we accept.
         own_id: our device id.
         config: limits and algorithms.
         discovery_lookup: PING/PONG exchanged under a discovery nonce.
+        handlers: channel kinds served to every session, and what runs for each.
 
     Raises:
         OSError: the address could not be bound.
@@ -94,6 +98,9 @@ async def serve(
             return
         session = Session(proto)
         try:
+            if handler is None:
+                await session.wait_closed()
+                return
             await handler(session)
         except asyncio.CancelledError:
             proto.close(ErrorCode.GOING_AWAY, "server shutting down")
@@ -114,7 +121,7 @@ async def serve(
             own_id=own_id,
             discovery_lookup=discovery_lookup,
         )
-        proto = SessionProtocol(conn)
+        proto = SessionProtocol(conn, handlers=handlers)
         task = loop.create_task(run(proto))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

@@ -313,7 +313,11 @@ class P256(DHFunction):
         peer = self._decode(public)
         try:
             return key.exchange(_ECDH, peer)
-        except ValueError as exc:
+        # Unreachable today: the point was decoded on P-256 (same curve as our
+        # key), and P-256 has prime order, so a scalar in [1, n-1] times a
+        # finite point is never the point at infinity.  Kept so that a future
+        # pyca refusal still surfaces as a handshake failure, not a crash.
+        except ValueError as exc:  # pragma: no cover
             raise HandshakeFailed("P-256 key exchange failed") from exc
 
 

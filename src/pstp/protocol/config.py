@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pstp.wire.messages import INITIAL_WINDOW, MAX_WINDOW
 from pstp.wire.frames import MAX_FRAME_BODY, RECORD_HEADER_LEN, TAG_LEN, VERSION, Suite
+from pstp.wire.messages import INITIAL_WINDOW, MAX_WINDOW
 
 __all__ = ["Config"]
 

@@ -47,6 +47,15 @@ from pstp.protocol.handshake import (
     SessionKeys,
 )
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
+from pstp.wire.frames import (
+    CONFIRM_LEN,
+    FRAME_HEADER_LEN,
+    RECORD_HEADER_LEN,
+    TAG_LEN,
+    ClosePayload,
+    FrameType,
+    InnerType,
+)
 from pstp.wire.messages import (
     CHANNEL_DATA_HEADER_LEN,
     ChannelCode,
@@ -56,15 +65,6 @@ from pstp.wire.messages import (
     decode_control,
     encode_channel_data,
     encode_control,
-)
-from pstp.wire.frames import (
-    CONFIRM_LEN,
-    FRAME_HEADER_LEN,
-    RECORD_HEADER_LEN,
-    TAG_LEN,
-    ClosePayload,
-    FrameType,
-    InnerType,
 )
 
 __all__ = ["TRANSITIONS", "Connection", "ConnectionState", "Input", "Role"]
@@ -216,6 +216,8 @@ class Connection:
             max_channels=self.config.max_channels,
         )
         self.close_exc: PstpError | None = None
+        #: The code the connection ended with (an ErrorCode value), once CLOSED.
+        self.close_code: int | None = None
         self.dropped_records = 0
 
     # -- state ---------------------------------------------------------------
@@ -646,6 +648,7 @@ class Connection:
         elif inp is Input.CLOSE:
             msg = ClosePayload.parse(body)
             self.close_exc = ConnectionClosed(msg.code, msg.reason)
+            self.close_code = msg.code
             self._out.clear()
             self._set_state(new)
             self._events.append(
@@ -731,5 +734,6 @@ class Connection:
             with contextlib.suppress(LocalProtocolError):
                 self._seal(InnerType.CLOSE, ClosePayload(code, wire_reason).serialize())
         self.close_exc = exc if exc is not None else ConnectionClosed(code, reason)
+        self.close_code = code
         self._set_state(ConnectionState.CLOSED)
         self._events.append(ConnectionTerminated(code=code, reason=reason, by_peer=by_peer))

@@ -128,8 +128,8 @@ class HandshakePattern:
 def _pattern(name: str, initiator_pre: str, responder_pre: str, *messages: str) -> HandshakePattern:
     def tokens(text: str) -> tuple[Token, ...]:
         parts = [part.strip() for part in text.split(",") if part.strip()]
-        if not _TOKENS.issuperset(parts):
-            raise ValueError(f"bad token in pattern {name}: {text!r}")
+        # The table below is a literal: a typo in it is a bug, not an input error.
+        assert _TOKENS.issuperset(parts), f"bad token in pattern {name}: {text!r}"
         return tuple(cast(Token, part) for part in parts)
 
     return HandshakePattern(
@@ -650,8 +650,7 @@ class HandshakeState:
             key = None if pair is None else pair.public
         else:
             key = self._rs if tok == "s" else self._re
-        if key is None:  # impossible: __init__ checked the keys
-            raise LocalProtocolError(f"pre-message {tok} key missing")
+        assert key is not None  # __init__ checked every pre-message key
         return key
 
     def __repr__(self) -> str:
@@ -775,8 +774,7 @@ class HandshakeState:
                     if self._psk_mode:
                         symmetric.mix_key(public)
                 elif tok == "s":
-                    if self._s is None:  # impossible: __init__ checked the keys
-                        raise LocalProtocolError("s token without a static key")
+                    assert self._s is not None  # __init__ checked the keys
                     parts.append(symmetric.encrypt_and_hash(self._s.public))
                 elif tok == "psk":
                     symmetric.mix_key_and_hash(self._psks.pop(0))

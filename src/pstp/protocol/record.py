@@ -133,7 +133,11 @@ class RecordSender:
         """
         if inner == InnerType.KEY_UPDATE:
             raise LocalProtocolError("KEY_UPDATE is sent by rekey(), not seal()")
-        out = self.rekey(now) if self.rekey_due(now, len(body)) else b""
+        due = self.rekey_due(now, len(body))
+        # Refuse before ratcheting: a KEY_UPDATE sealed for a record that is
+        # then refused would be lost with it, leaving the peer an epoch behind.
+        self._check(len(body), fresh_key=due)
+        out = self.rekey(now) if due else b""
         return out + self._seal(inner, body)
 
     def rekey(self, now: float) -> bytes:
@@ -150,15 +154,17 @@ class RecordSender:
         self._epoch_started = now
         return out
 
-    def _seal(self, inner: InnerType, body: bytes) -> bytes:
+    def _check(self, size: int, *, fresh_key: bool = False) -> None:
+        """Raise unless a ``size``-byte body may be sealed (under a fresh key if asked)."""
         c = self._config
-        if (
-            self.seq >= c.reject_after_records
-            or self.bytes_sealed + len(body) > c.reject_after_bytes
-        ):
+        seq, sealed = (0, 0) if fresh_key else (self.seq, self.bytes_sealed)
+        if seq >= c.reject_after_records or sealed + size > c.reject_after_bytes:
             raise LocalProtocolError("record key used past its hard limit")
-        if len(body) > self.max_body:
+        if size > self.max_body:
             raise LocalProtocolError("record too large")
+
+    def _seal(self, inner: InnerType, body: bytes) -> bytes:
+        self._check(len(body))
         seq = self.seq
         aad = (
             _RECORD

@@ -117,7 +117,7 @@ class Close(msgspec.Struct, tag=6, array_like=True, forbid_unknown_fields=True, 
 ControlMessage: TypeAlias = Open | Accept | Reject | Window | Eof | Close
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(ControlMessage)
+_decoder: msgspec.msgpack.Decoder[ControlMessage] = msgspec.msgpack.Decoder(ControlMessage)
 
 
 def encode_control(msg: ControlMessage) -> bytes:
