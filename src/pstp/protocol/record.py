@@ -129,7 +129,8 @@ class RecordSender:
 
         Raises:
             LocalProtocolError: the body exceeds the largest record, or the
-                key is past its hard limit.
+                key is past its hard limit.  A refused record changes nothing,
+                so the sender stays usable.
         """
         if inner == InnerType.KEY_UPDATE:
             raise LocalProtocolError("KEY_UPDATE is sent by rekey(), not seal()")
