@@ -1,0 +1,179 @@
+"""Blocking discovery driver: a responder thread for devices, and broadcast queries.
+
+The protocol lives in :mod:`pstp.discovery.protocol`; this module only moves
+datagrams.  Queries go to every IPv4 interface's broadcast address, to the
+limited broadcast 255.255.255.255, and to 127.0.0.1 (a device on this host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from pstp.discovery.protocol import Browser, Found, Responder
+
+__all__ = [
+    "ResponderThread",
+    "broadcast_addresses",
+    "discover",
+    "find_first",
+    "start_responder",
+]
+
+_log = logging.getLogger("pstp.discovery")
+_SIOCGIFBRDADDR = 0x8919  # Linux: the broadcast address of an interface
+_SIOCGIFFLAGS = 0x8913
+_IFF_BROADCAST = 0x2
+_IFF_UP = 0x1
+
+
+def broadcast_addresses() -> list[str]:
+    """The broadcast address of every IPv4 interface that is up, then the fallbacks."""
+    found: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            req = struct.pack("256s", name.encode()[:15])
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
+                if not flags & _IFF_UP or not flags & _IFF_BROADCAST:
+                    continue
+                raw = fcntl.ioctl(s.fileno(), _SIOCGIFBRDADDR, req)
+            except OSError:
+                continue  # no IPv4 address on this interface
+            addr = socket.inet_ntoa(raw[20:24])
+            if addr not in found:
+                found.append(addr)
+    return [*found, "255.255.255.255", "127.0.0.1"]
+
+
+class ResponderThread:
+    """Answers discovery PINGs on a UDP port from a background thread.
+
+    Args:
+        responder: the sans-I/O responder.
+        host: address to bind (default all).
+    """
+
+    def __init__(self, responder: Responder, host: str = "0.0.0.0") -> None:  # noqa: S104
+        self.responder = responder
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, responder.port))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pstp-discovery", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the UDP socket is bound to."""
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> ResponderThread:
+        """Start answering; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering and close the socket."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self._sock.close()
+
+    def lookup(self, nonce: bytes) -> tuple[bytes, bytes] | None:
+        """The (PING, PONG) exchanged under ``nonce`` (the handshake's discovery lookup)."""
+        with self._lock:
+            return self.responder.lookup(nonce, time.monotonic())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self._sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            with self._lock:
+                self.responder.receive_datagram(data, (addr[0], addr[1]), time.monotonic())
+                out = self.responder.datagrams_to_send()
+            for pong, dest in out:
+                with contextlib.suppress(OSError):
+                    self._sock.sendto(pong, dest)
+
+
+def start_responder(
+    device_id: str,
+    port: int,
+    *,
+    host: str = "0.0.0.0",  # noqa: S104
+    stealth_keys: Callable[[], Iterable[bytes]] | None = None,
+) -> ResponderThread:
+    """Start answering discovery PINGs for ``device_id`` on UDP ``port``.
+
+    Raises:
+        OSError: the UDP port could not be bound.
+    """
+    return ResponderThread(Responder(device_id, port, stealth_keys=stealth_keys), host).start()
+
+
+def discover(
+    port: int = 9000,
+    timeout: float = 1.0,
+    *,
+    first: bool = False,
+    kid_key: bytes | None = None,
+    addresses: Iterable[str] | None = None,
+) -> list[Found]:
+    """Broadcast a PING and collect the devices that answer within ``timeout``.
+
+    Args:
+        port: the discovery (service) port.
+        timeout: seconds to wait for answers.
+        first: return as soon as one device answers.
+        kid_key: a pair key's key-id key, so stealth devices answer.
+        addresses: where to send the PING (default: :func:`broadcast_addresses`).
+
+    Returns:
+        The devices found, in order of arrival.
+    """
+    browser = Browser(kid_key=kid_key)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("0.0.0.0", 0))  # noqa: S104 - answers come back from anywhere on the LAN
+        for addr in addresses if addresses is not None else broadcast_addresses():
+            try:
+                sock.sendto(browser.ping, (addr, port))
+            except OSError as exc:  # e.g. no route for the limited broadcast
+                _log.debug("PING to %s:%d failed: %s", addr, port, exc)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, src = sock.recvfrom(2048)
+            except TimeoutError:
+                break
+            if browser.receive_datagram(data, (src[0], src[1]), time.monotonic()) and first:
+                break
+    return browser.found
+
+
+def find_first(port: int = 9000, timeout: float = 2.0, *, kid_key: bytes | None = None) -> Found:
+    """The first device that answers a PING.
+
+    Raises:
+        TimeoutError: nobody answered within ``timeout``.
+    """
+    found = discover(port, timeout, first=True, kid_key=kid_key)
+    if not found:
+        raise TimeoutError(f"no PSTP device answered on UDP port {port} within {timeout:g} s")
+    return found[0]
