@@ -234,3 +234,16 @@ async def test_server_can_open_channels_to_the_client() -> None:
         s = await connect("127.0.0.1", server.port, pair_key=PAIR_KEY, handlers={"whoami": whoami})
         assert await asyncio.wait_for(s.recv(), TIMEOUT) == b"client said phone"
         await s.close()
+
+
+def test_works_on_uvloop_too() -> None:
+    """The driver runs unchanged on uvloop (its transports do not subclass asyncio's)."""
+    pytest.importorskip("uvloop")
+    from pstp.asyncio.runner import run
+
+    async def main() -> bytes:
+        async with await start() as server:
+            async with await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
+                return await s.request("echo", b"on uvloop")
+
+    assert run(main(), use_uvloop=True) == b"on uvloop"

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError
 from pstp.protocol.connection import Connection, ConnectionState
@@ -259,8 +260,8 @@ class SessionProtocol(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         self.conn.start(self.loop.time())
         self._pump()
 

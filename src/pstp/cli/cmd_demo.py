@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+from pstp.asyncio.runner import run as run_loop
 from pstp.cli.main import Console
 
 __all__ = ["run"]
@@ -21,8 +22,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Run the demo (or, with ``--role server``, its serving half)."""
     if args.role == "server":
         key = bytes.fromhex(sys.stdin.readline().strip())
-        return asyncio.run(_serve(key, args.port, console))
-    return asyncio.run(_both(args.port, console))
+        return run_loop(_serve(key, args.port, console))
+    return run_loop(_both(args.port, console))
 
 
 async def _serve(key: bytes, port: int, console: Console) -> int:
