@@ -5,20 +5,49 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pstp.protocol.channels import CHANNEL_TRANSITIONS
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import InitiatorHandshake, KeyRing, ResponderHandshake
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
 from pstp.wire.frames import InnerType, Suite
-from tests.helpers import OUR_VECTORS
+from pstp.wire.messages import (
+    INITIAL_WINDOW,
+    MAX_WINDOW,
+    Accept,
+    ChannelCode,
+    Close,
+    Eof,
+    Open,
+    Reject,
+    Window,
+    decode_channel_data,
+    decode_control,
+    encode_channel_data,
+    encode_control,
+)
+from tests.helpers import OUR_VECTORS, ROOT
 
 HS = json.loads((OUR_VECTORS / "pstp-hs.json").read_text())
 REC = json.loads((OUR_VECTORS / "records.json").read_text())
+CHAN = json.loads((OUR_VECTORS / "channels.json").read_text())
+
+#: Control message classes and their MessagePack tags (docs/protocol.md §14.4, table 2).
+CONTROL = {
+    "OPEN": (Open, 1),
+    "ACCEPT": (Accept, 2),
+    "REJECT": (Reject, 3),
+    "WINDOW": (Window, 4),
+    "EOF": (Eof, 5),
+    "CLOSE": (Close, 6),
+}
 
 
 def _hkdf(ikm: bytes, info: bytes) -> bytes:
@@ -120,3 +149,67 @@ def test_record_vectors_reproduce(case: dict) -> None:  # type: ignore[type-arg]
             pos = end
         assert opened[-1] == (rec["inner_type"], bytes.fromhex(rec["body"]))
     assert receiver.epoch == 1
+
+
+def test_channel_constants_match_the_vectors() -> None:
+    """INITIAL_WINDOW, MAX_WINDOW and the ChannelCode table are the published ones."""
+    assert CHAN["initial_window"] == INITIAL_WINDOW == 65536
+    assert CHAN["max_window"] == MAX_WINDOW == 2**31 - 1
+    assert CHAN["channel_codes"] == {c.name: int(c) for c in ChannelCode}
+
+
+@pytest.mark.parametrize("case", CHAN["control"], ids=lambda c: f"{c['name']}-{c['note']}")
+def test_channel_control_vectors_reproduce(case: dict) -> None:  # type: ignore[type-arg]
+    """Each control message encodes to the published bytes and decodes back to its fields."""
+    cls, tag = CONTROL[case["name"]]
+    msg = cls(**case["fields"])
+    raw = bytes.fromhex(case["msgpack"])
+    assert encode_control(msg).hex() == case["msgpack"]
+    assert decode_control(raw) == msg
+    # The shape, read with a schema-less decoder: [tag, fields in declaration order].
+    assert msgspec.msgpack.decode(raw) == case["array"] == [tag, *case["fields"].values()]
+
+
+@pytest.mark.parametrize("case", CHAN["decode_only"], ids=lambda c: c["note"])
+def test_channel_control_short_forms_decode(case: dict) -> None:  # type: ignore[type-arg]
+    """Trailing fields with defaults may be omitted by a sender."""
+    cls, _ = CONTROL[case["name"]]
+    assert decode_control(bytes.fromhex(case["msgpack"])) == cls(**case["fields"])
+
+
+def test_channel_data_vector_reproduces() -> None:
+    """A CHANNEL_DATA body is the u32 channel id followed by the raw bytes."""
+    v = CHAN["channel_data"]
+    data, body = bytes.fromhex(v["data"]), bytes.fromhex(v["body"])
+    assert body == v["channel"].to_bytes(4, "big") + data
+    assert encode_channel_data(v["channel"], data) == body
+    assert decode_channel_data(body) == (v["channel"], data)
+
+
+def test_channel_flight_vector_reproduces() -> None:
+    """OPEN, CHANNEL_DATA and EOF sealed back to back give the published frames."""
+    flight = CHAN["flight"]
+    key = bytes.fromhex(flight["key"])
+    sender = RecordSender(cipher_for_suite(flight["suite"]), key, Config(), 0.0, 65536)
+    aead = AESGCM(key)
+    assert flight["suite"] == Suite.AES_256_GCM
+    assert flight["records"][0]["body"] == CHAN["control"][0]["msgpack"]
+    assert flight["records"][1]["body"] == CHAN["channel_data"]["body"]
+    for rec in flight["records"]:
+        body = bytes.fromhex(rec["body"])
+        frame = sender.seal(InnerType(rec["inner_type"]), body, 0.0)
+        assert frame.hex() == rec["frame"]
+        assert frame[:4] == bytes((0x17,)) + (26 + len(body)).to_bytes(3, "big")
+        assert frame[4] == flight["epoch"]
+        assert int.from_bytes(frame[5:13], "big") == rec["seq"]
+        # Opened with a bare AEAD call: nonce = 0^4 || seq (big-endian), AAD = 13-byte header.
+        nonce = bytes(4) + rec["seq"].to_bytes(8, "big")
+        assert aead.decrypt(nonce, frame[13:], frame[:13]) == bytes((rec["inner_type"],)) + body
+
+
+def test_spec_channel_table_matches_the_code() -> None:
+    """docs/protocol.md §14.5 table 3 lists exactly CHANNEL_TRANSITIONS."""
+    spec = (ROOT / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` +\| ((?:SEND|RECV)_\w+) +\| `(\w+)` +\|$", spec, re.M)
+    code = [(s.name, i.name, n.name) for (s, i), n in CHANNEL_TRANSITIONS.items()]
+    assert rows == code
