@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,3 +99,69 @@ def test_receive_datagram_never_raises(data: bytes) -> None:
     """Arbitrary bytes into either side never raise."""
     Responder("home", 9000).receive_datagram(data, ADDR, 0.0)
     Browser().receive_datagram(data, ADDR, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("device_id", "port"),
+    [("", 9000), ("d" * 65, 9000), ("é" * 33, 9000), ("home", 0), ("home", 65536)],
+)
+def test_responder_refuses_an_id_or_port_it_could_not_advertise(device_id: str, port: int) -> None:
+    """A device id that is empty or over 64 bytes, or a port outside 1..65535, is refused."""
+    with pytest.raises(ValueError):
+        Responder(device_id, port)
+
+
+def test_global_rate_limit_caps_answers_across_sources() -> None:
+    """Many sources together get at most global_rate answers a second."""
+    r = Responder("home", 9000, global_rate=3.0, rate=100.0, burst=100.0)
+    hosts = [f"192.0.2.{i}" for i in range(10)]
+    answered = sum(len(answer(r, Browser().ping, (h, 1))) for h in hosts)
+    assert answered == 3
+    assert r.dropped_rate == 7
+    # A refused source was not charged: it is answered once the global bucket refills.
+    assert answer(r, Browser().ping, (hosts[-1], 1), now=1.0)
+
+
+def test_source_table_is_bounded_and_forgets_the_least_recent() -> None:
+    """Beyond 4096 sources the least recently seen source's bucket is dropped."""
+    r = Responder("home", 9000, global_rate=1e9, rate=0.001, burst=1.0)
+    first = ("198.51.100.1", 1)
+    assert answer(r, Browser().ping, first)
+    assert answer(r, Browser().ping, first) == []  # its one-answer burst is spent
+    for i in range(4096):
+        r.receive_datagram(Browser().ping, (f"10.{i >> 8}.{i & 0xFF}.1", 1), 0.0)
+    r.datagrams_to_send()
+    assert len(r._buckets) == 4096
+    assert answer(r, Browser().ping, first)  # forgotten, so it has a full bucket again
+    assert len(r._buckets) == 4096
+
+
+def test_repeated_nonce_is_answered_once_and_never_overwrites() -> None:
+    """A replayed PING (same nonce) gets no answer and leaves the stored pair intact."""
+    r = Responder("home", 9000, remember=10.0, rate=100, burst=100)
+    a = Browser()
+    (pong,) = answer(r, a.ping, now=0.0)
+    tampered = a.ping[:-1] + b"\x00"  # same nonce, still a valid PING
+    assert answer(r, tampered, ("192.0.2.77", 5), now=1.0) == []
+    assert answer(r, a.ping, now=2.0) == []
+    assert r.dropped_replay == 2
+    assert r.lookup(a.nonce, now=3.0) == (a.ping, pong)
+    assert r.lookup(a.nonce, now=10.5) is None  # expired: remembered for 10 s
+
+
+def test_pings_wanting_capabilities_we_lack_are_not_answered() -> None:
+    """A PING asking for a capability the device lacks gets no PONG."""
+    r = Responder("home", 9000, caps=Caps.AES_256_GCM)
+    assert answer(r, Browser(wanted=Caps.MQTT).ping) == []
+    assert answer(r, Browser(wanted=Caps.AES_256_GCM).ping)
+
+
+def test_found_binding_is_the_exact_exchange() -> None:
+    """Found.binding is (nonce, PING, PONG) byte for byte, as the responder remembers it."""
+    r = Responder("home", 9000)
+    b = Browser(kid_key=b"k" * 32)
+    (pong,) = answer(r, b.ping)
+    found = b.receive_datagram(pong, ADDR, 0.0)
+    assert found is not None
+    assert found.binding == (b.nonce, b.ping, pong)
+    assert r.lookup(found.binding[0]) == found.binding[1:]

@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pstp.exceptions import ErrorCode, InvalidState, LocalProtocolError
-from pstp.protocol.channels import CHANNEL_TRANSITIONS, ChannelInput, ChannelState
+from pstp.protocol.channels import (
+    CHANNEL_TRANSITIONS,
+    ChannelInput,
+    ChannelState,
+    ChannelTable,
+)
 from pstp.protocol.config import Config
 from pstp.protocol.connection import ConnectionState
 from pstp.protocol.events import (
@@ -24,9 +29,11 @@ from pstp.protocol.events import (
 from pstp.wire.frames import InnerType
 from pstp.wire.messages import (
     INITIAL_WINDOW,
+    MAX_WINDOW,
     Accept,
     ChannelCode,
     Close,
+    Eof,
     Open,
     Window,
     decode_control,
@@ -360,3 +367,289 @@ class ChannelInterleavings(RuleBasedStateMachine):
 
 TestChannelInterleavings = ChannelInterleavings.TestCase
 TestChannelInterleavings.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# -- peers breaking §14 ---------------------------------------------------------
+
+
+def send_control(pair: Pair, msg: object, *, from_server: bool = True) -> None:
+    """Deliver a control message sealed by one side's real keys to the other side."""
+    src, dst = (pair.server, pair.client) if from_server else (pair.client, pair.server)
+    sender = src._sender
+    assert sender is not None
+    dst.receive_data(
+        sender.seal(InnerType.CHANNEL_CONTROL, encode_control(msg), 0.0),  # type: ignore[arg-type]
+        0.0,
+    )
+
+
+def accepted_channel(pair: Pair) -> int:
+    """A channel the client opened and the server accepted."""
+    cid = pair.client.open_channel("x")
+    pair.roundtrip()
+    pair.server.accept_channel(cid)
+    pair.roundtrip()
+    pair.client_events.clear()
+    pair.server_events.clear()
+    return cid
+
+
+def protocol_error(conn: object) -> bool:
+    """True when ``conn`` ended with PROTOCOL_ERROR."""
+    events = conn.events_received()  # type: ignore[attr-defined]
+    ended = of(events, ConnectionTerminated)
+    return bool(ended) and ended[0].code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_window_beyond_the_maximum_ends_the_session() -> None:
+    """WINDOW increments that push the send window past 2^31-1 are a protocol error."""
+    pair = fresh()
+    cid = accepted_channel(pair)
+    window = pair.client.channel_send_window(cid)
+    send_control(pair, Window(cid, MAX_WINDOW - window))
+    assert pair.client.channel_send_window(cid) == MAX_WINDOW  # exactly the maximum is fine
+    assert pair.client.state is ConnectionState.ESTABLISHED
+    send_control(pair, Window(cid, 1))
+    assert protocol_error(pair.client)
+    assert "window overflow" in str(pair.client.close_exc)
+
+
+def test_accept_with_a_window_below_the_initial_window_ends_the_session() -> None:
+    """An ACCEPT granting less than INITIAL_WINDOW is a protocol error."""
+    pair = fresh()
+    cid = pair.client.open_channel("x")
+    pair.roundtrip()
+    send_control(pair, Accept(cid, INITIAL_WINDOW - 1))
+    assert protocol_error(pair.client)
+    assert "ACCEPT window" in str(pair.client.close_exc)
+
+
+@pytest.mark.parametrize("case", ["accept_twice", "eof_twice", "data_after_eof", "accept_own"])
+def test_channel_messages_in_the_wrong_channel_state_end_the_session(case: str) -> None:
+    """A second ACCEPT or EOF, data after EOF, or accepting one's own OPEN is refused."""
+    pair = fresh()
+    if case == "accept_own":
+        cid = pair.server.open_channel("x")
+        pair.roundtrip()
+        send_control(pair, Accept(cid, INITIAL_WINDOW))  # the opener accepts its own channel
+    else:
+        cid = accepted_channel(pair)
+        if case == "accept_twice":
+            send_control(pair, Accept(cid, INITIAL_WINDOW))
+        else:
+            pair.server.send_channel_eof(cid)
+            pair.roundtrip()
+            if case == "eof_twice":
+                send_control(pair, Eof(cid))
+            else:
+                sender = pair.server._sender
+                assert sender is not None
+                pair.client.receive_data(
+                    sender.seal(InnerType.CHANNEL_DATA, encode_channel_data(cid, b"z"), 0.0), 0.0
+                )
+    assert protocol_error(pair.client)
+    assert f"on channel {cid}" in str(pair.client.close_exc)
+
+
+def test_channel_data_shorter_than_its_id_ends_the_session() -> None:
+    """A CHANNEL_DATA body without its 4-byte channel id is a protocol error."""
+    pair = fresh()
+    sender = pair.client._sender
+    assert sender is not None
+    pair.server.receive_data(sender.seal(InnerType.CHANNEL_DATA, b"\x00\x00\x01", 0.0), 0.0)
+    assert protocol_error(pair.server)
+
+
+def test_crossing_closes_are_harmless() -> None:
+    """Both sides closing a channel at once, and late EOF or WINDOW for it, are ignored."""
+    pair = fresh()
+    cid = accepted_channel(pair)
+    pair.client.close_channel(cid, reason="mine")
+    pair.server.send_channel_eof(cid)
+    pair.server.close_channel(cid, reason="yours")
+    pair.roundtrip()
+    assert not of(pair.client_events, ChannelClosed)
+    assert not of(pair.server_events, ChannelClosed)
+    send_control(pair, Window(cid, 10))
+    send_control(pair, Eof(cid), from_server=False)
+    assert pair.client.state is pair.server.state is ConnectionState.ESTABLISHED
+    assert pair.client.channel_state(cid) is pair.server.channel_state(cid) is ChannelState.CLOSED
+
+
+# -- acknowledgements -------------------------------------------------------------
+
+
+def test_acknowledging_nothing_or_an_unknown_channel_sends_nothing() -> None:
+    """acknowledge_channel_data with 0 or fewer bytes, or for a channel not open, is a no-op."""
+    cfg = Config(channel_window=INITIAL_WINDOW)
+    pair = Pair.new(cfg, cfg).established()
+    cid = accepted_channel(pair)
+    pair.client.send_channel_data(cid, b"x" * INITIAL_WINDOW)
+    pair.roundtrip()
+    pair.server.acknowledge_channel_data(cid, 0)
+    pair.server.acknowledge_channel_data(cid + 2, 1_000_000)
+    pair.server.acknowledge_channel_data(cid, -5)
+    assert pair.server.data_to_send() == b""
+    # Nothing was counted: acknowledging exactly half the window now grants exactly that.
+    pair.server.acknowledge_channel_data(cid, INITIAL_WINDOW // 2)
+    pair.roundtrip()
+    assert pair.client.channel_send_window(cid) == INITIAL_WINDOW // 2
+
+
+def test_no_window_is_granted_once_the_peer_sent_eof() -> None:
+    """After the peer's EOF it sends no more, so acknowledging grants no WINDOW."""
+    cfg = Config(channel_window=INITIAL_WINDOW)
+    pair = Pair.new(cfg, cfg).established()
+    cid = accepted_channel(pair)
+    pair.client.send_channel_data(cid, b"x" * INITIAL_WINDOW)
+    pair.client.send_channel_eof(cid)
+    pair.roundtrip()
+    assert pair.server.channel_state(cid) is ChannelState.HALF_CLOSED_REMOTE
+    pair.server.acknowledge_channel_data(cid, INITIAL_WINDOW)
+    assert pair.server.data_to_send() == b""
+    # Before a decision too: an OPEN followed by EOF.
+    cid = pair.client.open_channel("x")
+    pair.client.send_channel_data(cid, b"y" * INITIAL_WINDOW)
+    pair.client.send_channel_eof(cid)
+    pair.roundtrip()
+    assert pair.server.channel_state(cid) is ChannelState.APP_EXPECT_DECISION_EOF
+    pair.server.acknowledge_channel_data(cid, INITIAL_WINDOW)
+    assert pair.server.data_to_send() == b""
+
+
+# -- verbs outside ESTABLISHED --------------------------------------------------------
+
+
+def test_channel_verbs_outside_established_raise() -> None:
+    """Opening, deciding, sending and EOF before the handshake or after close raise."""
+    pair = Pair.new()
+    with pytest.raises(InvalidState):
+        pair.client.open_channel("x")
+    pair.established()
+    cid = pair.client.open_channel("x")
+    pair.roundtrip()
+    pair.client.close()
+    pair.server.close()
+    for verb, args in (
+        (pair.client.open_channel, ("x",)),
+        (pair.client.send_channel_data, (cid, b"x")),
+        (pair.client.send_channel_eof, (cid,)),
+        (pair.server.accept_channel, (cid,)),
+        (pair.server.reject_channel, (cid,)),
+    ):
+        with pytest.raises(InvalidState, match="no channels in state CLOSED"):
+            verb(*args)  # type: ignore[operator]
+
+
+def test_close_and_acknowledge_after_the_session_ended_do_nothing() -> None:
+    """close_channel and acknowledge_channel_data after the session closed queue nothing."""
+    pair = fresh()
+    cid = accepted_channel(pair)
+    pair.client.send_channel_data(cid, b"x" * 1000)
+    pair.roundtrip()
+    pair.server.close()
+    pair.server.data_to_send()
+    pair.server.close_channel(cid)
+    pair.server.acknowledge_channel_data(cid, 1_000_000)
+    assert pair.server.data_to_send() == b""
+    assert pair.server.events_received() == [
+        ConnectionTerminated(code=ErrorCode.NORMAL, reason="", by_peer=False)
+    ]
+
+
+@pytest.mark.parametrize("how", ["local_close", "peer_close", "eof", "failure"])
+def test_channels_read_as_closed_once_the_session_ends(how: str) -> None:
+    """However the session ends, its channels report CLOSED and no send window."""
+    pair = fresh()
+    cid = accepted_channel(pair)
+    assert pair.client.channel_send_window(cid) > 0
+    if how == "local_close":
+        pair.client.close()
+    elif how == "peer_close":
+        pair.server.close()
+        pair.roundtrip()
+    elif how == "eof":
+        pair.client.receive_eof(0.0)
+    else:
+        pair.client.receive_data(b"\x42\x00\x00\x00", 0.0)
+    assert pair.client.state is ConnectionState.CLOSED
+    assert pair.client.channel_state(cid) is ChannelState.CLOSED
+    assert pair.client.channel_send_window(cid) == 0
+
+
+# -- the table on its own ---------------------------------------------------------------
+
+
+def test_table_refuses_a_window_out_of_range() -> None:
+    """A ChannelTable grants between INITIAL_WINDOW and MAX_WINDOW, nothing else."""
+    for window in (INITIAL_WINDOW - 1, MAX_WINDOW + 1):
+        with pytest.raises(ValueError):
+            ChannelTable(initiator=True, window=window, max_channels=1)
+    for window in (INITIAL_WINDOW, MAX_WINDOW):
+        assert len(ChannelTable(initiator=True, window=window, max_channels=1)) == 0
+
+
+def test_channel_ids_run_out_at_two_to_the_32() -> None:
+    """Once the 32-bit id space of our parity is used, open() raises and nothing changes."""
+    for initiator, last in ((True, 0xFFFFFFFF), (False, 0xFFFFFFFE)):
+        table = ChannelTable(initiator=initiator, window=INITIAL_WINDOW, max_channels=8)
+        table._next_id = last
+        assert table.open("x", None)[0] == last
+        with pytest.raises(LocalProtocolError, match="exhausted"):
+            table.open("x", None)
+        assert len(table) == 1 and table.ids() == [last]
+
+
+def test_connection_survives_exhausted_channel_ids() -> None:
+    """open_channel raising for exhausted ids leaves the session and its channels usable."""
+    pair = fresh()
+    cid = accepted_channel(pair)
+    pair.client._channels._next_id = 0xFFFFFFFF + 2
+    with pytest.raises(LocalProtocolError):
+        pair.client.open_channel("x")
+    assert pair.client.data_to_send() == b""
+    pair.client.send_channel_data(cid, b"still here")
+    pair.roundtrip()
+    assert of(pair.server_events, ChannelDataReceived)[0].data == b"still here"
+
+
+def test_close_all_forgets_every_channel() -> None:
+    """close_all returns every live id and frees the peer's channel slots."""
+    table = ChannelTable(initiator=True, window=INITIAL_WINDOW, max_channels=1)
+    mine, _ = table.open("x", None)
+    table.receive_control(Open(2, "y", INITIAL_WINDOW))
+    assert sorted(table.close_all()) == [mine, 2]
+    assert len(table) == 0 and table.state(mine) is ChannelState.CLOSED
+    events, replies = table.receive_control(Open(4, "y", INITIAL_WINDOW))
+    assert replies == [] and len(events) == 1  # the slot was freed
+
+
+def test_window_that_overtakes_accept_is_not_lost() -> None:
+    """A WINDOW sent by the acceptor before its ACCEPT still counts at the opener."""
+    cfg = Config(channel_window=INITIAL_WINDOW)
+    pair = Pair.new(cfg, cfg).established()
+    cid = pair.client.open_channel("bulk")
+    pair.client.send_channel_data(cid, b"x" * INITIAL_WINDOW)
+    pair.roundtrip()
+    # The acceptor consumes the early data before deciding: its WINDOW goes out first.
+    pair.server.acknowledge_channel_data(cid, INITIAL_WINDOW)
+    pair.server.accept_channel(cid)
+    pair.roundtrip()
+    assert pair.client.channel_send_window(cid) == INITIAL_WINDOW
+    pair.client.send_channel_data(cid, b"y" * INITIAL_WINDOW)
+    pair.roundtrip()
+    assert pair.server.state is ConnectionState.ESTABLISHED
+
+
+def test_acknowledging_more_than_received_grants_nothing_extra() -> None:
+    """Over-acknowledging cannot open the peer's window beyond what was freed."""
+    cfg = Config(channel_window=INITIAL_WINDOW)
+    pair = Pair.new(cfg, cfg).established()
+    cid = pair.client.open_channel("bulk")
+    pair.roundtrip()
+    pair.server.accept_channel(cid)
+    pair.client.send_channel_data(cid, b"x" * 40_000)
+    pair.roundtrip()
+    pair.server.acknowledge_channel_data(cid, 10**9)
+    pair.roundtrip()
+    assert pair.client.channel_send_window(cid) == INITIAL_WINDOW

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from hypothesis import given, settings
@@ -149,6 +150,24 @@ def test_eof_without_close_is_truncation() -> None:
     pair = Pair.new().established()
     pair.server.receive_eof(pair.clock.now)
     assert terminated(pair.server.events_received()).code == ErrorCode.TRUNCATED
+
+
+def test_close_code_is_set_however_the_connection_ends() -> None:
+    """close_code equals the reported code after CLOSE, failure, or the transport ending."""
+    pair = Pair.new().established()
+    pair.client.close(ErrorCode.GOING_AWAY)
+    pair.roundtrip()
+    assert pair.client.close_code == pair.server.close_code == ErrorCode.GOING_AWAY
+    for conn, code in (
+        (Pair.new().established().server, ErrorCode.TRUNCATED),
+        (started_server(), ErrorCode.HANDSHAKE_FAILED),
+    ):
+        assert conn.close_code is None
+        conn.receive_eof(1_000.0)
+        assert conn.close_code == terminated(conn.events_received()).code == code
+    conn = started_server()
+    conn.receive_data(b"\x42\x00\x00\x00", 1_000.0)
+    assert conn.close_code == terminated(conn.events_received()).code
 
 
 # -- feeding in every way ---------------------------------------------------
@@ -853,3 +872,208 @@ def test_inner_type_enum_matches_the_table() -> None:
     from pstp.protocol.connection import _INNER_INPUT
 
     assert set(_INNER_INPUT) == set(InnerType)
+
+
+# -- records a peer may forge --------------------------------------------------
+
+
+def forged(sender_side: Connection, inner: int, body: bytes) -> bytes:
+    """A record sealed by ``sender_side``'s real keys, with any inner type and body."""
+    sender = sender_side._sender
+    assert sender is not None
+    return sender.seal(inner, body, 1_000.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inner", [0x00, 0x07, 0x12, 0xFF])
+def test_unknown_inner_record_type_ends_the_session(inner: int) -> None:
+    """An authenticated record with an unassigned inner type is a protocol error."""
+    pair = Pair.new().established()
+    pair.server.receive_data(forged(pair.client, inner, b"x"), pair.clock.now)
+    assert pair.server.state is ConnectionState.CLOSED
+    assert terminated(pair.server.events_received()).code == ErrorCode.PROTOCOL_ERROR
+    assert f"unknown record type 0x{inner:02x}" in str(pair.server.close_exc)
+    pair.client.receive_data(pair.server.data_to_send(), pair.clock.now)
+    assert terminated(pair.client.events_received()).by_peer
+
+
+@pytest.mark.parametrize("inner", [InnerType.PING, InnerType.PONG])
+@pytest.mark.parametrize("size", [0, 7, 9, 64])
+def test_heartbeat_bodies_other_than_eight_bytes_end_the_session(
+    inner: InnerType, size: int
+) -> None:
+    """A PING or PONG whose body is not the 8-byte counter is a protocol error."""
+    pair = Pair.new().established()
+    pair.server.receive_data(forged(pair.client, inner, bytes(size)), pair.clock.now)
+    assert terminated(pair.server.events_received()).code == ErrorCode.PROTOCOL_ERROR
+    assert f"bad {inner.name} length" in str(pair.server.close_exc)
+
+
+def test_ping_is_echoed_with_the_same_counter() -> None:
+    """A peer's PING is answered by a PONG carrying its 8 bytes unchanged."""
+    pair = Pair.new().established()
+    pair.server.receive_data(forged(pair.client, InnerType.PING, b"12345678"), pair.clock.now)
+    keys = pair.client._keys
+    assert keys is not None
+    rx = RecordReceiver(cipher_for_suite(keys.suite), keys.r2i_key, Config())
+    assert rx.open(pair.server.data_to_send()) == (InnerType.PONG, b"12345678")
+
+
+def test_unsolicited_pong_is_ignored() -> None:
+    """A PONG for a counter we never sent reports nothing and keeps the session."""
+    pair = Pair.new().established()
+    pair.client.send_ping()
+    pair.client.data_to_send()  # lost: the server never answers it
+    pong = forged(pair.server, InnerType.PONG, (999).to_bytes(8, "big"))
+    pair.client.receive_data(pong, pair.clock.now)
+    assert pair.client.events_received() == []
+    assert pair.client.state is ConnectionState.ESTABLISHED
+
+
+def test_pong_reports_the_round_trip_time() -> None:
+    """HeartbeatAcknowledged carries the time between our PING and its PONG."""
+    pair = Pair.new().established()
+    pair.client.send_ping()
+    ping = pair.client.data_to_send()
+    pair.server.receive_data(ping, pair.clock.advance(0.25))
+    pair.client.receive_data(pair.server.data_to_send(), pair.clock.advance(0.5))
+    (ack,) = pair.client.events_received()
+    assert ack == HeartbeatAcknowledged(rtt=pytest.approx(0.75))
+
+
+def test_only_the_latest_sixteen_pings_are_remembered() -> None:
+    """Unanswered PINGs do not pile up: PONGs to the oldest of 20 are ignored."""
+    pair = Pair.new().established()
+    for _ in range(20):
+        pair.client.send_ping()
+    assert len(pair.client._ping_sent_at) == 16
+    pair.roundtrip()
+    acks = [e for e in pair.client_events if isinstance(e, HeartbeatAcknowledged)]
+    assert len(acks) == 16
+    assert pair.client.state is ConnectionState.ESTABLISHED
+
+
+def test_send_ping_outside_established_raises() -> None:
+    """send_ping before the handshake completes or after the session ends raises."""
+    conn = make_client()
+    with pytest.raises(InvalidState):
+        conn.send_ping()
+    conn.start(1.0)
+    with pytest.raises(InvalidState):
+        conn.send_ping()
+    pair = Pair.new().established()
+    pair.client.close()
+    with pytest.raises(InvalidState):
+        pair.client.send_ping()
+
+
+# -- challenge and response -----------------------------------------------------
+
+
+def test_challenge_response_is_e_r_and_the_confirm_sent() -> None:
+    """The initiator's (challenge, response) are HS_RESP's e_R and CONFIRM's body."""
+    pair = Pair.new().established()
+    challenge, response = pair.client.challenge_response
+    resp_frame = pair.wire[1][1]
+    assert challenge == HsResp.parse(resp_frame[4:]).ephemeral
+    keys = pair.server._keys
+    assert keys is not None
+    rx = RecordReceiver(cipher_for_suite(keys.suite), keys.i2r_key, Config())
+    assert rx.open(pair.wire[2][1]) == (InnerType.CONFIRM, response)
+    assert len(challenge) == 65 and len(response) == 32
+
+
+def test_challenge_response_needs_an_established_initiator() -> None:
+    """A responder, or an initiator before the handshake completes, has no challenge."""
+    pair = Pair.new()
+    with pytest.raises(InvalidState):
+        _ = pair.client.challenge_response
+    pair.established()
+    with pytest.raises(InvalidState, match="only the initiator"):
+        _ = pair.server.challenge_response
+    pair.client.close()
+    with pytest.raises(InvalidState):
+        _ = pair.client.challenge_response
+
+
+# -- closing and timers -----------------------------------------------------------
+
+
+def test_closing_twice_sends_and_reports_once() -> None:
+    """A second close() queues no bytes and reports no second termination."""
+    pair = Pair.new().established()
+    pair.client.close(ErrorCode.GOING_AWAY)
+    assert pair.client.data_to_send()
+    assert terminated(pair.client.events_received()).code == ErrorCode.GOING_AWAY
+    pair.client.close(ErrorCode.NORMAL)
+    assert pair.client.data_to_send() == b""
+    assert pair.client.events_received() == []
+    assert pair.client.close_code == ErrorCode.GOING_AWAY
+
+
+def test_no_deadline_before_start_or_after_close() -> None:
+    """next_deadline is None while IDLE and once CLOSED; handle_timer then does nothing."""
+    conn = make_client()
+    assert conn.next_deadline() is None
+    conn.handle_timer(1e9)
+    assert conn.state is ConnectionState.IDLE
+    pair = Pair.new().established()
+    pair.client.close()
+    pair.client.events_received()
+    pair.client.data_to_send()
+    assert pair.client.next_deadline() is None
+    pair.client.handle_timer(pair.clock.advance(1e6))
+    assert pair.client.data_to_send() == b""
+    assert pair.client.events_received() == []
+
+
+def test_keepalive_disabled_on_either_side() -> None:
+    """The initiator adopts a shorter responder keepalive, but never one it disabled."""
+    quiet = Config(keepalive_interval=None)
+    pair = Pair.new(quiet, Config(keepalive_interval=5.0)).established()
+    assert pair.client.next_deadline() is None
+    pair.client.handle_timer(pair.clock.advance(1e6))
+    assert pair.client.data_to_send() == b""
+    # A responder without keepalive leaves the initiator's own interval in force.
+    pair = Pair.new(Config(keepalive_interval=7.0), quiet).established()
+    assert pair.client.next_deadline() == pytest.approx(pair.clock.now + 7.0)
+    assert pair.server.next_deadline() is None
+    # A responder with a shorter one shortens the initiator's.
+    pair = Pair.new(Config(keepalive_interval=7.0), Config(keepalive_interval=3.0)).established()
+    assert pair.client.next_deadline() == pytest.approx(pair.clock.now + 3.0)
+
+
+# -- debug logging (STYLE §8) -----------------------------------------------------
+
+
+def test_debug_log_marks_received_sent_and_state_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """With a DEBUG logger, lines start with < (received), > (sent) or = (state), no payload."""
+    name = "pstp.test.connection"
+    caplog.set_level(logging.DEBUG, logger=name)
+    log = logging.getLogger(name)
+    pair = Pair(make_client(logger=log), make_server(logger=log))
+    pair.server.start(pair.clock.now)
+    pair.client.start(pair.clock.now)
+    pair.established()
+    pair.client.send_data(b"top secret payload")
+    pair.roundtrip()
+    pair.server.receive_data(b"\x42\x00\x00\x00", pair.clock.now)
+    lines = [r.getMessage() for r in caplog.records if r.name == name]
+    for expected in (
+        "= initiator IDLE -> CLIENT_EXPECT_RESPONSE",
+        "= responder IDLE -> SERVER_EXPECT_INIT",
+        "= responder SERVER_EXPECT_INIT -> SERVER_EXPECT_CONFIRM",
+        "= initiator CLIENT_EXPECT_RESPONSE -> ESTABLISHED",
+        "> CONFIRM 32 bytes",
+        "< CONFIRM 32 bytes",
+        "= responder SERVER_EXPECT_CONFIRM -> ESTABLISHED",
+        "> DATA 18 bytes",
+        "< DATA 18 bytes",
+        "= responder error: unknown frame type 0x42",
+        "> CLOSE 3 bytes",
+        "= responder ESTABLISHED -> CLOSED",
+    ):
+        assert expected in lines, expected
+    assert any(line.startswith("< HS_INIT ") for line in lines)
+    assert any(line.startswith("< HS_RESP ") for line in lines)
+    assert all(line[:2] in ("< ", "> ", "= ") for line in lines)
+    assert not any("secret" in line for line in lines)

@@ -162,8 +162,14 @@ class Pong:
         """Encode.
 
         Raises:
-            ValueError: the device id is empty or longer than 64 bytes.
+            ValueError: the nonce is not 16 bytes, the port is not 1 to 65535,
+                or the device id is empty or longer than 64 bytes.
         """
+        # Refuse what parse() refuses: a browser drops such a PONG (§8.1).
+        if len(self.nonce) != _NONCE_LEN:
+            raise ValueError("a PONG nonce is 16 bytes")
+        if not 0 < self.port <= 0xFFFF:
+            raise ValueError("a PONG port is 1 to 65535")
         rid = self.device_id.encode("utf-8")
         if not 0 < len(rid) <= 64:
             raise ValueError("a device id is 1 to 64 bytes of UTF-8")

@@ -83,6 +83,7 @@ class Responder:
         self.dropped_malformed = 0
         self.dropped_rate = 0
         self.dropped_stealth = 0
+        self.dropped_replay = 0
         self.answered = 0
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -92,20 +93,29 @@ class Responder:
         except RemoteProtocolError:
             self.dropped_malformed += 1
             return
-        if self._stealth_keys is not None and not self._proves_key(ping):
-            self.dropped_stealth += 1
-            return
+        # The rate limit comes first, so unauthenticated PINGs cannot make a
+        # stealth responder spend one HMAC per pair key without bound (§8.3).
         if not self._allow(addr[0], now):
             self.dropped_rate += 1
             return
-        pong = Pong(ping.nonce, self.port, self.caps, self.device_id).serialize()
-        # Never larger than the PING (§8.1); true by construction, checked anyway.
-        if len(pong) > len(data):
+        self._expire(now)
+        if ping.nonce in self._seen:
+            # Each nonce is answered once: a replayed (even stealth) PING gets
+            # nothing, and a stored pair cannot be overwritten by a copy.
+            self.dropped_replay += 1
             return
+        if ping.wanted & ~self.caps:
+            return  # we lack what the querier needs
+        if self._stealth_keys is not None and not self._proves_key(ping):
+            self.dropped_stealth += 1
+            return
+        pong = Pong(ping.nonce, self.port, self.caps, self.device_id).serialize()
+        # Never larger than the PING (§8.1): a PONG is at most PONG_MAX_LEN bytes and
+        # Ping.parse accepted at least PING_MIN_LEN, so this holds by construction.
+        assert len(pong) <= len(data)
         self._out.append((pong, addr))
         self.answered += 1
         self._seen[ping.nonce] = (bytes(data), pong, now)
-        self._seen.move_to_end(ping.nonce)
         self._expire(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
@@ -137,7 +147,9 @@ class Responder:
             b = _Bucket(self._burst, now)
             self._buckets[host] = b
             if len(self._buckets) > 4096:
-                self._buckets.popitem(last=False)
+                self._buckets.popitem(last=False)  # least recently seen source
+        else:
+            self._buckets.move_to_end(host)
         b.tokens = min(self._burst, b.tokens + (now - b.stamp) * self._rate)
         b.stamp = now
         if g.tokens < 1 or b.tokens < 1:

@@ -121,8 +121,8 @@ class _Channel:
     send_window: int
     recv_window: int
     window_size: int
-    sent_before_accept: int = 0
     consumed: int = 0
+    unacknowledged: int = 0
 
 
 class ChannelTable:
@@ -209,8 +209,6 @@ class ChannelTable:
                 f"{size} bytes exceed channel {channel_id}'s send window of {ch.send_window}"
             )
         ch.send_window -= size
-        if ch.state is ChannelState.LOCAL_EXPECT_ACCEPT:
-            ch.sent_before_accept += size
 
     def eof(self, channel_id: int) -> Eof:
         """Half-close: we send no more data."""
@@ -236,6 +234,10 @@ class ChannelTable:
         ch = self._channels.get(channel_id)
         if ch is None or size <= 0:
             return None
+        # Never credit more than was received: an over-eager caller must not
+        # grant the peer room it did not free (§14.3).
+        size = min(size, ch.unacknowledged)
+        ch.unacknowledged -= size
         ch.consumed += size
         if ch.consumed < ch.window_size // 2 or ch.state in (
             ChannelState.HALF_CLOSED_REMOTE,
@@ -272,7 +274,9 @@ class ChannelTable:
             self._move_remote(ch, ChannelInput.RECV_ACCEPT)
             if msg.window < INITIAL_WINDOW:
                 raise RemoteProtocolError("ACCEPT window below the initial window")
-            ch.send_window = msg.window - ch.sent_before_accept
+            # The opener started with INITIAL_WINDOW of credit (minus what it sent,
+            # plus any WINDOW that overtook the ACCEPT); ACCEPT adds the rest.
+            ch.send_window += msg.window - INITIAL_WINDOW
             return [
                 ChannelAccepted(channel_id=ch.id),
                 ChannelWindowUpdated(channel_id=ch.id, window=ch.send_window),
@@ -309,6 +313,7 @@ class ChannelTable:
         if len(data) > ch.recv_window:
             raise RemoteProtocolError(f"flow control: channel {channel_id} window exceeded")
         ch.recv_window -= len(data)
+        ch.unacknowledged += len(data)
         return [ChannelDataReceived(channel_id=channel_id, data=data)]
 
     def close_all(self) -> list[int]:

@@ -234,6 +234,9 @@ class Connection:
         if self.debug:
             self._log.debug("= %s %s -> %s", self.role.value, self._state.name, new.name)
         self._state = new
+        if new is ConnectionState.CLOSED:
+            # The session's channels end with it: none is open or writable any more.
+            self._channels.close_all()
 
     def _next_state(self, inp: Input) -> ConnectionState:
         # Look the move up first; the state changes only once the input has
@@ -523,6 +526,7 @@ class Connection:
         code = (
             ErrorCode.HANDSHAKE_FAILED if isinstance(exc, HandshakeFailed) else ErrorCode.TRUNCATED
         )
+        self.close_code = code
         self._events.append(ConnectionTerminated(code=code, reason=str(exc), by_peer=False))
 
     def _check_frame_size(self, ftype: int, length: int) -> None:
@@ -659,8 +663,9 @@ class Connection:
     # -- output --------------------------------------------------------------
 
     def _sender_or_raise(self) -> RecordSender:
-        if self._sender is None:
-            raise InvalidState("no keys yet")
+        # Every caller first checks ESTABLISHED (or has just installed keys), and
+        # ESTABLISHED is reached only after _install_keys: the sender always exists.
+        assert self._sender is not None, "no keys yet"
         return self._sender
 
     def _seal(self, inner: InnerType, body: bytes) -> None:

@@ -44,8 +44,10 @@ CHANNEL_DATA_HEADER_LEN = 4
 
 _U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 _WINDOW = Annotated[int, msgspec.Meta(ge=0, le=MAX_WINDOW)]
-_KIND = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-_REASON = Annotated[str, msgspec.Meta(max_length=200)]
+_KIND_MAX = 64  # bytes of UTF-8
+_REASON_MAX = 200  # bytes of UTF-8
+_KIND = Annotated[str, msgspec.Meta(min_length=1, max_length=_KIND_MAX)]
+_REASON = Annotated[str, msgspec.Meta(max_length=_REASON_MAX)]
 _CODE = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
 _EXIT = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
 
@@ -132,9 +134,14 @@ def decode_control(data: bytes) -> ControlMessage:
         RemoteProtocolError: not MessagePack, or not a valid message.
     """
     try:
-        return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+        msg = _decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"bad channel control message: {exc}") from exc
+    # msgspec bounds strings in characters; the spec bounds them in UTF-8 bytes.
+    text = msg.kind if isinstance(msg, Open) else getattr(msg, "reason", "")
+    if len(text.encode("utf-8")) > (_KIND_MAX if isinstance(msg, Open) else _REASON_MAX):
+        raise RemoteProtocolError("channel kind or reason too long")
+    return msg
 
 
 def encode_channel_data(channel: int, data: bytes | memoryview) -> bytes:
