@@ -22,6 +22,13 @@ _LAZY = {
     "ConnectionClosed": "pstp.exceptions",
     "HandshakeFailed": "pstp.exceptions",
     "ErrorCode": "pstp.exceptions",
+    "create_tcp_server": "pstp.client.ppcp",
+    "server_accept": "pstp.client.ppcp",
+    "find_server": "pstp.client.ppcp",
+    "client_connect": "pstp.client.ppcp",
+    "PpcpSession": "pstp.client.ppcp",
+    "SyncSession": "pstp.sync.connection",
+    "SyncChannel": "pstp.sync.connection",
 }
 
 __all__ = [
@@ -30,21 +37,36 @@ __all__ = [
     "ErrorCode",
     "HandshakeFailed",
     "KeyRing",
+    "PpcpSession",
     "PstpError",
     "Server",
     "Session",
+    "SyncChannel",
+    "SyncSession",
     "__version__",
+    "client_connect",
     "connect",
+    "create_tcp_server",
+    "find_server",
     "serve",
+    "server_accept",
 ]
 
 if TYPE_CHECKING:
     from pstp.asyncio.client import connect
     from pstp.asyncio.connection import Session
     from pstp.asyncio.server import Server, serve
+    from pstp.client.ppcp import (
+        PpcpSession,
+        client_connect,
+        create_tcp_server,
+        find_server,
+        server_accept,
+    )
     from pstp.exceptions import ConnectionClosed, ErrorCode, HandshakeFailed, PstpError
     from pstp.protocol.config import Config
     from pstp.protocol.handshake import KeyRing
+    from pstp.sync.connection import SyncChannel, SyncSession
 
 
 def __getattr__(name: str) -> Any:

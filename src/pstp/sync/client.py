@@ -1,0 +1,76 @@
+"""Open a PSTP/2 session to a device over TCP (blocking)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, Role
+from pstp.protocol.handshake import DiscoveryBinding
+from pstp.sync.connection import ChannelHandler, SyncSession, next_timestamp
+
+__all__ = ["connect"]
+
+_PAIR_KEY_LEN = 32
+
+
+def connect(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    pair_key: bytes,
+    device_id: str | None = None,
+    config: Config | None = None,
+    timeout: float | None = None,
+    own_id: str = "",
+    discovery: DiscoveryBinding | None = None,
+    handlers: Mapping[str, ChannelHandler] | None = None,
+    sock: socket.socket | None = None,
+) -> SyncSession:
+    """Connect, run PSTP-HS as the initiator, and return the established session.
+
+    Args:
+        host: address or name of the device (ignored when ``sock`` is given).
+        port: its TCP port (ignored when ``sock`` is given).
+        pair_key: the 32-byte pair key shared with the device.
+        device_id: the device id we expect it to have, if known.
+        config: limits and algorithms.
+        timeout: seconds for connect and handshake together (default: the
+            config's handshake timeout).
+        own_id: our device id, stated to the device inside the encrypted handshake.
+        discovery: the (nonce, PING, PONG) that found the device, if any.
+        handlers: channel kinds we serve if the device opens channels to us.
+        sock: an already-connected stream socket to run the handshake over;
+            the session owns it from now on (it is closed on failure too).
+
+    Raises:
+        ValueError: the pair key is not 32 bytes, or neither ``sock`` nor
+            ``host`` and ``port`` were given.
+        OSError: the TCP connection failed.
+        HandshakeFailed: the device did not prove the pair key, or hung up.
+        TimeoutError: the handshake took too long.
+    """
+    if len(pair_key) != _PAIR_KEY_LEN:
+        raise ValueError("a pair key is exactly 32 bytes")
+    config = config or Config()
+    limit = timeout if timeout is not None else config.handshake_timeout
+    deadline = time.monotonic() + limit
+    conn = Connection(
+        Role.CLIENT,
+        config,
+        pair_key=pair_key,
+        timestamp=next_timestamp(),
+        responder_id=device_id,
+        discovery=discovery,
+        own_id=own_id,
+    )
+    if sock is None:
+        if host is None or port is None:
+            raise ValueError("connect() needs host and port, or sock")
+        sock = socket.create_connection((host, port), timeout=limit)
+    session = SyncSession(conn, sock, handlers=handlers)
+    session._start()
+    session._wait_established(max(0.0, deadline - time.monotonic()))
+    return session
