@@ -247,3 +247,14 @@ def test_works_on_uvloop_too() -> None:
                 return await s.request("echo", b"on uvloop")
 
     assert run(main(), use_uvloop=True) == b"on uvloop"
+
+
+async def test_locally_closed_channels_are_forgotten() -> None:
+    """Closing channels ourselves does not leave them in the driver's table."""
+    async with await start() as server:
+        async with await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
+            for _ in range(20):
+                ch = await s.open_channel("echo")
+                await ch.close()
+            assert await s.request("echo", b"x") == b"x"
+            assert s._protocol.channels == {}

@@ -192,3 +192,34 @@ def test_demo_command_runs_both_halves_in_two_processes() -> None:
     assert "device answered 'ok: kettle.on'" in out.stdout
     assert "closed cleanly" in out.stdout
     assert CLIENT_ID in out.stdout
+
+
+async def test_paused_reader_is_not_mistaken_for_a_dead_peer() -> None:
+    """While reading is paused for backpressure, heartbeat silence does not end the session."""
+    cfg = Config(keepalive_interval=0.05, keepalive_count_max=2)
+    holding: list[Session] = []
+    release = asyncio.Event()
+
+    async def stall(session: Session) -> None:
+        holding.append(session)
+        await release.wait()
+        async for _ in session:
+            pass
+
+    server = await serve(
+        stall, "127.0.0.1", 0, keyring=make_keyring(), own_id=SERVER_ID, config=cfg
+    )
+    async with server:
+        client = await connect("127.0.0.1", server.port, pair_key=PAIR_KEY, config=cfg)
+
+        async def flood() -> None:
+            for _ in range(64):
+                await client.send(b"x" * 65536)
+
+        task = asyncio.create_task(flood())
+        await asyncio.sleep(0.5)  # ten heartbeat intervals with reading paused
+        assert holding[0]._protocol._reading_paused
+        assert not holding[0].is_closed
+        release.set()
+        await asyncio.wait_for(task, TIMEOUT)
+        await client.close()

@@ -1077,3 +1077,19 @@ def test_debug_log_marks_received_sent_and_state_lines(caplog: pytest.LogCapture
     assert any(line.startswith("< HS_RESP ") for line in lines)
     assert all(line[:2] in ("< ", "> ", "= ") for line in lines)
     assert not any("secret" in line for line in lines)
+
+
+def test_session_id_outlives_the_session_but_not_a_failed_handshake() -> None:
+    """session_id stays readable after close; a handshake that never completed has none."""
+    pair = Pair.new().established()
+    sid = pair.client.session_id
+    pair.client.close()
+    pair.roundtrip()
+    assert pair.client.session_id == pair.server.session_id == sid
+    with pytest.raises(InvalidState):
+        pair.client.export_secret("x")
+    pair = Pair.new()
+    pair.server.receive_data(pair.client.data_to_send(), 1.0)
+    pair.server.receive_eof(1.0)  # keys installed, confirm never came
+    with pytest.raises(InvalidState):
+        _ = pair.server.session_id

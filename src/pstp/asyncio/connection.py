@@ -173,6 +173,7 @@ class Channel:
     ) -> None:
         """Close the channel (does nothing if it is already closed)."""
         if not self.closed.done():
+            self._proto.channels.pop(self.id, None)
             self._proto.call(self._proto.conn.close_channel, self.id, code, exit_status, reason)
             self._finish(code, exit_status, reason)
 
@@ -408,7 +409,10 @@ class SessionProtocol(asyncio.Protocol):
             self._transport.close()
 
     def _schedule_timer(self) -> None:
-        deadline = self.conn.next_deadline()
+        # While reading is paused (the application is not draining session data),
+        # the peer's records sit unread: counting that silence as a dead peer
+        # would be wrong, so timers wait until reading resumes.
+        deadline = None if self._reading_paused else self.conn.next_deadline()
         if self._timer is not None:
             if deadline is not None and self._timer.when() == deadline:
                 return
@@ -454,6 +458,7 @@ class SessionProtocol(asyncio.Protocol):
         ):
             self._reading_paused = False
             self._transport.resume_reading()
+            self._schedule_timer()
         return data
 
     async def write(self, data: bytes) -> None:

@@ -250,22 +250,30 @@ class Connection:
     def session_id(self) -> bytes:
         """The final handshake hash, unique to this session.
 
+        Still available after the session closed.
+
         Raises:
-            InvalidState: the handshake is not complete.
+            InvalidState: the handshake never completed.
         """
-        return self._session_keys().session_id
+        return self._session_keys(after_close=True).session_id
 
     @property
     def suite(self) -> int:
         """The negotiated record suite.
 
         Raises:
-            InvalidState: the handshake is not complete.
+            InvalidState: the handshake never completed.
         """
-        return self._session_keys().suite
+        return self._session_keys(after_close=True).suite
 
-    def _session_keys(self) -> SessionKeys:
-        if self._keys is None or self._state is not ConnectionState.ESTABLISHED:
+    def _session_keys(self, *, after_close: bool = False) -> SessionKeys:
+        # After close, only if the handshake had completed (its deadline is cleared then).
+        usable = self._state is ConnectionState.ESTABLISHED or (
+            after_close
+            and self._state is ConnectionState.CLOSED
+            and self._handshake_deadline is None
+        )
+        if self._keys is None or not usable:
             raise InvalidState("the handshake is not complete")
         return self._keys
 
