@@ -16,6 +16,7 @@ _LAZY = {
     "serve": "pstp.asyncio.server",
     "Server": "pstp.asyncio.server",
     "Session": "pstp.asyncio.connection",
+    "Channel": "pstp.asyncio.connection",
     "Config": "pstp.protocol.config",
     "KeyRing": "pstp.protocol.handshake",
     "PstpError": "pstp.exceptions",
@@ -32,6 +33,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "Channel",
     "Config",
     "ConnectionClosed",
     "ErrorCode",
@@ -54,7 +56,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from pstp.asyncio.client import connect
-    from pstp.asyncio.connection import Session
+    from pstp.asyncio.connection import Channel, Session
     from pstp.asyncio.server import Server, serve
     from pstp.client.ppcp import (
         PpcpSession,
