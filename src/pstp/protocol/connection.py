@@ -46,6 +46,7 @@ from pstp.protocol.handshake import (
     ResponderHandshake,
     SessionKeys,
 )
+from pstp.protocol.pake import PakeInitiator, PakeProver, PakeResponder, PakeVerifier
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
 from pstp.wire.frames import (
     CONFIRM_LEN,
@@ -84,8 +85,12 @@ class ConnectionState(enum.Enum):
 
     IDLE = enum.auto()
     CLIENT_EXPECT_RESPONSE = enum.auto()
+    CLIENT_EXPECT_PAIR_RESP = enum.auto()
+    CLIENT_EXPECT_SHARE_V = enum.auto()
     SERVER_EXPECT_INIT = enum.auto()
     SERVER_EXPECT_CONFIRM = enum.auto()
+    SERVER_EXPECT_SHARE_P = enum.auto()
+    SERVER_EXPECT_CONFIRM_P = enum.auto()
     ESTABLISHED = enum.auto()
     CLOSED = enum.auto()
 
@@ -95,6 +100,11 @@ class Input(enum.Enum):
 
     HS_INIT = enum.auto()
     HS_RESP = enum.auto()
+    PAIR_REQ = enum.auto()
+    PAIR_RESP = enum.auto()
+    PAIR_SHARE_P = enum.auto()
+    PAIR_SHARE_V = enum.auto()
+    PAIR_CONFIRM_P = enum.auto()
     CONFIRM = enum.auto()
     DATA = enum.auto()
     PING = enum.auto()
@@ -111,6 +121,11 @@ TRANSITIONS: dict[tuple[ConnectionState, Input], ConnectionState] = {
     (_S.SERVER_EXPECT_INIT, Input.HS_INIT): _S.SERVER_EXPECT_CONFIRM,
     (_S.CLIENT_EXPECT_RESPONSE, Input.HS_RESP): _S.ESTABLISHED,
     (_S.SERVER_EXPECT_CONFIRM, Input.CONFIRM): _S.ESTABLISHED,
+    (_S.SERVER_EXPECT_INIT, Input.PAIR_REQ): _S.SERVER_EXPECT_SHARE_P,
+    (_S.CLIENT_EXPECT_PAIR_RESP, Input.PAIR_RESP): _S.CLIENT_EXPECT_SHARE_V,
+    (_S.SERVER_EXPECT_SHARE_P, Input.PAIR_SHARE_P): _S.SERVER_EXPECT_CONFIRM_P,
+    (_S.CLIENT_EXPECT_SHARE_V, Input.PAIR_SHARE_V): _S.ESTABLISHED,
+    (_S.SERVER_EXPECT_CONFIRM_P, Input.PAIR_CONFIRM_P): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.DATA): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.PING): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.PONG): _S.ESTABLISHED,
@@ -118,6 +133,14 @@ TRANSITIONS: dict[tuple[ConnectionState, Input], ConnectionState] = {
     (_S.ESTABLISHED, Input.CLOSE): _S.CLOSED,
     (_S.ESTABLISHED, Input.CHANNEL_CONTROL): _S.ESTABLISHED,
     (_S.ESTABLISHED, Input.CHANNEL_DATA): _S.ESTABLISHED,
+}
+
+_PAKE_INPUT = {
+    FrameType.PAIR_REQ: Input.PAIR_REQ,
+    FrameType.PAIR_RESP: Input.PAIR_RESP,
+    FrameType.PAIR_SHARE_P: Input.PAIR_SHARE_P,
+    FrameType.PAIR_SHARE_V: Input.PAIR_SHARE_V,
+    FrameType.PAIR_CONFIRM_P: Input.PAIR_CONFIRM_P,
 }
 
 _INNER_INPUT = {
@@ -151,6 +174,9 @@ class Connection:
         keyring: responder only: the keys we accept.
         own_id: our device id (required for a responder; an initiator states it).
         discovery_lookup: responder only: PING/PONG exchanged under a nonce.
+        pake: initiator: a :class:`PakeProver` (a human code or passphrase) instead
+            of ``pair_key``; responder: a :class:`PakeVerifier` accepted besides
+            the key ring (§15).
         logger: where debug lines go (``<`` received, ``>`` sent, ``=`` state).
 
     Raises:
@@ -169,6 +195,7 @@ class Connection:
         keyring: KeyRing | None = None,
         own_id: str | None = None,
         discovery_lookup: DiscoveryLookup | None = None,
+        pake: PakeProver | PakeVerifier | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.role = role
@@ -178,13 +205,31 @@ class Connection:
         self._state = ConnectionState.IDLE
         self._initiator: InitiatorHandshake | None = None
         self._responder: ResponderHandshake | None = None
+        self._pake_prover = pake if isinstance(pake, PakeProver) else None
+        self._pake_verifier = pake if isinstance(pake, PakeVerifier) else None
+        self._pake_initiator: PakeInitiator | None = None
+        self._pake_responder: PakeResponder | None = None
+        #: True when the session was keyed by PSTP-PAKE (a human code) rather than a pair key.
+        self.via_pake = False
         if role is Role.CLIENT:
-            if pair_key is None or timestamp is None:
-                raise LocalProtocolError("an initiator needs pair_key and timestamp")
-            self._client_args = (pair_key, timestamp, responder_id, discovery, own_id or "")
+            if self._pake_verifier is not None:
+                raise LocalProtocolError("an initiator takes a PakeProver, not a verifier")
+            if self._pake_prover is None and (pair_key is None or timestamp is None):
+                raise LocalProtocolError("an initiator needs pair_key and timestamp, or pake")
+            self._client_args = (
+                pair_key or b"",
+                timestamp or 0,
+                responder_id,
+                discovery,
+                own_id or "",
+            )
         else:
-            if keyring is None or own_id is None:
-                raise LocalProtocolError("a responder needs keyring and own_id")
+            if self._pake_prover is not None:
+                raise LocalProtocolError("a responder takes a PakeVerifier, not a prover")
+            if keyring is None:
+                keyring = KeyRing()
+            if own_id is None:
+                raise LocalProtocolError("a responder needs own_id")
             keepalive = self.config.keepalive_interval
             self._responder = ResponderHandshake(
                 keyring,
@@ -237,6 +282,9 @@ class Connection:
         if new is ConnectionState.CLOSED:
             # The session's channels end with it: none is open or writable any more.
             self._channels.close_all()
+            if self._pake_responder is not None:
+                # A pairing attempt that did not succeed counts against the code.
+                self._pake_responder.release(success=False)
 
     def _next_state(self, inp: Input) -> ConnectionState:
         # Look the move up first; the state changes only once the input has
@@ -312,7 +360,14 @@ class Connection:
             raise InvalidState("connection already started")
         self._now = now
         self._handshake_deadline = now + self.config.handshake_timeout
-        if self.role is Role.CLIENT:
+        if self.role is Role.CLIENT and self._pake_prover is not None:
+            responder_id = self._client_args[2]
+            self._pake_initiator = PakeInitiator(
+                self._pake_prover, self.config, verifier_id=responder_id
+            )
+            self._out.append(self._pake_initiator.request_frame)
+            self._set_state(ConnectionState.CLIENT_EXPECT_PAIR_RESP)
+        elif self.role is Role.CLIENT:
             pair_key, timestamp, responder_id, discovery, own_id = self._client_args
             self._initiator = InitiatorHandshake(
                 pair_key,
@@ -541,7 +596,7 @@ class Connection:
         # Checked from the header alone, before any body is buffered (§6.1, §10).
         if ftype == FrameType.RECORD:
             limit = self.config.max_record_size + _RECORD_EXTRA
-        elif ftype in (FrameType.HS_INIT, FrameType.HS_RESP):
+        elif FrameType.HS_INIT <= ftype <= FrameType.PAIR_CONFIRM_P:
             limit = self.config.max_handshake_size
         else:
             raise RemoteProtocolError(f"unknown frame type 0x{ftype:02x}")
@@ -563,10 +618,56 @@ class Connection:
             self._on_hs_resp(body)
             self._set_state(new)
             self._established()
-        else:
+        elif ftype == FrameType.RECORD:
             if self._receiver is None:
                 raise RemoteProtocolError("record before the handshake")
             self._on_record(frame)
+        else:
+            self._on_pake_frame(FrameType(ftype), frame, body)
+
+    def _on_pake_frame(self, ftype: FrameType, frame: bytes, body: bytes) -> None:
+        # PSTP-PAKE (§15): each frame moves the state by the table, only after
+        # it was fully checked; the answer goes out at once.
+        inp = _PAKE_INPUT[ftype]
+        if self.debug:
+            self._log.debug("< %s %d bytes", ftype.name, len(frame))
+        new = self._next_state(inp)
+        if inp is Input.PAIR_REQ:
+            if self._pake_verifier is None:
+                raise HandshakeFailed("pairing is not open on this device")
+            keepalive = self.config.keepalive_interval
+            self._pake_responder = PakeResponder(
+                self._pake_verifier,
+                self.config,
+                keepalive_ms=int(keepalive * 1000) if keepalive else 0,
+            )
+            self._out.append(self._pake_responder.read_request(body, self._now))
+            assert self._pake_responder.request is not None
+            self.peer_id = self._pake_responder.request.prover_id
+            self.peer_stated_id = self.peer_id
+            self.service = self._pake_responder.request.service
+        elif inp is Input.PAIR_RESP:
+            assert self._pake_initiator is not None
+            self._out.append(self._pake_initiator.read_response(body))
+        elif inp is Input.PAIR_SHARE_P:
+            assert self._pake_responder is not None
+            self._out.append(self._pake_responder.read_share_p(body))
+        elif inp is Input.PAIR_SHARE_V:
+            assert self._pake_initiator is not None
+            confirm, keys = self._pake_initiator.read_share_v(body)
+            self._out.append(confirm)
+            self.peer_id = keys.responder_id
+            self.service = self.config.service
+            self._install_keys(keys, send_key=keys.i2r_key, recv_key=keys.r2i_key)
+        else:
+            assert self._pake_responder is not None
+            keys = self._pake_responder.read_confirm_p(body)
+            self._install_keys(keys, send_key=keys.r2i_key, recv_key=keys.i2r_key)
+            self._pake_responder.release(success=True)
+        self._set_state(new)
+        if new is ConnectionState.ESTABLISHED:
+            self.via_pake = True
+            self._established()
 
     def _on_hs_init(self, body: bytes) -> None:
         assert self._responder is not None

@@ -20,6 +20,8 @@ __all__ = [
     "FRAME_HEADER_LEN",
     "HS_FLAG_DISCOVERY",
     "HS_FLAG_RESPONDER_ID",
+    "PAIR_FLAG_PAIRING",
+    "PAIR_NONCE_LEN",
     "KID_LEN",
     "NONCE_LEN",
     "P256_POINT_LEN",
@@ -27,6 +29,8 @@ __all__ = [
     "TAG_LEN",
     "VERSION",
     "ClosePayload",
+    "PairReq",
+    "PairResp",
     "FrameType",
     "HsInit",
     "HsResp",
@@ -76,6 +80,11 @@ class FrameType(enum.IntEnum):
 
     HS_INIT = 0x01
     HS_RESP = 0x02
+    PAIR_REQ = 0x03
+    PAIR_RESP = 0x04
+    PAIR_SHARE_P = 0x05
+    PAIR_SHARE_V = 0x06
+    PAIR_CONFIRM_P = 0x07
     RECORD = 0x17
 
 
@@ -347,3 +356,100 @@ class ClosePayload:
         """Encode; an over-long reason is cut at a character boundary."""
         raw = self.reason.encode("utf-8")[:MAX_REASON_LEN].decode("utf-8", "ignore").encode()
         return Writer().u16(self.code).vec8(raw).getvalue()
+
+
+#: PAIR_REQ flag: install a pair key after pairing (else: a one-off session, §15.1).
+PAIR_FLAG_PAIRING = 0x01
+#: PAIR_REQ nonce length (§15.2).
+PAIR_NONCE_LEN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PairReq:
+    """PSTP-PAKE message 1, prover to verifier (§15.2)."""
+
+    version: int
+    flags: int
+    versions: tuple[int, ...]
+    prover_id: str
+    nonce: bytes
+    suites: tuple[int, ...]
+    max_record: int
+    service: str
+
+    @classmethod
+    def parse(cls, body: bytes) -> Self:
+        """Decode a PAIR_REQ body.
+
+        Raises:
+            RemoteProtocolError: malformed.
+        """
+        r = Reader(body)
+        version, flags = r.u8(), r.u8()
+        if flags & ~PAIR_FLAG_PAIRING:
+            raise RemoteProtocolError("unknown PAIR_REQ flags")
+        versions = tuple(r.vec8())
+        prover_id = r.text8()
+        nonce = r.take(PAIR_NONCE_LEN)
+        suites = tuple(r.u16() for _ in range(r.u8()))
+        max_record = r.u32()
+        service = r.text8()
+        r.expect_end()
+        names = (len(prover_id.encode()), len(service.encode()))
+        if not versions or not suites or not prover_id or max(names) > MAX_NAME_LEN:
+            raise RemoteProtocolError("bad PAIR_REQ")
+        return cls(version, flags, versions, prover_id, nonce, suites, max_record, service)
+
+    def serialize(self) -> bytes:
+        """Encode as a whole frame."""
+        w = Writer().u8(self.version).u8(self.flags).vec8(bytes(self.versions))
+        w.vec8(_check_name(self.prover_id, "prover id")).raw(self.nonce).u8(len(self.suites))
+        for suite in self.suites:
+            w.u16(suite)
+        body = w.u32(self.max_record).vec8(_check_name(self.service, "service")).getvalue()
+        return frame_header(FrameType.PAIR_REQ, len(body)) + body
+
+
+@dataclass(frozen=True, slots=True)
+class PairResp:
+    """PSTP-PAKE message 2, verifier to prover (§15.2)."""
+
+    version: int
+    verifier_id: str
+    salt: bytes
+    iterations: int
+    suite: int
+    max_record: int
+    keepalive_ms: int
+
+    @classmethod
+    def parse(cls, body: bytes) -> Self:
+        """Decode a PAIR_RESP body.
+
+        Raises:
+            RemoteProtocolError: malformed.
+        """
+        r = Reader(body)
+        version = r.u8()
+        verifier_id = r.text8()
+        salt = r.vec8()
+        iterations, suite, max_record, keepalive = r.u32(), r.u16(), r.u32(), r.u32()
+        r.expect_end()
+        if not verifier_id or len(verifier_id.encode()) > MAX_NAME_LEN:
+            raise RemoteProtocolError("bad PAIR_RESP verifier id")
+        return cls(version, verifier_id, salt, iterations, suite, max_record, keepalive)
+
+    def serialize(self) -> bytes:
+        """Encode as a whole frame."""
+        body = (
+            Writer()
+            .u8(self.version)
+            .vec8(_check_name(self.verifier_id, "verifier id"))
+            .vec8(self.salt)
+            .u32(self.iterations)
+            .u16(self.suite)
+            .u32(self.max_record)
+            .u32(self.keepalive_ms)
+            .getvalue()
+        )
+        return frame_header(FrameType.PAIR_RESP, len(body)) + body
