@@ -1,0 +1,316 @@
+"""Tests for pstp.protocol.pake through the sans-I/O Connection: PSTP-PAKE (SPAKE2+)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pstp.exceptions import ErrorCode, HandshakeFailed, LocalProtocolError
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, ConnectionState, Role
+from pstp.protocol.events import ConnectionTerminated, DataReceived, HandshakeCompleted
+from pstp.protocol.pake import MAX_ITERATIONS, PakeProver, PakeVerifier
+from pstp.wire.frames import FrameType, PairReq, PairResp, Suite
+from tests.helpers import Pair, feed_all_ways
+
+CODE = b"31415926"
+_VERIFIERS: dict[tuple[bool, bool], PakeVerifier] = {}
+
+
+def verifier(*, pairing: bool = True, **kw: object) -> PakeVerifier:
+    """A verifier for CODE (PBKDF2 runs once per test, ~20 ms)."""
+    return PakeVerifier.from_code(CODE, "home", pairing=pairing, **kw)  # type: ignore[arg-type]
+
+
+def pake_pair(
+    v: PakeVerifier,
+    code: bytes = CODE,
+    *,
+    pairing: bool = True,
+    config: Config | None = None,
+    responder_id: str | None = "home",
+) -> Pair:
+    """A started client/server pair speaking PSTP-PAKE."""
+    client = Connection(
+        Role.CLIENT,
+        config,
+        pake=PakeProver(code, "phone", pairing=pairing),
+        responder_id=responder_id,
+    )
+    server = Connection(Role.SERVER, config, own_id="home", pake=v)
+    pair = Pair(client, server)
+    server.start(pair.clock.now)
+    client.start(pair.clock.now)
+    return pair
+
+
+def frames(data: bytes) -> list[bytes]:
+    """Split a byte stream into whole frames."""
+    out, pos = [], 0
+    while pos < len(data):
+        end = pos + 4 + int.from_bytes(data[pos + 1 : pos + 4], "big")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def test_right_code_establishes_a_session_keyed_by_the_code() -> None:
+    """The right code gives both sides the same session; data flows; ids are exchanged."""
+    v = verifier()
+    pair = pake_pair(v)
+    pair.roundtrip()
+    assert pair.client.state is pair.server.state is ConnectionState.ESTABLISHED
+    assert pair.client.via_pake and pair.server.via_pake
+    assert pair.client.session_id == pair.server.session_id
+    assert pair.client.export_secret("pair key") == pair.server.export_secret("pair key")
+    assert (pair.client.peer_id, pair.server.peer_id) == ("home", "phone")
+    assert [type(e) for e in pair.server_events] == [HandshakeCompleted]
+    pair.client.send_data(b"hello")
+    pair.roundtrip()
+    assert DataReceived(data=b"hello") in pair.server_events
+    assert (v.successes, v.failures, v.closed) == (1, 0, True)  # single use: window closed
+
+
+def test_wrong_code_fails_at_confirmation_and_counts() -> None:
+    """A wrong code: the prover rejects confirmV and hangs up; the verifier counts a failure."""
+    v = verifier()
+    pair = pake_pair(v, b"00000000")
+    pair.roundtrip()
+    assert pair.client.state is ConnectionState.CLOSED
+    assert isinstance(pair.client.close_exc, HandshakeFailed)
+    assert pair.server.state is ConnectionState.SERVER_EXPECT_CONFIRM_P
+    pair.server.receive_eof(pair.clock.now)  # the prover's hang-up reaches the verifier
+    assert (v.failures, v.successes, v.busy, v.closed) == (1, 0, False, False)
+
+
+def test_forged_confirm_p_is_refused_silently_and_counts() -> None:
+    """An attacker that skips confirmV and sends a guess for confirmP gets silence."""
+    v = verifier()
+    pair = pake_pair(v, b"00000000")
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    pair.client.receive_data(pair.server.data_to_send(), 0.0)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)  # shareP
+    pair.server.data_to_send()
+    pair.server.receive_data(bytes((FrameType.PAIR_CONFIRM_P, 0, 0, 32)) + b"\x00" * 32, 0.0)
+    assert pair.server.state is ConnectionState.CLOSED
+    assert pair.server.data_to_send() == b""
+    assert v.failures == 1
+
+
+def test_window_closes_after_max_failures() -> None:
+    """After max_failures wrong codes the verifier refuses even the right code."""
+    v = verifier(max_failures=3)
+    for _ in range(3):
+        pair = pake_pair(v, b"99999999")
+        pair.roundtrip()
+        pair.server.receive_eof(pair.clock.now)
+    assert v.closed and v.failures == 3
+    pair = pake_pair(v)
+    pair.roundtrip()
+    assert pair.server.state is ConnectionState.CLOSED  # silent: the prover just waits
+    assert pair.client.state is not ConnectionState.ESTABLISHED
+    assert v.successes == 0
+
+
+def test_window_closes_after_its_timeout() -> None:
+    """A verifier past expires_at refuses attempts."""
+    v = verifier(expires_at=100.0)
+    pair = pake_pair(v)
+    pair.clock.now = 100.0
+    pair.roundtrip()
+    assert pair.server.state is ConnectionState.CLOSED
+    assert v.successes == v.failures == 0
+
+
+def test_one_attempt_at_a_time() -> None:
+    """While one attempt is in progress a second prover is turned away, uncounted."""
+    v = verifier()
+    first = pake_pair(v)
+    first.server.receive_data(first.client.data_to_send(), 0.0)  # PAIR_REQ: reserved
+    second = pake_pair(v)
+    second.roundtrip()
+    assert second.server.state is ConnectionState.CLOSED
+    assert v.failures == 0
+    first.roundtrip()
+    assert first.server.state is ConnectionState.ESTABLISHED
+
+
+def test_request_without_shares_costs_no_attempt() -> None:
+    """A prover that leaves after PAIR_REQ spent no guess: nothing is counted."""
+    v = verifier()
+    pair = pake_pair(v)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    pair.server.receive_eof(0.0)
+    assert (v.failures, v.busy) == (0, False)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: replace(m, suites=(Suite.AES_256_GCM,)),
+        lambda m: replace(m, prover_id="mallory"),
+        lambda m: replace(m, max_record=4096),
+        lambda m: replace(m, nonce=b"\x00" * 32),
+    ],
+)
+def test_altered_pair_req_breaks_the_handshake(tamper: Callable[[PairReq], PairReq]) -> None:
+    """A man in the middle who changes or strips PAIR_REQ fields makes confirmation fail."""
+    v = verifier()
+    pair = pake_pair(v)
+    req = PairReq.parse(pair.client.data_to_send()[4:])
+    pair.server.receive_data(tamper(req).serialize(), 0.0)
+    pair.roundtrip()
+    assert pair.client.state is ConnectionState.CLOSED
+    assert not any(isinstance(e, HandshakeCompleted) for e in pair.client_events)
+    assert isinstance(pair.client.close_exc, HandshakeFailed)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: replace(m, keepalive_ms=1),
+        lambda m: replace(m, max_record=4096),
+        lambda m: replace(m, salt=b"\x01" * 16),
+        lambda m: replace(m, iterations=m.iterations + 1),
+    ],
+)
+def test_altered_pair_resp_breaks_the_handshake(tamper: Callable[[PairResp], PairResp]) -> None:
+    """Changing PAIR_RESP in transit makes the prover fail at confirmV."""
+    v = verifier()
+    pair = pake_pair(v)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    resp = PairResp.parse(pair.server.data_to_send()[4:])
+    pair.client.receive_data(tamper(resp).serialize(), 0.0)
+    pair.roundtrip()
+    assert pair.client.state is ConnectionState.CLOSED
+    assert pair.server.state is not ConnectionState.ESTABLISHED
+
+
+def test_hostile_iteration_count_is_refused_before_any_work() -> None:
+    """A verifier asking for more than MAX_ITERATIONS is refused, cheaply."""
+    pair = pake_pair(verifier())
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    resp = PairResp.parse(pair.server.data_to_send()[4:])
+    hostile = replace(resp, iterations=MAX_ITERATIONS + 1)
+    pair.client.receive_data(hostile.serialize(), 0.0)
+    assert pair.client.state is ConnectionState.CLOSED
+    assert "PBKDF2" in str(pair.client.close_exc)
+
+
+def test_invalid_and_identity_shares_are_refused() -> None:
+    """PAIR_SHARE_P with the identity, an off-curve point or w0*M is refused silently."""
+    from pstp.crypto.spake2plus import M
+
+    v = verifier()
+    w0_m = None
+    try:
+        from ecdsa import NIST256p
+        from ecdsa.ellipticcurve import PointJacobi
+
+        pt = PointJacobi.from_bytes(NIST256p.curve, M) * v.w0
+        w0_m = b"\x04" + pt.to_bytes()
+    except ImportError:  # pragma: no cover - ecdsa is a dependency
+        pass
+    for share in (b"\x04" + b"\x00" * 64, b"\x04" + b"\x01" * 64, w0_m):
+        assert share is not None
+        pair = pake_pair(v)
+        pair.server.receive_data(pair.client.data_to_send(), 0.0)
+        pair.server.data_to_send()
+        pair.server.receive_data(bytes((FrameType.PAIR_SHARE_P, 0, 0, 65)) + share, 0.0)
+        assert pair.server.state is ConnectionState.CLOSED
+        assert pair.server.data_to_send() == b""
+    assert v.failures == 3  # each share was an attempt
+
+
+def test_mode_mismatch_and_no_verifier_fail() -> None:
+    """Pairing vs session mode must match; a device with no open window refuses PAIR_REQ."""
+    pair = pake_pair(verifier(pairing=False), pairing=True)
+    pair.roundtrip()
+    assert pair.server.state is ConnectionState.CLOSED
+    assert pair.client.state is ConnectionState.CLIENT_EXPECT_PAIR_RESP  # met with silence
+    client = Connection(Role.CLIENT, pake=PakeProver(CODE, "phone"))
+    server = Connection(Role.SERVER, own_id="home")
+    pair = Pair(client, server)
+    server.start(0.0)
+    client.start(0.0)
+    pair.roundtrip()
+    assert server.state is ConnectionState.CLOSED and server.data_to_send() == b""
+
+
+def test_wrong_expected_verifier_id_fails() -> None:
+    """A prover that expects another device id refuses the PAIR_RESP."""
+    pair = pake_pair(verifier(), responder_id="kettle")
+    pair.roundtrip()
+    assert pair.client.state is ConnectionState.CLOSED
+    assert "another device id" in str(pair.client.close_exc)
+
+
+def test_prover_cache_reuses_the_stretched_values() -> None:
+    """Repeat sessions with the same secret and parameters run PBKDF2 only once."""
+    v = verifier(pairing=False, single_use=False, max_failures=None)
+    prover = PakeProver(CODE, "phone")
+    for _ in range(3):
+        client = Connection(Role.CLIENT, pake=prover)
+        server = Connection(Role.SERVER, own_id="home", pake=v)
+        pair = Pair(client, server)
+        server.start(0.0)
+        client.start(0.0)
+        pair.roundtrip()
+        assert client.state is ConnectionState.ESTABLISHED
+    assert len(prover._cache) == 1
+    assert v.successes == 3
+
+
+def test_misuse_raises() -> None:
+    """Wrong credential types per role and empty codes are refused locally."""
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.CLIENT, pake=verifier())
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.SERVER, own_id="home", pake=PakeProver(CODE, "x"))
+    with pytest.raises(ValueError):
+        PakeProver(b"", "x")
+    with pytest.raises(ValueError):
+        PakeVerifier.from_code(b"", "home")
+
+
+def test_pake_frames_fed_every_way_give_the_same_result() -> None:
+    """PAIR_REQ has the same effect whole, byte by byte, and followed by garbage."""
+    req = pake_pair(verifier()).client.data_to_send()
+    results = feed_all_ways(
+        lambda: _started(Connection(Role.SERVER, own_id="home", pake=verifier())), req
+    )
+    assert results["whole"] == results["bytewise"] == results["garbage"]
+    assert results["whole"][1] > 0
+
+
+def _started(conn: Connection) -> Connection:
+    conn.start(0.0)
+    return conn
+
+
+_V = verifier(pairing=False, single_use=False, max_failures=None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_raise_in_pake_states(data: bytes) -> None:
+    """Arbitrary bytes fed to a verifier, before and after PAIR_REQ, never raise."""
+    pair = pake_pair(_V, pairing=False)
+    pair.server.receive_data(data, 0.0)
+    pair = pake_pair(_V, pairing=False)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    pair.server.receive_data(data, 0.0)
+    pair.client.receive_data(data, 0.0)
+    pair.server.receive_eof(0.0)
+
+
+def test_terminated_event_on_failure_is_handshake_failed() -> None:
+    """A failed PAKE handshake ends with HANDSHAKE_FAILED on the prover."""
+    pair = pake_pair(verifier(), b"11111111")
+    pair.roundtrip()
+    ev = [e for e in pair.client_events if isinstance(e, ConnectionTerminated)]
+    assert ev and ev[0].code == ErrorCode.HANDSHAKE_FAILED
