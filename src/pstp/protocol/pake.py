@@ -232,10 +232,21 @@ class PakeInitiator:
         prover: the credential.
         config: versions, suites and limits.
         verifier_id: the device we expect, if known (checked against PAIR_RESP).
+        nonce: fixed PAIR_REQ nonce (test vectors only).
+        x: fixed SPAKE2+ scalar (test vectors only).
     """
 
-    def __init__(self, prover: PakeProver, config: Config, *, verifier_id: str | None) -> None:
+    def __init__(
+        self,
+        prover: PakeProver,
+        config: Config,
+        *,
+        verifier_id: str | None,
+        nonce: bytes | None = None,
+        x: int | None = None,
+    ) -> None:
         self._prover = prover
+        self._x = x
         self._config = config
         self._verifier_id = verifier_id
         self.request = PairReq(
@@ -243,7 +254,7 @@ class PakeInitiator:
             flags=PAIR_FLAG_PAIRING if prover.pairing else 0,
             versions=tuple(config.versions),
             prover_id=prover.own_id or "anonymous",
-            nonce=random_bytes(PAIR_NONCE_LEN),
+            nonce=nonce if nonce is not None else random_bytes(PAIR_NONCE_LEN),
             suites=tuple(int(s) for s in config.suites),
             max_record=config.max_record_size,
             service=config.service,
@@ -277,6 +288,7 @@ class PakeInitiator:
             resp.verifier_id.encode(),
             w0,
             w1,
+            x=self._x,
         )
         self._share_p = self._spake.share()
         return frame_header(FrameType.PAIR_SHARE_P, _SHARE_LEN) + self._share_p
@@ -315,10 +327,19 @@ class PakeResponder:
         verifier: the shared credential and attempt budget.
         config: versions, suites and limits.
         keepalive_ms: the heartbeat interval we suggest.
+        y: fixed SPAKE2+ scalar (test vectors only).
     """
 
-    def __init__(self, verifier: PakeVerifier, config: Config, *, keepalive_ms: int = 0) -> None:
+    def __init__(
+        self,
+        verifier: PakeVerifier,
+        config: Config,
+        *,
+        keepalive_ms: int = 0,
+        y: int | None = None,
+    ) -> None:
         self._verifier = verifier
+        self._y = y
         self._config = config
         self._keepalive_ms = keepalive_ms
         self.request: PairReq | None = None
@@ -367,7 +388,9 @@ class PakeResponder:
         resp_frame = self._resp.serialize()
         req_frame = frame_header(FrameType.PAIR_REQ, len(body)) + body
         self._context = _context(req_frame, resp_frame)
-        self._spake = Verifier(self._context, req.prover_id.encode(), v.own_id.encode(), v.w0, v.L)
+        self._spake = Verifier(
+            self._context, req.prover_id.encode(), v.own_id.encode(), v.w0, v.L, y=self._y
+        )
         self.request = req
         return resp_frame
 
