@@ -19,6 +19,8 @@ _LAZY = {
     "Channel": "pstp.asyncio.connection",
     "Config": "pstp.protocol.config",
     "KeyRing": "pstp.protocol.handshake",
+    "PairKey": "pstp.protocol.handshake",
+    "Passphrase": "pstp.protocol.pake",
     "PstpError": "pstp.exceptions",
     "ConnectionClosed": "pstp.exceptions",
     "HandshakeFailed": "pstp.exceptions",
@@ -39,6 +41,8 @@ __all__ = [
     "ErrorCode",
     "HandshakeFailed",
     "KeyRing",
+    "PairKey",
+    "Passphrase",
     "PpcpSession",
     "PstpError",
     "Server",
@@ -67,7 +71,8 @@ if TYPE_CHECKING:
     )
     from pstp.exceptions import ConnectionClosed, ErrorCode, HandshakeFailed, PstpError
     from pstp.protocol.config import Config
-    from pstp.protocol.handshake import KeyRing
+    from pstp.protocol.handshake import KeyRing, PairKey
+    from pstp.protocol.pake import Passphrase
     from pstp.sync.connection import SyncChannel, SyncSession
 
 

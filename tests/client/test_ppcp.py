@@ -16,10 +16,11 @@ import pytest
 from pstp.client import ppcp
 from pstp.client.ppcp import PpcpSession, client_connect, server_accept
 from pstp.exceptions import ConnectionClosed, HandshakeFailed, RemoteProtocolError
+from pstp.protocol.handshake import PairKey
 from pstp.sync.connection import SyncChannel
 from tests.helpers import ROOT, TIMEOUT
 
-KEY = bytes(range(100, 132))
+KEY = PairKey(bytes(range(100, 132)))
 SHORT = TIMEOUT / 50
 
 Pair = tuple[PpcpSession, PpcpSession]
@@ -145,27 +146,61 @@ def test_wrong_key_fails_with_handshake_failed() -> None:
     with ThreadPoolExecutor(1) as pool:
         server = pool.submit(server_accept, b, KEY)
         with pytest.raises(HandshakeFailed):
-            client_connect(a, bytes(32))
+            client_connect(a, PairKey(bytes(32)))
         with pytest.raises(HandshakeFailed):
             server.result(TIMEOUT)
 
 
-@pytest.mark.parametrize("secret", [b"super-secret-key", b"", bytes(33)])
-def test_a_secret_that_is_not_32_bytes_raises_value_error(secret: bytes) -> None:
-    """Human secrets are refused, pointing at pairing; the socket is left untouched."""
+@pytest.mark.parametrize("secret", [b"super-secret-key", "correct horse", bytes(32)])
+def test_plain_secrets_are_passphrases_and_run_pake(secret: bytes | str) -> None:
+    """Plain bytes or str run PSTP-PAKE (never PSTP-HS), whatever their length."""
+    client, server = ppcp_pair(key=secret)  # type: ignore[arg-type]
+    with client, server:
+        assert client.session.connection.via_pake and server.session.connection.via_pake
+        assert server.client_id == ppcp._device_id()
+        client.send(b"over pake")
+        assert server.recv(TIMEOUT) == b"over pake"
+
+
+def test_wrong_passphrase_fails_and_a_key_is_never_used_as_a_passphrase() -> None:
+    """A wrong passphrase fails; a PairKey and a passphrase of the same bytes do not mix."""
+    a, b = socket.socketpair()
+    with ThreadPoolExecutor(1) as pool:
+        server = pool.submit(server_accept, b, b"super-secret-key")
+        with pytest.raises(HandshakeFailed):
+            client_connect(a, b"super-secret-kex")
+        with pytest.raises(HandshakeFailed):
+            server.result(TIMEOUT)
+    a, b = socket.socketpair()
+    with ThreadPoolExecutor(1) as pool:
+        server = pool.submit(server_accept, b, bytes(KEY))
+        with pytest.raises(HandshakeFailed):
+            client_connect(a, KEY)
+        with pytest.raises(HandshakeFailed):
+            server.result(TIMEOUT)
+
+
+def test_repeat_passphrase_sessions_reuse_the_stretched_values() -> None:
+    """PBKDF2 runs once per passphrase and parameters, so repeat sessions are fast."""
+    secret = b"repeat-me"
+    pairs = [ppcp_pair(key=secret) for _ in range(3)]
+    for client, server in pairs:
+        client.close()
+        server.close()
+    assert len(ppcp._prover_for(ppcp._credential(secret))._cache) == 1
+
+
+def test_bad_secrets_are_refused_before_touching_the_socket() -> None:
+    """An empty secret is a ValueError; a non-bytes secret a TypeError."""
     a, b = socket.socketpair()
     with a, b:
-        with pytest.raises(ValueError, match="pairing"):
-            server_accept(b, secret)
-        with pytest.raises(ValueError, match="pairing"):
-            client_connect(a, secret)
+        with pytest.raises(ValueError):
+            server_accept(b, b"")
+        with pytest.raises(ValueError):
+            client_connect(a, "")
+        with pytest.raises(TypeError):
+            client_connect(a, 12345)  # type: ignore[arg-type]
         assert a.fileno() != -1 and b.fileno() != -1
-
-
-def test_a_str_secret_raises_type_error() -> None:
-    """A str secret is a TypeError (the key is bytes)."""
-    with pytest.raises(TypeError):
-        ppcp._as_pair_key("x" * 32)  # type: ignore[arg-type]
 
 
 # -- with discovery ---------------------------------------------------------------
@@ -238,25 +273,34 @@ session = client_connect(server_socket, pre_shared_key)
 """
 
 
-def adapt(readme: str, port: int) -> str:
-    """The README code with our import, a 32-byte key from the environment, and a free port."""
-    return (
-        readme.replace("from ppcp import", "import os\nfrom pstp import")
-        .replace('b"super-secret-key"', 'bytes.fromhex(os.environ["PSTP_DEMO_KEY_HEX"])')
-        # Port 9000 may be taken on a test machine; the quick start works on any port.
-        .replace("9000", str(port))
-    )
+def adapt(readme: str, port: int, *, pair_key: bool) -> str:
+    """The README code with our import line and a free port (9000 may be taken here).
+
+    With ``pair_key`` the human secret is replaced by a 32-byte PairKey from the
+    environment (PSTP-HS); otherwise the README's b"super-secret-key" stays as
+    written and runs PSTP-PAKE.
+    """
+    code = readme.replace("from ppcp import", "from pstp import").replace("9000", str(port))
+    if pair_key:
+        code = "import os\nfrom pstp import PairKey\n" + code.replace(
+            'b"super-secret-key"', 'PairKey(bytes.fromhex(os.environ["PSTP_DEMO_KEY_HEX"]))'
+        )
+    return code
 
 
-def test_ppcp_quick_start_runs_in_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair_key", [False, True], ids=["super-secret-key", "pair-key"])
+def test_ppcp_quick_start_runs_in_two_processes(tmp_path: Path, pair_key: bool) -> None:
     """The PPCP README's server.py and client.py, as two processes, find and talk to each other."""
     discovery = pytest.importorskip("pstp.sync.discovery")
     port = free_port()
     server_py = tmp_path / "server.py"
     client_py = tmp_path / "client.py"
-    server_py.write_text(adapt(SERVER_README, port) + "    session.send(session.recv())\n")
+    server_py.write_text(
+        adapt(SERVER_README, port, pair_key=pair_key) + "    session.send(session.recv())\n"
+    )
     client_py.write_text(
-        adapt(CLIENT_README, port) + 'session.send(b"kettle.on")\nprint(session.recv())\n'
+        adapt(CLIENT_README, port, pair_key=pair_key)
+        + 'session.send(b"kettle.on")\nprint(session.recv())\n'
     )
     env = dict(
         os.environ,

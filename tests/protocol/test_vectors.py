@@ -9,13 +9,18 @@ import re
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+from ecdsa import NIST256p
+from ecdsa.ellipticcurve import PointJacobi
 
 from pstp.protocol.channels import CHANNEL_TRANSITIONS
 from pstp.protocol.config import Config
+from pstp.protocol.connection import TRANSITIONS
 from pstp.protocol.handshake import InitiatorHandshake, KeyRing, ResponderHandshake
+from pstp.protocol.pake import PakeInitiator, PakeProver, PakeResponder, PakeVerifier
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
 from pstp.wire.frames import InnerType, Suite
 from pstp.wire.messages import (
@@ -38,6 +43,7 @@ from tests.helpers import OUR_VECTORS, ROOT
 HS = json.loads((OUR_VECTORS / "pstp-hs.json").read_text())
 REC = json.loads((OUR_VECTORS / "records.json").read_text())
 CHAN = json.loads((OUR_VECTORS / "channels.json").read_text())
+PAKE = json.loads((OUR_VECTORS / "pake.json").read_text())
 
 #: Control message classes and their MessagePack tags (docs/protocol.md §14.4, table 2).
 CONTROL = {
@@ -213,3 +219,197 @@ def test_spec_channel_table_matches_the_code() -> None:
     rows = re.findall(r"^\| `(\w+)` +\| ((?:SEND|RECV)_\w+) +\| `(\w+)` +\|$", spec, re.M)
     code = [(s.name, i.name, n.name) for (s, i), n in CHANNEL_TRANSITIONS.items()]
     assert rows == code
+
+
+def test_spec_connection_table_matches_the_code() -> None:
+    """docs/protocol.md §4.2 table 1 lists exactly TRANSITIONS, in order."""
+    spec = (ROOT / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` +\| (\w+) +\| `(\w+)` +\| .+\|$", spec, re.M)
+    code = [(s.name, i.name, n.name) for (s, i), n in TRANSITIONS.items()]
+    assert rows == code
+
+
+# -- PSTP-PAKE (docs/protocol.md §15) -------------------------------------------------
+
+#: The P-256 group order n (SEC 2 §2.4.2), written out here, not imported.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: RFC 9383 §4, M and N for P-256 as the RFC prints them (compressed).
+RFC9383_M = "02886e2f97ace46e55ba9dd7242579f2993b64e16ef3dcab95afd497333d8fa12f"
+RFC9383_N = "03d8bbd6c639c62937b04d997f38c3770719c629d7014d49a24b4f98baa1292b49"
+
+
+def _len8(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+def _uncompressed(compressed_hex: str) -> bytes:
+    key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), bytes.fromhex(compressed_hex)
+    )
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+
+
+def _point(data: bytes) -> PointJacobi:
+    return PointJacobi.from_bytes(NIST256p.curve, data)
+
+
+def _enc(point: PointJacobi) -> bytes:
+    return bytes(point.to_bytes("uncompressed"))
+
+
+def _text8(s: str) -> bytes:
+    raw = s.encode()
+    return bytes((len(raw),)) + raw
+
+
+def test_pake_vectors_reproduce() -> None:
+    """pake.json: w0/w1, the five frames, Context, SPAKE2+ and the key schedule, byte for byte.
+
+    The frames come from our code (PakeInitiator, PakeResponder) and are also
+    rebuilt from the §15.2 layouts; every derived value is recomputed here with
+    hashlib, pyca and python-ecdsa, not through pstp.protocol.pake or
+    pstp.crypto.spake2plus.
+    """
+    inp, want = PAKE["inputs"], PAKE["derived"]
+    code = bytes.fromhex(inp["code"])
+    assert code.decode() == inp["code_text"]
+    salt, iterations = bytes.fromhex(inp["salt"]), inp["iterations"]
+    id_p, id_v = inp["prover_id"].encode(), inp["verifier_id"].encode()
+    nonce = bytes.fromhex(inp["nonce"])
+    x, y = int(inp["x"], 16), int(inp["y"], 16)
+
+    # §15.4: w0, w1 and L.  The prover id is not in the PBKDF2 input.
+    password = _len8(code) + _len8(b"") + _len8(id_v)
+    assert password.hex() == want["pbkdf2_input"]
+    stretched = hashlib.pbkdf2_hmac("sha256", password, salt, iterations, 32)
+    assert stretched.hex() == want["pbkdf2_output"]
+    seed = HKDF(hashes.SHA256(), 80, None, b"PSTP/2 pake w0w1").derive(stretched)
+    assert seed.hex() == want["w0w1_seed"]
+    w0 = int.from_bytes(seed[:40], "big") % P256_N
+    w1 = int.from_bytes(seed[40:], "big") % P256_N
+    assert (w0.to_bytes(32, "big").hex(), w1.to_bytes(32, "big").hex()) == (
+        want["w0"],
+        want["w1"],
+    )
+    big_l = (
+        ec.derive_private_key(w1, ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    assert big_l.hex() == want["L"]
+
+    # The five frames, through our code.
+    pcfg = Config(
+        versions=tuple(inp["versions"]),
+        suites=tuple(Suite(s) for s in inp["prover_suites"]),
+        max_record_size=inp["prover_max_record"],
+        service=inp["service"],
+    )
+    vcfg = Config(
+        versions=tuple(inp["versions"]),
+        suites=tuple(Suite(s) for s in inp["verifier_suites"]),
+        max_record_size=inp["verifier_max_record"],
+    )
+    verifier = PakeVerifier(inp["verifier_id"], w0, big_l, salt, iterations, pairing=True)
+    prover = PakeProver(code, inp["prover_id"], pairing=inp["pairing"])
+    initiator = PakeInitiator(prover, pcfg, verifier_id=inp["verifier_id"], nonce=nonce, x=x)
+    responder = PakeResponder(verifier, vcfg, keepalive_ms=inp["verifier_keepalive_ms"], y=y)
+    req = initiator.request_frame
+    assert req.hex() == want["pair_req"]
+    resp = responder.read_request(req[4:], 0.0)
+    assert resp.hex() == want["pair_resp"]
+    share_p_frame = initiator.read_response(resp[4:])
+    assert share_p_frame.hex() == want["pair_share_p"]
+    share_v_frame = responder.read_share_p(share_p_frame[4:])
+    assert share_v_frame.hex() == want["pair_share_v"]
+    confirm_p_frame, pkeys = initiator.read_share_v(share_v_frame[4:])
+    assert confirm_p_frame.hex() == want["pair_confirm_p"]
+    vkeys = responder.read_confirm_p(confirm_p_frame[4:])
+
+    # The same frames rebuilt from the §15.2 layouts.
+    suites = b"".join(s.to_bytes(2, "big") for s in inp["prover_suites"])
+    req_body = (
+        bytes((max(inp["versions"]), int(inp["pairing"]), len(inp["versions"]), *inp["versions"]))
+        + _text8(inp["prover_id"])
+        + nonce
+        + bytes((len(inp["prover_suites"]),))
+        + suites
+        + inp["prover_max_record"].to_bytes(4, "big")
+        + _text8(inp["service"])
+    )
+    assert req == b"\x03" + len(req_body).to_bytes(3, "big") + req_body
+    resp_body = (
+        bytes((max(inp["versions"]),))
+        + _text8(inp["verifier_id"])
+        + bytes((len(salt),))
+        + salt
+        + iterations.to_bytes(4, "big")
+        + want["suite"].to_bytes(2, "big")
+        + inp["verifier_max_record"].to_bytes(4, "big")
+        + inp["verifier_keepalive_ms"].to_bytes(4, "big")
+    )
+    assert resp == b"\x04" + len(resp_body).to_bytes(3, "big") + resp_body
+    share_p, share_v = bytes.fromhex(want["share_p"]), bytes.fromhex(want["share_v"])
+    confirm_v, confirm_p = bytes.fromhex(want["confirm_v"]), bytes.fromhex(want["confirm_p"])
+    assert share_p_frame == b"\x05\x00\x00\x41" + share_p
+    assert share_v_frame == b"\x06\x00\x00\x61" + share_v + confirm_v
+    assert confirm_p_frame == b"\x07\x00\x00\x20" + confirm_p
+
+    # Context: whole PAIR_REQ and PAIR_RESP frames, headers included.
+    context = hashlib.sha256(b"PSTP/2 PAKE context" + req + resp).digest()
+    assert context.hex() == want["context"]
+
+    # SPAKE2+ (RFC 9383 §3.3-§3.4) with python-ecdsa arithmetic and M, N from the RFC.
+    m_point, n_point = _point(_uncompressed(RFC9383_M)), _point(_uncompressed(RFC9383_N))
+    g = NIST256p.generator
+    assert _enc(g * x + m_point * w0) == share_p
+    assert _enc(g * y + n_point * w0) == share_v
+    z = _enc((_point(share_v) + -(n_point * w0)) * x)
+    v = _enc((_point(share_v) + -(n_point * w0)) * w1)
+    assert z == _enc((_point(share_p) + -(m_point * w0)) * y) == bytes.fromhex(want["Z"])
+    assert v == _enc(_point(big_l) * y) == bytes.fromhex(want["V"])
+    tt = b"".join(
+        _len8(part)
+        for part in (
+            context,
+            id_p,
+            id_v,
+            _uncompressed(RFC9383_M),
+            _uncompressed(RFC9383_N),
+            share_p,
+            share_v,
+            z,
+            v,
+            w0.to_bytes(32, "big"),
+        )
+    )
+    assert tt.hex() == want["TT"]
+    k_main = hashlib.sha256(tt).digest()
+    assert k_main.hex() == want["K_main"]
+    conf = HKDF(hashes.SHA256(), 64, None, b"ConfirmationKeys").derive(k_main)
+    assert (conf[:32].hex(), conf[32:].hex()) == (want["K_confirmP"], want["K_confirmV"])
+    assert hmac.new(conf[32:], share_p, hashlib.sha256).digest() == confirm_v
+    assert hmac.new(conf[:32], share_v, hashlib.sha256).digest() == confirm_p
+    k_shared = _hkdf(k_main, b"SharedKey")
+    assert k_shared.hex() == want["K_shared"]
+
+    # §15.5: key schedule and session id, and the pair key export (§5.6).
+    assert _hkdf(k_shared, b"PSTP/2 PAKE i2r").hex() == want["i2r_key"]
+    assert _hkdf(k_shared, b"PSTP/2 PAKE r2i").hex() == want["r2i_key"]
+    exporter = _hkdf(k_shared, b"PSTP/2 PAKE exporter")
+    assert exporter.hex() == want["exporter_secret"]
+    session_id = hashlib.sha256(b"PSTP/2 PAKE session" + context + share_p + share_v).digest()
+    assert session_id.hex() == want["session_id"]
+    pair_key = HKDFExpand(hashes.SHA256(), 32, b"PSTP/2 export pair key").derive(exporter)
+    assert pair_key.hex() == want["export_pair_key"]
+    for keys in (pkeys, vkeys):
+        assert keys.suite == want["suite"]
+        assert keys.i2r_key.hex() == want["i2r_key"]
+        assert keys.r2i_key.hex() == want["r2i_key"]
+        assert keys.exporter_secret.hex() == want["exporter_secret"]
+        assert keys.session_id.hex() == want["session_id"]
+    assert pkeys.responder_id == vkeys.responder_id == inp["verifier_id"]
+    responder.release(success=True)
+    assert (verifier.successes, verifier.failures, verifier.closed) == (1, 0, True)

@@ -9,6 +9,7 @@ from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol, ne
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryBinding
+from pstp.protocol.pake import PakeProver
 
 __all__ = ["connect"]
 
@@ -17,7 +18,8 @@ async def connect(
     host: str,
     port: int,
     *,
-    pair_key: bytes,
+    pair_key: bytes | None = None,
+    pake: PakeProver | None = None,
     device_id: str | None = None,
     config: Config | None = None,
     discovery: DiscoveryBinding | None = None,
@@ -30,7 +32,8 @@ async def connect(
     Args:
         host: address or name of the device.
         port: its TCP port.
-        pair_key: the 32-byte pair key shared with the device.
+        pair_key: the 32-byte pair key shared with the device (PSTP-HS).
+        pake: instead of a pair key, a human code or passphrase (PSTP-PAKE, §15).
         device_id: the device id we expect it to have, if known.
         config: limits and algorithms.
         discovery: the (nonce, PING, PONG) that found the device, if any.
@@ -54,6 +57,7 @@ async def connect(
         responder_id=device_id,
         discovery=discovery,
         own_id=own_id,
+        pake=pake,
     )
 
     async def run() -> Session:

@@ -11,6 +11,7 @@ from pstp.exceptions import ErrorCode, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryLookup, KeyRing
+from pstp.protocol.pake import PakeVerifier
 
 __all__ = ["Server", "serve"]
 
@@ -66,6 +67,7 @@ async def serve(
     config: Config | None = None,
     discovery_lookup: DiscoveryLookup | None = None,
     handlers: Mapping[str, ChannelHandler] | None = None,
+    pake: PakeVerifier | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -83,6 +85,7 @@ async def serve(
         config: limits and algorithms.
         discovery_lookup: PING/PONG exchanged under a discovery nonce.
         handlers: channel kinds served to every session, and what runs for each.
+        pake: also accept PSTP-PAKE sessions proving this code (e.g. a pairing window).
 
     Raises:
         OSError: the address could not be bound.
@@ -120,6 +123,7 @@ async def serve(
             keyring=keyring,
             own_id=own_id,
             discovery_lookup=discovery_lookup,
+            pake=pake,
         )
         proto = SessionProtocol(conn, handlers=handlers)
         task = loop.create_task(run(proto))

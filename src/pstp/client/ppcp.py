@@ -39,7 +39,8 @@ from collections.abc import Iterator
 from pstp.discovery.protocol import Found
 from pstp.exceptions import ConnectionClosed, ErrorCode, RemoteProtocolError
 from pstp.protocol.connection import Connection
-from pstp.protocol.handshake import KeyRing
+from pstp.protocol.handshake import KeyRing, PairKey
+from pstp.protocol.pake import PakeProver, PakeVerifier, Passphrase
 from pstp.sync import discovery
 from pstp.sync.client import connect
 from pstp.sync.connection import ChannelHandler, SyncChannel, SyncSession
@@ -60,7 +61,6 @@ __all__ = [
 #: checked before the body is buffered, so a peer cannot make us hold more.
 MAX_MESSAGE_SIZE = 64 << 20
 
-_PAIR_KEY_LEN = 32
 _LENGTH = struct.Struct(">I")  # the message length prefix, big-endian like every PSTP field
 #: The name a PPCP server's key ring gives the one key it holds.
 _PEER_NAME = "ppcp-client"
@@ -74,6 +74,11 @@ _found: weakref.WeakKeyDictionary[socket.socket, Found] = weakref.WeakKeyDiction
 # Pair key -> its key ring: one ring per key keeps the responder's replay
 # guard (the newest HS_INIT timestamp, §5.1) across server_accept calls.
 _keyrings: dict[bytes, KeyRing] = {}
+# Passphrase -> (SPAKE2+ verifier, when it was seen locked out), and -> prover.
+_verifiers: dict[bytes, tuple[PakeVerifier, float | None]] = {}
+_provers: dict[bytes, PakeProver] = {}
+#: Seconds a locked-out passphrase verifier stays closed before it is replaced.
+_LOCKOUT = 60.0
 
 
 def _device_id() -> str:
@@ -82,22 +87,56 @@ def _device_id() -> str:
     return name or "pstp-device"
 
 
-def _as_pair_key(secret: bytes) -> bytes:
-    """The 32-byte pair key a PPCP secret stands for.
+def _credential(secret: bytes | str) -> PairKey | Passphrase:
+    """What a PPCP secret stands for: a :class:`PairKey` runs PSTP-HS; anything else
+    (plain ``bytes`` such as the quick start's ``b"super-secret-key"``, or ``str``) is a
+    human passphrase and runs PSTP-PAKE, so a captured session never becomes an
+    offline guessing oracle.  The type decides, never the length.
 
     Raises:
-        TypeError: the secret is not bytes.
-        ValueError: the secret is not exactly 32 bytes.
+        TypeError: the secret is neither bytes nor str.
+        ValueError: the secret is empty.
     """
-    if not isinstance(secret, (bytes, bytearray, memoryview)):
-        raise TypeError("the secret must be bytes")
-    key = bytes(secret)
-    if len(key) != _PAIR_KEY_LEN:
-        raise ValueError(
-            f"the secret must be a 32-byte pair key (got {len(key)} bytes); human "
-            "secrets such as passphrases arrive with pairing (SPAKE2+)"
-        )
-    return key
+    if isinstance(secret, (PairKey, Passphrase)):
+        return secret
+    if not isinstance(secret, (bytes, bytearray, memoryview, str)):
+        raise TypeError("the secret must be bytes, str, pstp.PairKey or pstp.Passphrase")
+    return Passphrase(secret if isinstance(secret, str) else bytes(secret))
+
+
+def _verifier_for(secret: Passphrase) -> PakeVerifier:
+    """The server's SPAKE2+ verifier for a passphrase: stretched once per process.
+
+    It allows 20 failed attempts; then it stays closed for a minute and is
+    replaced (with a new salt), which caps online guessing at 20 a minute.
+    """
+    now = time.monotonic()
+    with _registry_lock:
+        entry = _verifiers.get(secret)
+        if entry is not None:
+            verifier, closed_at = entry
+            if not verifier.closed:
+                return verifier
+            if closed_at is None:
+                _verifiers[secret] = (verifier, now)
+                return verifier
+            if now - closed_at < _LOCKOUT:
+                return verifier
+    verifier = PakeVerifier.from_code(
+        secret, _device_id(), pairing=False, single_use=False, max_failures=20
+    )
+    with _registry_lock:
+        _verifiers[secret] = (verifier, None)
+    return verifier
+
+
+def _prover_for(secret: Passphrase) -> PakeProver:
+    """The client's SPAKE2+ credential for a passphrase, with its PBKDF2 cache."""
+    with _registry_lock:
+        prover = _provers.get(secret)
+        if prover is None:
+            prover = _provers[secret] = PakeProver(secret, _device_id())
+        return prover
 
 
 def _keyring_for(key: bytes) -> KeyRing:
@@ -180,31 +219,35 @@ def close_tcp_server(listener: socket.socket) -> None:
         _stop_responder(port, responder)
 
 
-def server_accept(sock: socket.socket, secret: bytes) -> PpcpSession:
+def server_accept(sock: socket.socket, secret: bytes | str) -> PpcpSession:
     """Run the handshake as the server over an accepted socket.
 
     Args:
         sock: a socket from ``listener.accept()``; the session owns it.
-        secret: the pre-shared 32-byte key.
+        secret: a :class:`~pstp.PairKey` (PSTP-HS), or a passphrase as bytes or
+            str (PSTP-PAKE; see :func:`_credential`).
 
     Returns:
         The established session; ``client_id`` names the client.
 
     Raises:
-        TypeError: the secret is not bytes.
-        ValueError: the secret is not a 32-byte key.
+        TypeError: the secret is not bytes or str.
+        ValueError: the secret is empty.
         HandshakeFailed: the client did not prove the key (the socket is closed).
     """
-    key = _as_pair_key(secret)
+    cred = _credential(secret)
     port = _local_port(sock)
     with _registry_lock:
         responder = _responders.get(port)
-    session = accept(
-        sock,
-        keyring=_keyring_for(key),
-        own_id=_device_id(),
-        discovery_lookup=responder.lookup if responder is not None else None,
-    )
+    if isinstance(cred, PairKey):
+        session = accept(
+            sock,
+            keyring=_keyring_for(cred),
+            own_id=_device_id(),
+            discovery_lookup=responder.lookup if responder is not None else None,
+        )
+    else:
+        session = accept(sock, keyring=KeyRing(), own_id=_device_id(), pake=_verifier_for(cred))
     conn = session.connection
     return PpcpSession(session, client_id=conn.peer_stated_id or session.peer_id)
 
@@ -232,33 +275,38 @@ def find_server(port: int = 9000, timeout: float = 2.0) -> socket.socket:
     return sock
 
 
-def client_connect(sock: socket.socket, secret: bytes) -> PpcpSession:
+def client_connect(sock: socket.socket, secret: bytes | str) -> PpcpSession:
     """Run the handshake as the client over a connected socket.
 
     Args:
         sock: a connected socket, from :func:`find_server` or elsewhere; the
             session owns it.
-        secret: the pre-shared 32-byte key.
+        secret: a :class:`~pstp.PairKey` (PSTP-HS), or a passphrase as bytes or
+            str (PSTP-PAKE).
 
     Returns:
         The established session; ``client_id`` names the server.
 
     Raises:
-        TypeError: the secret is not bytes.
-        ValueError: the secret is not a 32-byte key.
+        TypeError: the secret is not bytes or str.
+        ValueError: the secret is empty.
         HandshakeFailed: the server did not prove the key, or hung up.
         TimeoutError: the handshake took too long.
     """
-    key = _as_pair_key(secret)
+    cred = _credential(secret)
     with _registry_lock:
         found = _found.pop(sock, None)
-    session = connect(
-        sock=sock,
-        pair_key=key,
-        device_id=found.device_id if found is not None else None,
-        discovery=found.binding if found is not None else None,
-        own_id=_device_id(),
-    )
+    device_id = found.device_id if found is not None else None
+    if isinstance(cred, PairKey):
+        session = connect(
+            sock=sock,
+            pair_key=cred,
+            device_id=device_id,
+            discovery=found.binding if found is not None else None,
+            own_id=_device_id(),
+        )
+    else:
+        session = connect(sock=sock, pake=_prover_for(cred), device_id=device_id)
     return PpcpSession(session, client_id=session.peer_id)
 
 

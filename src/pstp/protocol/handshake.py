@@ -41,6 +41,7 @@ __all__ = [
     "DiscoveryLookup",
     "InitiatorHandshake",
     "KeyRing",
+    "PairKey",
     "PeerKey",
     "ResponderHandshake",
     "SessionKeys",
@@ -67,6 +68,25 @@ _KID_RANDOM_LEN = 16
 DiscoveryBinding = tuple[bytes, bytes, bytes]
 #: Responder callback: the PING and PONG it exchanged under a nonce, if any.
 DiscoveryLookup = Callable[[bytes], tuple[bytes, bytes] | None]
+
+
+class PairKey(bytes):
+    """A 32-byte pair key, marked as such: APIs given one run PSTP-HS (§5).
+
+    Plain ``bytes`` given to the PPCP-compatible API are treated as a human
+    passphrase (PSTP-PAKE, §15), so a key must be wrapped to be used as a key.
+
+    Raises:
+        ValueError: not exactly 32 bytes.
+    """
+
+    def __new__(cls, value: bytes) -> PairKey:
+        if len(value) != PAIR_KEY_LEN:
+            raise ValueError("a pair key is exactly 32 bytes")
+        return super().__new__(cls, value)
+
+    def __repr__(self) -> str:
+        return "PairKey(<32 bytes>)"
 
 
 def _derive(pair_key: bytes, label: bytes) -> bytes:

@@ -45,6 +45,7 @@ __all__ = [
     "PakeProver",
     "PakeResponder",
     "PakeVerifier",
+    "Passphrase",
 ]
 
 #: Most PBKDF2 iterations a prover accepts from a verifier (§15.3): a hostile
@@ -57,6 +58,25 @@ _LABEL_R2I = b"PSTP/2 PAKE r2i"
 _LABEL_EXPORTER = b"PSTP/2 PAKE exporter"
 _SHARE_LEN = 65
 _CONFIRM_LEN = 32
+
+
+class Passphrase(bytes):
+    """A human secret (code or passphrase), marked as such: APIs given one run PSTP-PAKE.
+
+    It is never used as a key: it only enters SPAKE2+ after PBKDF2 (§15.4).
+
+    Raises:
+        ValueError: empty.
+    """
+
+    def __new__(cls, value: bytes | str) -> Passphrase:
+        raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if not raw:
+            raise ValueError("empty passphrase")
+        return super().__new__(cls, raw)
+
+    def __repr__(self) -> str:
+        return "Passphrase(<secret>)"
 
 
 def _context(req_frame: bytes, resp_frame: bytes) -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryBinding
+from pstp.protocol.pake import PakeProver
 from pstp.sync.connection import ChannelHandler, SyncSession, next_timestamp
 
 __all__ = ["connect"]
@@ -20,7 +21,8 @@ def connect(
     host: str | None = None,
     port: int | None = None,
     *,
-    pair_key: bytes,
+    pair_key: bytes | None = None,
+    pake: PakeProver | None = None,
     device_id: str | None = None,
     config: Config | None = None,
     timeout: float | None = None,
@@ -34,7 +36,8 @@ def connect(
     Args:
         host: address or name of the device (ignored when ``sock`` is given).
         port: its TCP port (ignored when ``sock`` is given).
-        pair_key: the 32-byte pair key shared with the device.
+        pair_key: the 32-byte pair key shared with the device (PSTP-HS).
+        pake: instead of a pair key, a human code or passphrase (PSTP-PAKE, §15).
         device_id: the device id we expect it to have, if known.
         config: limits and algorithms.
         timeout: seconds for connect and handshake together (default: the
@@ -46,13 +49,13 @@ def connect(
             the session owns it from now on (it is closed on failure too).
 
     Raises:
-        ValueError: the pair key is not 32 bytes, or neither ``sock`` nor
+        ValueError: no pake and the pair key is not 32 bytes, or neither ``sock`` nor
             ``host`` and ``port`` were given.
         OSError: the TCP connection failed.
         HandshakeFailed: the device did not prove the pair key, or hung up.
         TimeoutError: the handshake took too long.
     """
-    if len(pair_key) != _PAIR_KEY_LEN:
+    if pake is None and (pair_key is None or len(pair_key) != _PAIR_KEY_LEN):
         raise ValueError("a pair key is exactly 32 bytes")
     config = config or Config()
     limit = timeout if timeout is not None else config.handshake_timeout
@@ -65,6 +68,7 @@ def connect(
         responder_id=device_id,
         discovery=discovery,
         own_id=own_id,
+        pake=pake,
     )
     if sock is None:
         if host is None or port is None:

@@ -9,6 +9,7 @@ from pstp.exceptions import HandshakeFailed
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryLookup, KeyRing
+from pstp.protocol.pake import PakeVerifier
 from pstp.sync.connection import ChannelHandler, SyncSession
 
 __all__ = ["accept"]
@@ -23,6 +24,7 @@ def accept(
     discovery_lookup: DiscoveryLookup | None = None,
     handlers: Mapping[str, ChannelHandler] | None = None,
     timeout: float | None = None,
+    pake: PakeVerifier | None = None,
 ) -> SyncSession:
     """Run PSTP-HS as the responder over an accepted socket and return the session.
 
@@ -38,6 +40,7 @@ def accept(
         discovery_lookup: PING/PONG exchanged under a discovery nonce.
         handlers: channel kinds served to the peer, and what runs for each.
         timeout: seconds for the handshake (default: the config's handshake timeout).
+        pake: also accept PSTP-PAKE sessions proving this code or passphrase (§15).
 
     Raises:
         HandshakeFailed: the peer did not prove a key in the ring, hung up, or
@@ -49,6 +52,7 @@ def accept(
         keyring=keyring,
         own_id=own_id,
         discovery_lookup=discovery_lookup,
+        pake=pake,
     )
     session = SyncSession(conn, sock, handlers=handlers)
     session._start()
