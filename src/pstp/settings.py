@@ -303,7 +303,7 @@ def create(path: Path | str, device_id: str, *, listen: str = f"0.0.0.0:{DEFAULT
     _device_id(device_id, path, "device.id", "")
     parse_address(listen)
     text = (
-        "# PSTP configuration (docs: https://github.com/pstp/pstp). Keep this file private:\n"
+        "# PSTP configuration (see `pstp --help`). Keep this file private:\n"
         "# it holds the pair keys of the devices you trust.\n\n"
         "[device]\n"
         f'id = "{device_id}"\n'

@@ -87,6 +87,11 @@ class Channel:
         return f"<Channel {self.id} {self.kind!r}>"
 
     @property
+    def connection(self) -> Connection:
+        """The session's sans-I/O connection (peer id, how it was keyed, exporter)."""
+        return self._proto.conn
+
+    @property
     def exit_status(self) -> int | None:
         """The exit status the channel was closed with (``None`` if none or still open)."""
         return self.closed.result() if self.closed.done() and not self.closed.exception() else None

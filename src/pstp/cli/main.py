@@ -19,6 +19,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_PROTOCOL = 3
 EXIT_CONNECTION = 4
+EXIT_CONFIG = 78  # sysexits EX_CONFIG
 EXIT_INTERRUPTED = 130
 
 
@@ -54,6 +55,42 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pstp {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $PSTP_CONFIG or pstp.toml in the config directory)",
+    )
+
+    init = sub.add_parser("init", help="create this device's configuration")
+    init.add_argument("--id", help="this device's id (default: the host name)")
+    init.add_argument("--listen", default="0.0.0.0:9000", help="HOST:PORT to serve on")
+    init.set_defaults(func=_lazy("pstp.cli.cmd_init", "run"))
+
+    serve = sub.add_parser("serve", help="run this device (sessions, discovery)")
+    serve.set_defaults(func=_lazy("pstp.cli.cmd_serve", "serve"))
+
+    pair = sub.add_parser(
+        "pair",
+        help="pair two devices with a short code",
+        description=(
+            "On the device to be reached: `pstp pair --allow` shows a code. On the other: "
+            "`pstp pair HOST[:PORT]` and type the code (or pipe it on stdin, or set "
+            "PSTP_PAIR_CODE). Both then hold the other's id and a fresh pair key."
+        ),
+    )
+    pair.add_argument("host", nargs="?", metavar="HOST[:PORT]", help="the device showing a code")
+    pair.add_argument("code_on_argv", nargs="?", help=argparse.SUPPRESS)
+    pair.add_argument("--allow", action="store_true", help="open a pairing window here")
+    pair.add_argument("--timeout", type=float, default=600.0, help="window length in seconds")
+    pair.add_argument("--qr", action="store_true", help="print the QR code even if not a terminal")
+    pair.set_defaults(func=_lazy("pstp.cli.cmd_pair", "run_pair"))
+
+    ping = sub.add_parser("ping", help="authenticate to a peer and time a round trip")
+    ping.add_argument("peer", help="the peer's device id")
+    ping.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    ping.add_argument("-c", "--count", type=int, default=1, help="round trips")
+    ping.set_defaults(func=_lazy("pstp.cli.cmd_ping", "ping"))
 
     demo = sub.add_parser(
         "demo",
@@ -118,8 +155,12 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 
 def _report(exc: Exception, console: Console) -> int:
-    from pstp.exceptions import ConnectionClosed, HandshakeFailed, ProtocolError
+    from pstp.exceptions import ConnectionClosed, HandshakeFailed, ProtocolError, PstpError
+    from pstp.settings import ConfigError
 
+    if isinstance(exc, ConfigError):
+        console.error(str(exc))
+        return EXIT_CONFIG
     if isinstance(exc, HandshakeFailed):
         console.error(f"handshake failed: {exc} (check the pair key and the device id)")
         return EXIT_PROTOCOL
@@ -132,4 +173,10 @@ def _report(exc: Exception, console: Console) -> int:
     if isinstance(exc, (OSError, TimeoutError)):
         console.error(f"connection failed: {exc}")
         return EXIT_CONNECTION
+    if isinstance(exc, PstpError):
+        console.error(str(exc))
+        return EXIT_CONNECTION
+    if isinstance(exc, ValueError):
+        console.error(str(exc))
+        return EXIT_USAGE
     raise exc

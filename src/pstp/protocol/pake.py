@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pstp.crypto.kdf import digest, hkdf_sha256, random_bytes
 from pstp.crypto.spake2plus import (
     MIN_ITERATIONS,
@@ -41,6 +43,9 @@ from pstp.wire.frames import (
 
 __all__ = [
     "MAX_ITERATIONS",
+    "PAIR_CHANNEL",
+    "PAIR_KEY_LABEL",
+    "PairHello",
     "PakeInitiator",
     "PakeProver",
     "PakeResponder",
@@ -51,6 +56,10 @@ __all__ = [
 #: Most PBKDF2 iterations a prover accepts from a verifier (§15.3): a hostile
 #: verifier must not make the prover burn minutes of CPU.
 MAX_ITERATIONS = 2_000_000
+#: The channel kind both sides use to exchange ids after a pairing PAKE (§16).
+PAIR_CHANNEL = "pair"
+#: Exporter label of the pair key (§16): both sides derive the same 32 bytes.
+PAIR_KEY_LABEL = "pair key"
 _LABEL_CONTEXT = b"PSTP/2 PAKE context"
 _LABEL_SESSION = b"PSTP/2 PAKE session"
 _LABEL_I2R = b"PSTP/2 PAKE i2r"
@@ -58,6 +67,13 @@ _LABEL_R2I = b"PSTP/2 PAKE r2i"
 _LABEL_EXPORTER = b"PSTP/2 PAKE exporter"
 _SHARE_LEN = 65
 _CONFIRM_LEN = 32
+
+
+class PairHello(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """What each side says on the pair channel (§16): its id and service port."""
+
+    device_id: str
+    port: int | None = None
 
 
 class Passphrase(bytes):

@@ -1,0 +1,35 @@
+"""``pstp ping PEER``: open an authenticated session to a peer and time a round trip."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from pstp.cli.common import load_settings, run
+from pstp.cli.main import Console
+
+__all__ = ["ping"]
+
+
+def ping(args: argparse.Namespace, console: Console) -> int:
+    """Connect to PEER (remembered address, then discovery) and ping it."""
+    from pstp.client.api import connect_peer
+
+    settings = load_settings(args)
+    if args.peer not in settings.peers:
+        console.error(f"no peer {args.peer!r} in {settings.path} (pair first: pstp pair HOST)")
+        return 2
+
+    async def main() -> int:
+        t0 = time.perf_counter()
+        async with await connect_peer(settings, args.peer, address=args.address) as session:
+            t1 = time.perf_counter()
+            console.print(f"connected to {session.peer_id!r} in {(t1 - t0) * 1000:.1f} ms")
+            for i in range(args.count):
+                t = time.perf_counter()
+                reply = await session.request("ping", str(i).encode())
+                ms = (time.perf_counter() - t) * 1000
+                console.print(f"{reply.decode(errors='replace')} from {args.peer}: {ms:.2f} ms")
+        return 0
+
+    return run(main())

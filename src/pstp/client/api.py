@@ -1,0 +1,127 @@
+"""High-level client operations on configured peers: connect, ping, pair.
+
+A peer is reached at its remembered address first, then by discovery on the
+LAN (a PONG from the expected device id, bound into the handshake), and the
+address that worked is remembered for next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from pstp.asyncio.client import connect
+from pstp.asyncio.connection import Session
+from pstp.exceptions import HandshakeFailed, PstpError
+from pstp.protocol.config import Config
+from pstp.protocol.pake import PAIR_CHANNEL, PAIR_KEY_LABEL, PairHello, PakeProver
+from pstp.settings import DEFAULT_PORT, Settings, add_peer, parse_address, set_peer_address
+from pstp.sync.discovery import discover
+
+__all__ = ["PeerNotFound", "connect_peer", "pair_with"]
+
+_log = logging.getLogger("pstp.client")
+
+
+class PeerNotFound(PstpError):
+    """The peer answered at no remembered address and not to discovery."""
+
+
+async def connect_peer(
+    settings: Settings,
+    peer_id: str,
+    *,
+    address: str | None = None,
+    config: Config | None = None,
+    discovery_timeout: float = 1.0,
+) -> Session:
+    """Open a PSTP-HS session to a configured peer.
+
+    Args:
+        settings: our configuration (holds the peer's pair key).
+        peer_id: the peer's device id.
+        address: ``host[:port]`` to use instead of the remembered one.
+        config: protocol limits.
+        discovery_timeout: seconds to wait for PONGs when no address works.
+
+    Raises:
+        KeyError: no such peer in the configuration.
+        PeerNotFound: no address worked and discovery found nothing.
+        HandshakeFailed: the device answered but did not prove the pair key.
+    """
+    peer = settings.peers[peer_id]
+    tried: list[str] = []
+    for candidate in [a for a in (address, peer.address) if a]:
+        host, port = parse_address(candidate)
+        try:
+            session = await connect(
+                host,
+                port,
+                pair_key=peer.key,
+                device_id=peer_id,
+                config=config,
+                own_id=settings.device_id,
+            )
+        except OSError as exc:
+            tried.append(f"{candidate} ({exc.strerror or exc})")
+            continue
+        if candidate != peer.address:
+            _remember(settings, peer_id, candidate)
+        return session
+    loop = asyncio.get_running_loop()
+    port = parse_address(peer.address)[1] if peer.address else DEFAULT_PORT
+    found = await loop.run_in_executor(None, lambda: discover(port, discovery_timeout))
+    for dev in found:
+        if dev.device_id != peer_id:
+            continue
+        session = await connect(
+            dev.host,
+            dev.port,
+            pair_key=peer.key,
+            device_id=peer_id,
+            config=config,
+            discovery=dev.binding,
+            own_id=settings.device_id,
+        )
+        _remember(settings, peer_id, f"{dev.host}:{dev.port}")
+        return session
+    where = "; ".join(tried) or "no remembered address"
+    raise PeerNotFound(f"{peer_id} not reached ({where}) and not found by discovery")
+
+
+def _remember(settings: Settings, peer_id: str, address: str) -> None:
+    try:
+        set_peer_address(settings.path, peer_id, address)
+    except (OSError, PstpError) as exc:  # remembering is a convenience, never fatal
+        _log.warning("could not remember %s for %s: %s", address, peer_id, exc)
+
+
+async def pair_with(
+    settings: Settings, host: str, port: int, code: bytes, *, config: Config | None = None
+) -> str:
+    """Pair with the device at host:port using the code it shows; store its pair key.
+
+    Returns:
+        The new peer's device id.
+
+    Raises:
+        HandshakeFailed: wrong code, no pairing window open, or the device refused.
+        OSError: the device could not be reached.
+    """
+    prover = PakeProver(code, settings.device_id, pairing=True)
+    session = await connect(host, port, pake=prover, config=config)
+    async with session:
+        hello = PairHello(settings.device_id, settings.listen[0][1] if settings.listen else None)
+        reply = await session.request(PAIR_CHANNEL, msgspec.msgpack.encode(hello))
+        try:
+            theirs = msgspec.msgpack.decode(reply, type=PairHello)
+        except msgspec.DecodeError as exc:
+            raise HandshakeFailed("the device sent a malformed pairing reply") from exc
+        peer_id = session.peer_id
+        if theirs.device_id != peer_id:
+            raise HandshakeFailed("the device named itself differently in the handshake")
+        key = session.connection.export_secret(PAIR_KEY_LABEL)
+    add_peer(settings.path, peer_id, key, address=f"{host}:{theirs.port or port}")
+    return peer_id

@@ -1,0 +1,172 @@
+"""`pstp pair` and `pstp ping` as real processes over loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pstp.cli.main import main
+from pstp.settings import create, load
+from tests.helpers import ROOT, TIMEOUT
+
+
+def free_port() -> int:
+    """A TCP and UDP port free on loopback now."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+def env_for(config: Path, **extra: str) -> dict[str, str]:
+    """Environment for a pstp subprocess using ``config``."""
+    return dict(
+        os.environ,
+        PYTHONPATH=str(ROOT / "src"),
+        PSTP_CONFIG=str(config),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+
+
+def pstp(*args: str, config: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pstp ARGS` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "pstp", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env_for(config, **env),
+        timeout=TIMEOUT * 6,
+        check=False,
+    )
+
+
+def open_window(config: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[str], str]:
+    """Start `pstp pair --allow` and return the process and the code it shows."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "pair", "--allow", "--timeout", str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(config),
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + TIMEOUT * 4
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        m = re.search(r"code: (\d{4}-\d{4})", line)
+        if m:
+            proc.stdout.readline()  # the "on the other device" line
+            return proc, m[1]
+        assert line, proc.stderr.read() if proc.stderr else ""
+    raise AssertionError("no code shown")
+
+
+@pytest.fixture
+def two_devices(tmp_path: Path) -> tuple[Path, Path, int]:
+    """Config files for "home" (serving on a free port) and "phone"."""
+    port = free_port()
+    home = create(tmp_path / "home.toml", "home", listen=f"127.0.0.1:{port}")
+    phone = create(tmp_path / "phone.toml", "phone", listen=f"127.0.0.1:{free_port()}")
+    return home, phone, port
+
+
+def test_two_processes_pair_then_open_a_pstp_hs_session(
+    two_devices: tuple[Path, Path, int],
+) -> None:
+    """Pairing with the shown code installs the same key on both; `pstp ping` then works."""
+    home, phone, port = two_devices
+    window, code = open_window(home)
+    try:
+        joined = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=code + "\n")
+        assert joined.returncode == 0, joined.stderr
+        assert "paired with 'home'" in joined.stdout
+        out, err = window.communicate(timeout=TIMEOUT * 2)
+    finally:
+        window.kill()
+    assert window.returncode == 0, err
+    assert "paired with 'phone'" in out
+    h, p = load(home), load(phone)
+    assert h.peers["phone"].key == p.peers["home"].key
+    assert p.peers["home"].address == f"127.0.0.1:{port}"
+    assert (home.stat().st_mode & 0o777) == (phone.stat().st_mode & 0o777) == 0o600
+    assert code.replace("-", "") not in home.read_text() + phone.read_text()  # code not stored
+    # A PSTP-HS session between them now works with no further input.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(home),
+    )
+    try:
+        assert server.stdout is not None
+        assert "serving 1 peer(s)" in server.stdout.readline()
+        pinged = pstp("ping", "home", "-c", "2", config=phone)
+        assert pinged.returncode == 0, pinged.stderr
+        assert pinged.stdout.count("pong") == 2
+    finally:
+        server.terminate()
+        server.wait(TIMEOUT)
+
+
+def test_wrong_code_fails_counts_and_the_window_stays_open(
+    two_devices: tuple[Path, Path, int],
+) -> None:
+    """A wrong code fails the pairing (exit 3) and is counted; the right code still works."""
+    home, phone, port = two_devices
+    window, code = open_window(home)
+    try:
+        wrong = "0000-0000" if code != "0000-0000" else "1111-1111"
+        bad = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=wrong + "\n")
+        assert bad.returncode == 3, bad.stderr
+        assert "handshake failed" in bad.stderr
+        assert "home" not in load(phone).peers
+        good = pstp("pair", f"127.0.0.1:{port}", config=phone, PSTP_PAIR_CODE=code)
+        assert good.returncode == 0, good.stderr
+        window.communicate(timeout=TIMEOUT * 2)
+    finally:
+        window.kill()
+    assert window.returncode == 0
+
+
+def test_window_closes_after_its_timeout(two_devices: tuple[Path, Path, int]) -> None:
+    """An unused window closes by itself and says so (exit 1)."""
+    home, _, _ = two_devices
+    window, _code = open_window(home, timeout=1.0)
+    _out, err = window.communicate(timeout=TIMEOUT * 4)
+    assert window.returncode == 1
+    assert "closed without pairing (timeout" in err
+
+
+def test_code_on_the_command_line_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pstp pair HOST CODE` refuses the code: secrets never travel on argv."""
+    assert main(["--config", str(tmp_path / "x.toml"), "pair", "127.0.0.1:1", "12345678"]) == 2
+    assert "never taken from the command line" in capsys.readouterr().err
+
+
+def test_ping_of_an_unknown_peer_and_a_missing_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clear errors: no such peer (exit 2), no config (exit 78 naming the file)."""
+    cfg = create(tmp_path / "c.toml", "phone")
+    assert main(["--config", str(cfg), "ping", "nobody"]) == 2
+    assert "no peer 'nobody'" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "none.toml"), "ping", "x"]) == 78
+    assert "none.toml" in capsys.readouterr().err
