@@ -258,3 +258,32 @@ async def test_locally_closed_channels_are_forgotten() -> None:
                 await ch.close()
             assert await s.request("echo", b"x") == b"x"
             assert s._protocol.channels == {}
+
+
+async def test_authorizer_refuses_before_accept_and_sees_params() -> None:
+    """A channel the authorizer refuses is rejected with REFUSED and its reason."""
+    seen: list[tuple[str, str, object]] = []
+
+    def authorize(conn, kind, params):  # type: ignore[no-untyped-def]
+        seen.append((conn.peer_id, kind, params.get("why")))
+        return None if params.get("why") else "a reason is required"
+
+    server = await serve(
+        None,
+        "127.0.0.1",
+        0,
+        keyring=make_keyring(),
+        own_id=SERVER_ID,
+        handlers={"echo": echo},
+        authorize=authorize,
+    )
+    async with server:
+        async with await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
+            with pytest.raises(ChannelError) as info:
+                await s.request("echo", b"x")
+            assert (info.value.code, info.value.reason) == (
+                ChannelCode.REFUSED,
+                "a reason is required",
+            )
+            assert await s.request("echo", b"y", {"why": "test"}) == b"y"
+    assert seen == [("phone", "echo", None), ("phone", "echo", "test")]

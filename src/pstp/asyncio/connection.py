@@ -39,6 +39,7 @@ from pstp.protocol.events import (
 from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
+    "Authorizer",
     "Channel",
     "ChannelHandler",
     "Session",
@@ -50,6 +51,9 @@ _log = logging.getLogger("pstp.asyncio")
 
 #: Runs for each channel of its kind that the peer opens; an int result is the exit status.
 ChannelHandler = Callable[["Channel"], Awaitable[int | None]]
+#: Decides, before a channel is accepted, whether the peer may open it: returns
+#: ``None`` to allow, or the reason for refusing (sent to the peer with REFUSED).
+Authorizer = Callable[[Connection, str, Params], str | None]
 
 _last_timestamp = 0
 
@@ -236,6 +240,7 @@ class SessionProtocol(asyncio.Protocol):
         conn: the sans-I/O connection (not started).
         handlers: channel kinds this side serves, and what runs for each.
         high_water: unread session DATA bytes above which socket reading pauses.
+        authorize: asked before any channel the peer opens is accepted (policy).
     """
 
     def __init__(
@@ -244,8 +249,10 @@ class SessionProtocol(asyncio.Protocol):
         *,
         handlers: Mapping[str, ChannelHandler] | None = None,
         high_water: int = 1 << 20,
+        authorize: Authorizer | None = None,
     ) -> None:
         self.conn = conn
+        self.authorize = authorize
         self.loop = asyncio.get_running_loop()
         self.handlers: dict[str, ChannelHandler] = dict(handlers or {})
         self._transport: asyncio.Transport | None = None
@@ -372,6 +379,11 @@ class SessionProtocol(asyncio.Protocol):
                 event.channel_id, ChannelCode.UNKNOWN_KIND, f"no handler for {event.kind!r}"
             )
             return
+        if self.authorize is not None:
+            refusal = self.authorize(self.conn, event.kind, event.params)
+            if refusal is not None:
+                self.conn.reject_channel(event.channel_id, ChannelCode.REFUSED, refusal)
+                return
         ch = Channel(self, event.channel_id, event.kind, event.params)
         self.channels[ch.id] = ch
         self.conn.accept_channel(ch.id)

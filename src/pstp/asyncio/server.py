@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol
+from pstp.asyncio.connection import Authorizer, ChannelHandler, Session, SessionProtocol
 from pstp.exceptions import ErrorCode, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, Role
@@ -68,6 +68,8 @@ async def serve(
     discovery_lookup: DiscoveryLookup | None = None,
     handlers: Mapping[str, ChannelHandler] | None = None,
     pake: PakeVerifier | None = None,
+    authorize: Authorizer | None = None,
+    on_session: Callable[[Session], Callable[[], None] | None] | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -86,6 +88,10 @@ async def serve(
         discovery_lookup: PING/PONG exchanged under a discovery nonce.
         handlers: channel kinds served to every session, and what runs for each.
         pake: also accept PSTP-PAKE sessions proving this code (e.g. a pairing window).
+        authorize: asked before each channel a peer opens is accepted; returns
+            ``None`` or the reason to refuse it.
+        on_session: called with each established session; it may return a
+            callable run when the session ends (for counting and cleanup).
 
     Raises:
         OSError: the address could not be bound.
@@ -100,6 +106,7 @@ async def serve(
         except PstpError:
             return
         session = Session(proto)
+        done = on_session(session) if on_session is not None else None
         try:
             if handler is None:
                 await session.wait_closed()
@@ -115,6 +122,9 @@ async def serve(
             proto.close(ErrorCode.INTERNAL_ERROR)
         else:
             proto.close()
+        finally:
+            if done is not None:
+                done()
 
     def factory() -> SessionProtocol:
         conn = Connection(
@@ -125,7 +135,7 @@ async def serve(
             discovery_lookup=discovery_lookup,
             pake=pake,
         )
-        proto = SessionProtocol(conn, handlers=handlers)
+        proto = SessionProtocol(conn, handlers=handlers, authorize=authorize)
         task = loop.create_task(run(proto))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
