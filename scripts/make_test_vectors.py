@@ -1,7 +1,8 @@
 """Write docs/test-vectors/*.json from fixed inputs.
 
 pstp-hs.json and records.json (handshake and records), channels.json (channel
-messages, §14) and discovery.json (PING, PONG and the stealth tag, §8).  Run
+messages, §14), discovery.json (PING, PONG and the stealth tag, §8) and
+pake.json (a PSTP-PAKE pairing run, §15).  Run
 ``python scripts/make_test_vectors.py`` after a deliberate wire change; the
 tests in tests/protocol/test_vectors.py and tests/discovery/test_vectors.py
 check the code against the files.
@@ -9,18 +10,22 @@ check the code against the files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import msgspec
 
+from pstp.crypto import spake2plus
 from pstp.crypto.aead import Aead
+from pstp.crypto.kdf import hkdf_expand_sha256, hkdf_sha256
 from pstp.discovery.packets import Caps, Ping, Pong
 from pstp.discovery.protocol import discovery_tag
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import InitiatorHandshake, KeyRing, PeerKey, ResponderHandshake
+from pstp.protocol.pake import PakeInitiator, PakeProver, PakeResponder, PakeVerifier
 from pstp.protocol.record import RecordSender, cipher_for_suite
-from pstp.wire.frames import HsInit, InnerType, Suite
+from pstp.wire.frames import PAIR_FLAG_PAIRING, FrameType, HsInit, InnerType, Suite
 from pstp.wire.messages import (
     INITIAL_WINDOW,
     MAX_WINDOW,
@@ -322,6 +327,140 @@ def build_discovery() -> dict[str, object]:
     }
 
 
+#: Fixed inputs of pake.json (§15).  x and y are the ephemeral scalars of
+#: RFC 9383 Appendix C; everything else is PSTP's own.
+PAKE_CODE = b"31415926"
+PAKE_VERIFIER_ID = "home"
+PAKE_PROVER_ID = "phone"
+PAKE_SALT = bytes(range(0x10, 0x20))
+PAKE_ITERATIONS = 100_000
+PAKE_NONCE = bytes(range(0x20, 0x40))
+PAKE_X = 0xD1232C8E8693D02368976C174E2088851B8365D0D79A9EEE709C6A05A2FAD539
+PAKE_Y = 0x717A72348A182085109C8D3917D6C43D59B224DC6A7FC4F0483232FA6516D8B3
+
+
+def _len8(data: bytes) -> bytes:
+    return len(data).to_bytes(8, "little") + data
+
+
+def build_pake() -> dict[str, object]:
+    """pake.json: one PSTP-PAKE run in pairing mode, every frame and every derived value."""
+    config = Config()
+    keepalive = config.keepalive_interval
+    keepalive_ms = int(keepalive * 1000) if keepalive else 0
+    # Registration: the prover id is not in the PBKDF2 input (§15.4).
+    w0, w1 = spake2plus.derive_w0_w1(
+        PAKE_CODE,
+        salt=PAKE_SALT,
+        iterations=PAKE_ITERATIONS,
+        id_prover=b"",
+        id_verifier=PAKE_VERIFIER_ID.encode(),
+    )
+    big_l = spake2plus.compute_L(w1)
+    verifier = PakeVerifier(PAKE_VERIFIER_ID, w0, big_l, PAKE_SALT, PAKE_ITERATIONS, pairing=True)
+    prover = PakeProver(PAKE_CODE, PAKE_PROVER_ID, pairing=True)
+    initiator = PakeInitiator(
+        prover, config, verifier_id=PAKE_VERIFIER_ID, nonce=PAKE_NONCE, x=PAKE_X
+    )
+    responder = PakeResponder(verifier, config, keepalive_ms=keepalive_ms, y=PAKE_Y)
+    pair_req = initiator.request_frame
+    pair_resp = responder.read_request(pair_req[4:], 0.0)
+    pair_share_p = initiator.read_response(pair_resp[4:])
+    pair_share_v = responder.read_share_p(pair_share_p[4:])
+    pair_confirm_p, pkeys = initiator.read_share_v(pair_share_v[4:])
+    vkeys = responder.read_confirm_p(pair_confirm_p[4:])
+    responder.release(success=True)
+    assert pkeys == vkeys
+    assert verifier.closed and verifier.successes == 1
+    assert [f[0] for f in (pair_req, pair_resp, pair_share_p, pair_share_v, pair_confirm_p)] == [
+        FrameType.PAIR_REQ,
+        FrameType.PAIR_RESP,
+        FrameType.PAIR_SHARE_P,
+        FrameType.PAIR_SHARE_V,
+        FrameType.PAIR_CONFIRM_P,
+    ]
+    assert pair_req[5] == PAIR_FLAG_PAIRING
+    share_p, share_v = pair_share_p[4:], pair_share_v[4:69]
+    confirm_v, confirm_p = pair_share_v[69:], pair_confirm_p[4:]
+    # The SPAKE2+ intermediates, recomputed with the primitive and the same inputs.
+    password = _len8(PAKE_CODE) + _len8(b"") + _len8(PAKE_VERIFIER_ID.encode())
+    stretched = hashlib.pbkdf2_hmac("sha256", password, PAKE_SALT, PAKE_ITERATIONS, 32)
+    seed = hkdf_sha256(stretched, salt=None, info=spake2plus.W0W1_INFO, length=80)
+    context = hashlib.sha256(b"PSTP/2 PAKE context" + pair_req + pair_resp).digest()
+    ids = (PAKE_PROVER_ID.encode(), PAKE_VERIFIER_ID.encode())
+    sp = spake2plus.Prover(context, *ids, w0, w1, x=PAKE_X)
+    sv = spake2plus.Verifier(context, *ids, w0, big_l, y=PAKE_Y)
+    assert sp.share() == share_p
+    assert sv.respond(share_p) == (share_v, confirm_v)
+    assert sp.finish(share_v, confirm_v) == confirm_p
+    sv.finish(confirm_p)
+    assert sp.K_shared == sv.K_shared and sp.TT == sv.TT
+    k_shared = sp.K_shared
+    assert hkdf_sha256(k_shared, salt=None, info=b"PSTP/2 PAKE i2r", length=32) == pkeys.i2r_key
+    pair_key = hkdf_expand_sha256(pkeys.exporter_secret, b"PSTP/2 export pair key", 32)
+
+    def scalar(v: int) -> str:
+        return v.to_bytes(32, "big").hex()
+
+    return {
+        "description": (
+            "PSTP-PAKE known-answer vectors (docs/protocol.md §15, §13): one pairing run, "
+            "SPAKE2+ P256-SHA256-HKDF-SHA256-HMAC-SHA256 (RFC 9383). Hex strings; frames "
+            "are whole frames, 4-byte header included; scalars are 32-byte big-endian."
+        ),
+        "inputs": {
+            "code": PAKE_CODE.hex(),
+            "code_text": PAKE_CODE.decode(),
+            "verifier_id": PAKE_VERIFIER_ID,
+            "prover_id": PAKE_PROVER_ID,
+            "salt": PAKE_SALT.hex(),
+            "iterations": PAKE_ITERATIONS,
+            "pairing": True,
+            "nonce": PAKE_NONCE.hex(),
+            "x": scalar(PAKE_X),
+            "y": scalar(PAKE_Y),
+            "versions": list(config.versions),
+            "prover_suites": [int(s) for s in config.suites],
+            "verifier_suites": [int(s) for s in config.suites],
+            "prover_max_record": config.max_record_size,
+            "verifier_max_record": config.max_record_size,
+            "service": config.service,
+            "verifier_keepalive_ms": keepalive_ms,
+        },
+        "derived": {
+            "pbkdf2_input": password.hex(),
+            "pbkdf2_output": stretched.hex(),
+            "w0w1_seed": seed.hex(),
+            "w0": scalar(w0),
+            "w1": scalar(w1),
+            "L": big_l.hex(),
+            "pair_req": pair_req.hex(),
+            "pair_resp": pair_resp.hex(),
+            "pair_share_p": pair_share_p.hex(),
+            "pair_share_v": pair_share_v.hex(),
+            "pair_confirm_p": pair_confirm_p.hex(),
+            "context": context.hex(),
+            "share_p": share_p.hex(),
+            "share_v": share_v.hex(),
+            "confirm_v": confirm_v.hex(),
+            "confirm_p": confirm_p.hex(),
+            "Z": sp.Z.hex(),
+            "V": sp.V.hex(),
+            "TT": sp.TT.hex(),
+            "K_main": sp.K_main.hex(),
+            "K_confirmP": sp.K_confirmP.hex(),
+            "K_confirmV": sp.K_confirmV.hex(),
+            "K_shared": k_shared.hex(),
+            "suite": pkeys.suite,
+            "i2r_key": pkeys.i2r_key.hex(),
+            "r2i_key": pkeys.r2i_key.hex(),
+            "exporter_secret": pkeys.exporter_secret.hex(),
+            "session_id": pkeys.session_id.hex(),
+            "export_pair_key": pair_key.hex(),
+        },
+    }
+
+
 def main() -> None:
     """Write the files."""
     hs, rec = build()
@@ -330,6 +469,7 @@ def main() -> None:
     (OUT / "records.json").write_text(json.dumps(rec, indent=2) + "\n")
     (OUT / "channels.json").write_text(json.dumps(build_channels(), indent=2) + "\n")
     (OUT / "discovery.json").write_text(json.dumps(build_discovery(), indent=2) + "\n")
+    (OUT / "pake.json").write_text(json.dumps(build_pake(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

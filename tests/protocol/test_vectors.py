@@ -229,6 +229,15 @@ def test_spec_connection_table_matches_the_code() -> None:
     assert rows == code
 
 
+def test_diagram_connection_states_match_the_code() -> None:
+    """docs/diagram.md's connection stateDiagram has exactly the TRANSITIONS edges."""
+    diagram = (ROOT / "docs" / "diagram.md").read_text()
+    block = diagram.split("## Connection states", 1)[1].split("```", 2)[1]
+    edges = re.findall(r"^ +(\w+) --> (\w+): (\w+)$", block, re.M)
+    code = [(s.name, n.name, i.name) for (s, i), n in TRANSITIONS.items()]
+    assert sorted(edges) == sorted(code)
+
+
 # -- PSTP-PAKE (docs/protocol.md §15) -------------------------------------------------
 
 #: The P-256 group order n (SEC 2 §2.4.2), written out here, not imported.

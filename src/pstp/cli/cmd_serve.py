@@ -1,9 +1,10 @@
-"""``pstp serve``: run this device until SIGTERM or SIGINT."""
+"""``pstp serve``: run this device until SIGTERM or SIGINT; SIGHUP reloads the config."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from pstp.cli.common import load_settings, run, stop_event
 from pstp.cli.main import Console
@@ -22,16 +23,40 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         )
 
     async def main() -> int:
+        import asyncio
+        import signal
+
         from pstp.daemon.app import Daemon
+        from pstp.settings import ConfigError
 
         daemon = Daemon(settings)
         await daemon.start()
-        ports = ", ".join(
-            f"{h}:{s.port}" for (h, _), s in zip(settings.listen, daemon.servers, strict=True)
-        )
+        # `pstp device remove` signals this pid so the removed peer's sessions end now.
+        pidfile = settings.path.with_name("pstp.pid")
+        pidfile.write_text(f"{os.getpid()}\n")
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                await daemon.reload()
+            except ConfigError as exc:
+                console.error(f"reload refused, keeping the running configuration: {exc}")
+
+        def on_sighup() -> None:
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        pairs = zip(settings.listen, daemon.servers, strict=True)
+        ports = ", ".join(f"{host}:{server.port}" for (host, _), server in pairs)
         console.print(f"{settings.device_id}: serving {len(settings.peers)} peer(s) on {ports}")
-        await stop_event().wait()
-        await daemon.close()
+        try:
+            await stop_event().wait()
+        finally:
+            await daemon.close()
+            pidfile.unlink(missing_ok=True)
         console.print("stopped")
         return 0
 

@@ -92,6 +92,20 @@ def _build_parser() -> argparse.ArgumentParser:
     ping.add_argument("-c", "--count", type=int, default=1, help="round trips")
     ping.set_defaults(func=_lazy("pstp.cli.cmd_ping", "ping"))
 
+    device = sub.add_parser("device", help="manage the peers this device trusts")
+    dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    dadd = dsub.add_parser("add", help="add a peer with a fresh pair key")
+    dadd.add_argument("name", help="the peer's device id")
+    dadd.add_argument("--address", metavar="HOST:PORT", help="how the peer reaches this device")
+    dadd.add_argument("--replace", action="store_true", help="give an existing peer a new key")
+    dadd.add_argument("--qr", action="store_true", help="also print a QR code")
+    dadd.set_defaults(func=_lazy("pstp.cli.cmd_device", "add"))
+    dlist = dsub.add_parser("list", help="list trusted peers")
+    dlist.set_defaults(func=_lazy("pstp.cli.cmd_device", "list_"))
+    drm = dsub.add_parser("remove", help="forget a peer (its live sessions are closed)")
+    drm.add_argument("name", help="the peer's device id")
+    drm.set_defaults(func=_lazy("pstp.cli.cmd_device", "remove"))
+
     demo = sub.add_parser(
         "demo",
         help="run a device and a peer on this machine and show a session end to end",

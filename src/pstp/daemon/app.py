@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pstp.asyncio.connection import Channel, ChannelHandler
+from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
 from pstp.daemon.pairing import PairingWindow
+from pstp.exceptions import ErrorCode
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import KeyRing
 from pstp.protocol.pake import PAIR_CHANNEL
-from pstp.settings import Settings
+from pstp.settings import Settings, load
 from pstp.sync.discovery import ResponderThread, start_responder
 
 __all__ = ["Daemon", "ping_handler"]
@@ -49,6 +51,7 @@ class Daemon:
     keyring: KeyRing = field(default_factory=KeyRing)
     servers: list[Server] = field(default_factory=list)
     responders: list[ResponderThread] = field(default_factory=list)
+    sessions: dict[str, set[Session]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for peer in self.settings.peers.values():
@@ -59,6 +62,43 @@ class Daemon:
     def _paired(self, peer_id: str, key: bytes) -> None:
         # The new peer can open a PSTP-HS session at once, without a restart.
         self.keyring.add(peer_id, key)
+
+    def _on_session(self, session: Session) -> Callable[[], None]:
+        peer = session.peer_id
+        self.sessions.setdefault(peer, set()).add(session)
+        _log.info("session with %s established", peer)
+
+        def done() -> None:
+            live = self.sessions.get(peer)
+            if live is not None:
+                live.discard(session)
+                if not live:
+                    del self.sessions[peer]
+            _log.info("session with %s ended", peer)
+
+        return done
+
+    async def reload(self) -> None:
+        """Re-read the configuration (SIGHUP): new keys apply at once; the sessions of
+        removed or re-keyed peers are closed; listening addresses stay as they are.
+
+        Raises:
+            ConfigError: the new file is invalid (the running configuration stays).
+        """
+        new = load(self.settings.path)
+        old_keys = {p.id: p.key for p in self.settings.peers.values()}
+        new_keys = {p.id: p.key for p in new.peers.values()}
+        for peer_id, key in new_keys.items():
+            if old_keys.get(peer_id) != key:
+                self.keyring.add(peer_id, key)
+        gone = [p for p in old_keys if old_keys[p] != new_keys.get(p)]
+        for peer_id in gone:
+            if peer_id not in new_keys:
+                self.keyring.remove(peer_id)
+            for session in list(self.sessions.get(peer_id, ())):
+                await session.close(ErrorCode.REFUSED, "peer removed or re-keyed")
+        self.settings = new
+        _log.info("configuration reloaded: %d peer(s)", len(new.peers))
 
     def handlers(self) -> dict[str, ChannelHandler]:
         """The channel kinds this device serves."""
@@ -94,6 +134,7 @@ class Daemon:
                 discovery_lookup=lookup,
                 handlers=self.handlers(),
                 pake=self.pairing.verifier if self.pairing is not None else None,
+                on_session=self._on_session,
             )
             self.servers.append(server)
             _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)

@@ -1,0 +1,84 @@
+"""``pstp device add|list|remove``: manage the peers this device trusts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+from pstp.cli.common import load_settings
+from pstp.cli.main import Console
+
+__all__ = ["add", "list_", "remove"]
+
+
+def _signal_daemon(args: argparse.Namespace, console: Console) -> None:
+    """Ask a running `pstp serve` to reload (it closes sessions of removed peers)."""
+    settings = load_settings(args)
+    pidfile = settings.path.with_name("pstp.pid")
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return
+    console.print(f"told the running daemon (pid {pid}) to reload")
+
+
+def add(args: argparse.Namespace, console: Console) -> int:
+    """Create a peer with a fresh pair key and show what the other device needs."""
+    from pstp.crypto.kdf import random_bytes
+    from pstp.settings import add_peer
+
+    settings = load_settings(args)
+    if args.name in settings.peers and not args.replace:
+        console.error(f"{args.name!r} already exists (use --replace to give it a new key)")
+        return 2
+    key = random_bytes(32)
+    add_peer(settings.path, args.name, key)
+    host, port = settings.listen[0]
+    console.print(f"added {args.name!r} to {settings.path}")
+    console.print("")
+    console.print(f"On {args.name!r}, add this to its pstp.toml (keep it private, mode 0600):")
+    console.print("")
+    console.print(f"[peers.{settings.device_id}]")
+    console.print(f'key = "{key.hex()}"')
+    if args.address:
+        console.print(f'address = "{args.address}"')
+    console.print("")
+    uri = f"pstp://{args.address or f'{host}:{port}'}/peer?id={settings.device_id}&key={key.hex()}"
+    console.print(f"or as a URI: {uri}")
+    if args.qr:
+        try:
+            import segno
+        except ImportError:
+            console.print("(install segno for a QR code)")
+        else:
+            segno.make(uri, error="m").terminal(out=console.out, compact=True)
+    console.print("Prefer `pstp pair` when both devices are at hand: no key leaves this machine.")
+    _signal_daemon(args, console)
+    return 0
+
+
+def list_(args: argparse.Namespace, console: Console) -> int:
+    """List trusted peers (never their keys)."""
+    settings = load_settings(args)
+    if not settings.peers:
+        console.print("no peers yet: pair one with `pstp pair --allow`")
+        return 0
+    for peer in settings.peers.values():
+        policy = "policy" if "policy" in peer.table else "no policy (deny all)"
+        console.print(f"{peer.id:20} {peer.address or '-':24} {policy}")
+    return 0
+
+
+def remove(args: argparse.Namespace, console: Console) -> int:
+    """Forget a peer; a running daemon closes its sessions at once."""
+    from pstp.settings import remove_peer
+
+    settings = load_settings(args)
+    if not remove_peer(settings.path, args.name):
+        console.error(f"no peer {args.name!r} in {settings.path}")
+        return 2
+    console.print(f"removed {args.name!r}")
+    _signal_daemon(args, console)
+    return 0

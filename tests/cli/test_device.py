@@ -1,0 +1,82 @@
+"""`pstp device add|list|remove` and config reload in a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pstp.asyncio.client import connect
+from pstp.cli.main import main
+from pstp.exceptions import ConnectionClosed, ErrorCode
+from pstp.settings import add_peer, create, load
+from tests.cli.test_pair import env_for, free_port
+from tests.helpers import TIMEOUT
+
+
+def test_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """add prints a snippet with the new key; list never shows keys; remove forgets."""
+    cfg = create(tmp_path / "home.toml", "home")
+    assert main(["--config", str(cfg), "device", "add", "phone", "--address", "h:9000"]) == 0
+    out = capsys.readouterr().out
+    key = load(cfg).peers["phone"].key
+    assert "[peers.home]" in out and f'key = "{key.hex()}"' in out and "pstp://h:9000" in out
+    assert main(["--config", str(cfg), "device", "add", "phone"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "device", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "phone" in listed and key.hex() not in listed and "deny all" in listed
+    assert main(["--config", str(cfg), "device", "remove", "phone"]) == 0
+    assert "phone" not in load(cfg).peers
+    assert main(["--config", str(cfg), "device", "remove", "phone"]) == 2
+
+
+def test_removing_a_peer_closes_its_live_session(tmp_path: Path) -> None:
+    """With `pstp serve` running, `pstp device remove` ends the peer's open session."""
+    port = free_port()
+    cfg = create(tmp_path / "home.toml", "home", listen=f"127.0.0.1:{port}")
+    key = bytes(range(32))
+    add_peer(cfg, "phone", key)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(cfg),
+    )
+    try:
+        assert server.stdout is not None
+        assert "serving 1 peer(s)" in server.stdout.readline()
+
+        async def scenario() -> int:
+            s = await connect("127.0.0.1", port, pair_key=key, device_id="home")
+            assert await s.request("ping", b"1") == b"pong 1"
+            removed = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pstp",
+                "device",
+                "remove",
+                "phone",
+                env=env_for(cfg),
+                stdout=subprocess.DEVNULL,
+            )
+            assert await removed.wait() == 0
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(s.recv(), TIMEOUT)
+            return int(info.value.code)
+
+        assert asyncio.run(scenario()) == ErrorCode.REFUSED
+
+        async def again() -> None:
+            with pytest.raises(Exception):  # noqa: B017 - the key is gone: silent refusal
+                await connect("127.0.0.1", port, pair_key=key, timeout=1.0)
+
+        asyncio.run(again())
+    finally:
+        server.terminate()
+        server.wait(TIMEOUT)
+    assert not (tmp_path / "pstp.pid").exists()
