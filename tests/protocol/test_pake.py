@@ -314,3 +314,21 @@ def test_terminated_event_on_failure_is_handshake_failed() -> None:
     pair.roundtrip()
     ev = [e for e in pair.client_events if isinstance(e, ConnectionTerminated)]
     assert ev and ev[0].code == ErrorCode.HANDSHAKE_FAILED
+
+
+def test_bad_verifiers_fail_at_construction_not_in_receive_data() -> None:
+    """Invalid verifier fields, or one for another device id, are refused up front."""
+    good = verifier()
+    for field, value in (("own_id", "x" * 65), ("salt", b"short"), ("iterations", 10)):
+        with pytest.raises(ValueError):
+            replace(good, **{field: value})
+    with pytest.raises(LocalProtocolError):
+        Connection(Role.SERVER, own_id="other", pake=good)
+
+
+def test_prover_cache_is_bounded() -> None:
+    """A hostile verifier sending fresh salts cannot grow the prover's cache without bound."""
+    prover = PakeProver(CODE, "phone")
+    for i in range(20):
+        prover.stretch(bytes([i]) * 16, 100_000, "home")
+    assert len(prover._cache) <= 8

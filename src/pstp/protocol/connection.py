@@ -230,6 +230,8 @@ class Connection:
                 keyring = KeyRing()
             if own_id is None:
                 raise LocalProtocolError("a responder needs own_id")
+            if self._pake_verifier is not None and self._pake_verifier.own_id != own_id:
+                raise LocalProtocolError("the PAKE verifier belongs to another device id")
             keepalive = self.config.keepalive_interval
             self._responder = ResponderHandshake(
                 keyring,
@@ -658,6 +660,8 @@ class Connection:
             self._out.append(confirm)
             self.peer_id = keys.responder_id
             self.service = self.config.service
+            if keys.keepalive_ms and self._keepalive:
+                self._keepalive = min(self._keepalive, keys.keepalive_ms / 1000)
             self._install_keys(keys, send_key=keys.i2r_key, recv_key=keys.r2i_key)
         else:
             assert self._pake_responder is not None

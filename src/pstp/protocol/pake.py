@@ -66,6 +66,7 @@ _LABEL_I2R = b"PSTP/2 PAKE i2r"
 _LABEL_R2I = b"PSTP/2 PAKE r2i"
 _LABEL_EXPORTER = b"PSTP/2 PAKE exporter"
 _SHARE_LEN = 65
+_CACHE_SIZE = 8
 _CONFIRM_LEN = 32
 
 
@@ -157,6 +158,16 @@ class PakeVerifier:
     successes: int = 0
     busy: bool = False
     closed: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked here, not when a prover arrives: a bad verifier must fail at
+        # construction, never inside Connection.receive_data (§15.6).
+        if not 0 < len(self.own_id.encode("utf-8")) <= 64:
+            raise ValueError("a device id is 1 to 64 bytes of UTF-8")
+        if not 16 <= len(self.salt) <= 32:
+            raise ValueError("the salt is 16 to 32 bytes")
+        if not MIN_ITERATIONS <= self.iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations must be in [{MIN_ITERATIONS}, {MAX_ITERATIONS}]")
 
     @classmethod
     def from_code(
@@ -250,6 +261,9 @@ class PakeProver:
         if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS or not 16 <= len(salt) <= 32:
             raise HandshakeFailed("verifier asked for unacceptable PBKDF2 parameters")
         key = (salt, iterations, verifier_id)
+        if key not in self._cache and len(self._cache) >= _CACHE_SIZE:
+            # Bounded: a hostile verifier sending fresh salts cannot grow it.
+            self._cache.pop(next(iter(self._cache)))
         if key not in self._cache:
             self._cache[key] = derive_w0_w1(
                 self._code,
