@@ -106,6 +106,99 @@ def _build_parser() -> argparse.ArgumentParser:
     drm.add_argument("name", help="the peer's device id")
     drm.set_defaults(func=_lazy("pstp.cli.cmd_device", "remove"))
 
+    audit = sub.add_parser(
+        "audit",
+        help="show and verify the audit log",
+        description=(
+            "Every authentication, pairing, action, exec, shell, file transfer and forward is "
+            "recorded in a hash-chained SQLite log (audit.sqlite beside the configuration, or "
+            "[audit] path). The chain detects edits, deletions and insertions; a rewrite of the "
+            "whole file is detected only against a head kept elsewhere (`pstp audit head`, "
+            "then `pstp audit verify --expect SEQ:HASH`)."
+        ),
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    audit_list = audit_sub.add_parser("list", help="show entries, oldest first")
+    audit_list.add_argument("--peer", help="only this peer's entries")
+    audit_list.add_argument(
+        "--since", metavar="WHEN", help="an age (30m, 1h, 2d, 1w) or an ISO time (local if no zone)"
+    )
+    audit_list.add_argument("--kind", help="only this kind (auth, pairing, action, exec, ...)")
+    audit_list.add_argument("--limit", type=int, metavar="N", help="only the last N entries")
+    audit_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit_list.set_defaults(func=_lazy("pstp.cli.cmd_audit", "run_list"))
+    audit_verify = audit_sub.add_parser(
+        "verify", help="check the hash chain (exit 1 naming the first bad row)"
+    )
+    audit_verify.add_argument(
+        "--expect", metavar="SEQ:HASH", help="also check a head exported by `pstp audit head`"
+    )
+    audit_verify.set_defaults(func=_lazy("pstp.cli.cmd_audit", "run_verify"))
+    audit_head = audit_sub.add_parser("head", help="print SEQ:HASH of the last row (keep it)")
+    audit_head.set_defaults(func=_lazy("pstp.cli.cmd_audit", "run_head"))
+
+    policy_p = sub.add_parser(
+        "policy",
+        help="ask what the policy lets a peer do",
+        description="Query the [peers.NAME.policy] tables of the configuration.",
+    )
+    policy_sub = policy_p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    policy_check = policy_sub.add_parser(
+        "check",
+        help="could PEER do WHAT (at a given time)?",
+        description=(
+            "Print allow or deny, the rule that decided and why; exit 0 if allowed,\n"
+            "1 if denied. --at and --reason may come before or after WHAT (for exec,\n"
+            "after the command too)."
+        ),
+        epilog=(
+            "examples:\n"
+            '  pstp policy check phone action kettle.on temp=80 --reason "coming home"\n'
+            "  pstp policy check phone exec -- systemctl status nginx --at 2026-11-22T03:00\n"
+            "  pstp policy check phone file /srv/share/notes.txt --write\n"
+            "  pstp policy check phone forward camera.local:80"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    policy_opts = argparse.ArgumentParser(add_help=False)
+    for parser_ in (policy_check, policy_opts):
+        # SUPPRESS after WHAT, so a value given before WHAT is not reset to the default
+        default = None if parser_ is policy_check else argparse.SUPPRESS
+        parser_.add_argument(
+            "--at",
+            metavar="ISO-DATETIME",
+            default=default,
+            help="the moment to judge, e.g. 2026-11-22T03:00 (local if no zone; default: now)",
+        )
+        parser_.add_argument(
+            "--reason", metavar="TEXT", default=default, help='the request\'s "why"'
+        )
+    policy_check.add_argument("peer", metavar="PEER", help="the peer's device id")
+    policy_what = policy_check.add_subparsers(dest="what", metavar="WHAT", required=True)
+    policy_action = policy_what.add_parser(
+        "action", parents=[policy_opts], help="run a declared action: NAME [ARG=VALUE ...]"
+    )
+    policy_action.add_argument("name", metavar="NAME", help="the action's name")
+    policy_action.add_argument(
+        "assignments", nargs="*", metavar="ARG=VALUE", help="arguments, as the peer would send"
+    )
+    policy_exec = policy_what.add_parser(
+        "exec", parents=[policy_opts], help="run a command without a shell: -- CMD [ARGS...]"
+    )
+    policy_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD", help="the argv")
+    policy_what.add_parser("shell", parents=[policy_opts], help="open an interactive shell")
+    policy_what.add_parser("session", parents=[policy_opts], help="open a session")
+    policy_file = policy_what.add_parser(
+        "file", parents=[policy_opts], help="read (or --write) a file"
+    )
+    policy_file.add_argument("path", metavar="PATH", help="an absolute path on this device")
+    policy_file.add_argument("--write", action="store_true", help="write instead of read")
+    policy_forward = policy_what.add_parser(
+        "forward", parents=[policy_opts], help="forward to HOST:PORT"
+    )
+    policy_forward.add_argument("target", metavar="HOST:PORT", help="[ADDR]:PORT for IPv6")
+    policy_check.set_defaults(func=_lazy("pstp.cli.cmd_policy", "check"))
+
     demo = sub.add_parser(
         "demo",
         help="run a device and a peer on this machine and show a session end to end",
