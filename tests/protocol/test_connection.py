@@ -43,6 +43,7 @@ from pstp.protocol.handshake import (
     build_prologue,
 )
 from pstp.protocol.noise import HandshakeState
+from pstp.protocol.pake import PakeProver, PakeVerifier
 from pstp.protocol.record import RecordReceiver, cipher_for_suite
 from pstp.wire.frames import FrameType, HsInit, HsResp, InitPayload, InnerType, Suite
 from tests.helpers import (
@@ -1042,7 +1043,78 @@ def test_keepalive_disabled_on_either_side() -> None:
     assert pair.client.next_deadline() == pytest.approx(pair.clock.now + 3.0)
 
 
+def _pake_pair(
+    client_config: Config | None = None,
+    server_config: Config | None = None,
+    logger: logging.Logger | None = None,
+) -> Pair:
+    """A started pair keyed by a human code (PSTP-PAKE) instead of a pair key."""
+    verifier = PakeVerifier.from_code(b"31415926", SERVER_ID, pairing=False)
+    client = Connection(
+        Role.CLIENT, client_config, pake=PakeProver(b"31415926", CLIENT_ID), logger=logger
+    )
+    server = Connection(Role.SERVER, server_config, own_id=SERVER_ID, pake=verifier, logger=logger)
+    pair = Pair(client, server)
+    server.start(pair.clock.now)
+    client.start(pair.clock.now)
+    return pair
+
+
+@pytest.mark.parametrize(
+    ("client_interval", "server_interval", "expected"),
+    [
+        (7.0, 3.0, 3.0),  # the verifier's shorter interval from PAIR_RESP is adopted
+        (3.0, 7.0, 3.0),  # a longer one does not lengthen the prover's own
+        (7.0, None, 7.0),  # a verifier without keepalive leaves the prover's in force
+        (None, 5.0, None),  # a prover that disabled keepalive never has it turned on
+    ],
+)
+def test_pake_prover_applies_the_keepalive_of_pair_resp(
+    client_interval: float | None, server_interval: float | None, expected: float | None
+) -> None:
+    """After PSTP-PAKE the prover heartbeats at the smaller of both intervals, unless it is off."""
+    pair = _pake_pair(
+        Config(keepalive_interval=client_interval), Config(keepalive_interval=server_interval)
+    ).established()
+    assert pair.client.via_pake
+    if expected is None:
+        assert pair.client.next_deadline() is None
+        pair.client.handle_timer(pair.clock.advance(1e6))
+        assert pair.client.data_to_send() == b""
+        return
+    assert pair.client.next_deadline() == pytest.approx(pair.clock.now + expected)
+    pair.client.handle_timer(pair.clock.advance(expected - 0.5))
+    assert pair.client.data_to_send() == b""
+    pair.client.handle_timer(pair.clock.advance(0.5))  # the PING goes out at the interval
+    pair.roundtrip()
+    assert any(isinstance(e, HeartbeatAcknowledged) for e in pair.client_events)
+
+
 # -- debug logging (STYLE §8) -----------------------------------------------------
+
+
+def test_debug_log_names_pake_frames_without_the_code(caplog: pytest.LogCaptureFixture) -> None:
+    """With a DEBUG logger, every PSTP-PAKE frame and state change is logged, never the code."""
+    name = "pstp.test.connection.pake"
+    caplog.set_level(logging.DEBUG, logger=name)
+    pair = _pake_pair(logger=logging.getLogger(name)).established()
+    lines = [r.getMessage() for r in caplog.records if r.name == name]
+    for expected in (
+        "= initiator IDLE -> CLIENT_EXPECT_PAIR_RESP",
+        "= responder SERVER_EXPECT_INIT -> SERVER_EXPECT_SHARE_P",
+        "< PAIR_SHARE_P 69 bytes",
+        "= responder SERVER_EXPECT_SHARE_P -> SERVER_EXPECT_CONFIRM_P",
+        "< PAIR_SHARE_V 101 bytes",
+        "= initiator CLIENT_EXPECT_SHARE_V -> ESTABLISHED",
+        "< PAIR_CONFIRM_P 36 bytes",
+        "= responder SERVER_EXPECT_CONFIRM_P -> ESTABLISHED",
+    ):
+        assert expected in lines, expected
+    assert any(line.startswith("< PAIR_REQ ") for line in lines)
+    assert any(line.startswith("< PAIR_RESP ") for line in lines)
+    assert all(line[:2] in ("< ", "> ", "= ") for line in lines)
+    assert not any("31415926" in line for line in lines)
+    assert pair.client.session_id == pair.server.session_id
 
 
 def test_debug_log_marks_received_sent_and_state_lines(caplog: pytest.LogCaptureFixture) -> None:

@@ -8,6 +8,7 @@ engine, not from the handshake classes under test.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -22,6 +23,7 @@ from pstp.protocol.handshake import (
     DiscoveryBinding,
     InitiatorHandshake,
     KeyRing,
+    PairKey,
     PeerKey,
     ResponderHandshake,
     build_prologue,
@@ -258,6 +260,35 @@ def test_pair_keys_must_be_32_bytes(length: int) -> None:
         PeerKey.from_pair_key(CLIENT_ID, bytes(length))
     with pytest.raises(ValueError):
         _initiator(pair_key=bytes(length))
+
+
+@pytest.mark.parametrize("length", [0, 16, 31, 33, 64])
+def test_pair_key_wrapper_refuses_other_lengths(length: int) -> None:
+    """PairKey, the marker type of the public API, holds exactly 32 bytes."""
+    with pytest.raises(ValueError):
+        PairKey(bytes(length))
+
+
+def test_pair_key_wrapper_is_a_usable_key() -> None:
+    """A PairKey equals its bytes and keys a handshake like plain bytes do."""
+    key = PairKey(PAIR_KEY)
+    assert key == PAIR_KEY and isinstance(key, bytes) and len(key) == 32
+    ini = _initiator(pair_key=key)
+    keys = ini.read_response(_run(ini, _responder(_ring((CLIENT_ID, key)))))
+    assert keys.responder_id == SERVER_ID
+
+
+def test_pair_key_never_shows_its_bytes(caplog: pytest.LogCaptureFixture) -> None:
+    """repr, str, formatting and logging a PairKey show a placeholder, never the key."""
+    key = PairKey(PAIR_KEY)
+    caplog.set_level(logging.DEBUG, logger="pstp.test.pairkey")
+    logging.getLogger("pstp.test.pairkey").debug("key %s %r", key, key)
+    shown = [repr(key), str(key), f"{key}", f"{key!r}", format(key), str([key])]
+    shown += [r.getMessage() for r in caplog.records]
+    assert repr(key) == "PairKey(<32 bytes>)"
+    for text in shown:
+        assert "PairKey(<32 bytes>)" in text
+        assert repr(PAIR_KEY)[2:-1] not in text
 
 
 # -- initiator arguments ------------------------------------------------------

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pstp.exceptions import ErrorCode, HandshakeFailed, LocalProtocolError
+from pstp.exceptions import ErrorCode, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection, ConnectionState, Role
 from pstp.protocol.events import ConnectionTerminated, DataReceived, HandshakeCompleted
-from pstp.protocol.pake import MAX_ITERATIONS, PakeProver, PakeVerifier
-from pstp.wire.frames import FrameType, PairReq, PairResp, Suite
+from pstp.protocol.handshake import SessionKeys
+from pstp.protocol.pake import (
+    MAX_ITERATIONS,
+    PairHello,
+    PakeInitiator,
+    PakeProver,
+    PakeResponder,
+    PakeVerifier,
+    Passphrase,
+)
+from pstp.wire.frames import VERSION, FrameType, PairReq, PairResp, Suite
 from tests.helpers import Pair, feed_all_ways
 
 CODE = b"31415926"
@@ -332,3 +343,265 @@ def test_prover_cache_is_bounded() -> None:
     for i in range(20):
         prover.stretch(bytes([i]) * 16, 100_000, "home")
     assert len(prover._cache) <= 8
+
+
+# -- Passphrase and PairHello ------------------------------------------------------
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_passphrase_from_text_is_its_utf8(text: str) -> None:
+    """A str passphrase is its UTF-8 encoding; bytes are kept as given."""
+    assert Passphrase(text) == text.encode("utf-8")
+    assert Passphrase(text.encode("utf-8")) == text.encode("utf-8")
+    assert isinstance(Passphrase(text), bytes)
+
+
+@pytest.mark.parametrize("value", ["", b""])
+def test_passphrase_must_not_be_empty(value: str | bytes) -> None:
+    """An empty passphrase, as str or bytes, is refused."""
+    with pytest.raises(ValueError):
+        Passphrase(value)
+
+
+def test_passphrase_never_shows_the_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """repr, str, formatting and logging a Passphrase show a placeholder, never the secret."""
+    secret = Passphrase("correct horse")
+    caplog.set_level(logging.DEBUG, logger="pstp.test.passphrase")
+    logging.getLogger("pstp.test.passphrase").debug("secret %s %r", secret, secret)
+    shown = [repr(secret), str(secret), f"{secret}", format(secret), str([secret])]
+    shown += [r.getMessage() for r in caplog.records]
+    for text in shown:
+        assert "Passphrase(<secret>)" in text
+        assert "horse" not in text
+
+
+def test_prover_repr_hides_the_code() -> None:
+    """A PakeProver's repr names its id and mode, not its code."""
+    text = repr(PakeProver(CODE, "phone", pairing=True))
+    assert text == "<PakeProver 'phone' pairing=True>"
+    assert CODE.decode() not in text
+
+
+@given(st.text(min_size=1, max_size=64), st.none() | st.integers(0, 65535))
+def test_pair_hello_round_trips_through_msgpack(device_id: str, port: int | None) -> None:
+    """decode(encode(hello)) == hello for what each side says on the pair channel."""
+    hello = PairHello(device_id, port)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(hello), type=PairHello) == hello
+
+
+def test_pair_hello_port_is_optional_and_extra_fields_are_refused() -> None:
+    """A hello without a port decodes with port None; one with extra fields is refused."""
+    hello = msgspec.msgpack.decode(msgspec.msgpack.encode(["home"]), type=PairHello)
+    assert hello == PairHello("home") and hello.port is None
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(["home", 22, "x"]), type=PairHello)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode([22]), type=PairHello)
+
+
+# -- the two halves, driven directly (as a hostile peer would) ---------------------
+
+#: A session-mode verifier for refusals that never reserve it.
+_REFUSER = verifier(pairing=False, single_use=False, max_failures=None)
+_RESP = PairResp(VERSION, "home", b"s" * 16, 100_000, Suite.AES_256_GCM, 65536, 0)
+
+
+def _initiator(config: Config | None = None, *, pairing: bool = False) -> PakeInitiator:
+    """A prover's half aimed at "home"."""
+    return PakeInitiator(
+        PakeProver(CODE, "phone", pairing=pairing), config or Config(), verifier_id="home"
+    )
+
+
+def _responder(
+    v: PakeVerifier, config: Config | None = None, *, keepalive_ms: int = 0
+) -> PakeResponder:
+    """A verifier's half."""
+    return PakeResponder(v, config or Config(), keepalive_ms=keepalive_ms)
+
+
+def _run_halves(ini: PakeInitiator, resp: PakeResponder) -> tuple[SessionKeys, SessionKeys]:
+    """Run all five frames through both halves; return (prover keys, verifier keys)."""
+    share_p = ini.read_response(resp.read_request(ini.request_frame[4:], 0.0)[4:])
+    confirm_p, keys_p = ini.read_share_v(resp.read_share_p(share_p[4:])[4:])
+    return keys_p, resp.read_confirm_p(confirm_p[4:])
+
+
+def test_halves_derive_the_same_keys_and_carry_the_negotiated_limits() -> None:
+    """Both halves agree on keys; each learns the other's record limit and the keepalive."""
+    v = verifier()
+    ini = _initiator(Config(max_record_size=2048), pairing=True)
+    resp = _responder(v, Config(max_record_size=4096), keepalive_ms=2500)
+    keys_p, keys_v = _run_halves(ini, resp)
+    for name in ("suite", "i2r_key", "r2i_key", "session_id", "exporter_secret", "keepalive_ms"):
+        assert getattr(keys_p, name) == getattr(keys_v, name), name
+    assert keys_p.i2r_key != keys_p.r2i_key
+    assert (keys_p.peer_max_record, keys_v.peer_max_record) == (4096, 2048)
+    assert keys_p.keepalive_ms == 2500
+    assert keys_p.responder_id == keys_v.responder_id == "home"
+    assert keys_p.suite == Suite.AES_256_GCM
+    resp.release(success=True)
+    resp.release(success=True)  # exactly once: the second call does nothing
+    assert (v.successes, v.failures, v.busy) == (1, 0, False)
+
+
+@given(st.integers(0, 255).filter(lambda n: n != VERSION))
+def test_initiator_refuses_a_pair_resp_with_another_version(version: int) -> None:
+    """A PAIR_RESP in another version than the PAIR_REQ fails before any PBKDF2."""
+    with pytest.raises(HandshakeFailed, match="another version"):
+        _initiator().read_response(replace(_RESP, version=version).serialize()[4:])
+
+
+@given(st.integers(0, 0xFFFF).filter(lambda n: n != Suite.AES_256_GCM))
+def test_initiator_refuses_a_suite_it_did_not_offer(suite: int) -> None:
+    """A verifier choosing a suite outside the PAIR_REQ's list is refused."""
+    ini = _initiator(Config(suites=(Suite.AES_256_GCM,)))
+    with pytest.raises(HandshakeFailed, match="did not offer"):
+        ini.read_response(replace(_RESP, suite=suite).serialize()[4:])
+
+
+@given(st.integers(0, 1023))
+def test_initiator_refuses_a_record_limit_below_1024(max_record: int) -> None:
+    """A verifier announcing a record limit under 1024 bytes is refused."""
+    with pytest.raises(HandshakeFailed, match="did not offer"):
+        _initiator().read_response(replace(_RESP, max_record=max_record).serialize()[4:])
+
+
+def test_initiator_accepts_a_record_limit_of_1024() -> None:
+    """1024 bytes is the smallest record limit a verifier may announce."""
+    v = verifier(pairing=False)
+    ini = _initiator()
+    resp = _responder(v, Config(max_record_size=1024))
+    keys_p, _ = _run_halves(ini, resp)
+    assert keys_p.peer_max_record == 1024
+
+
+def test_initiator_refuses_a_malformed_pair_resp() -> None:
+    """A truncated or padded PAIR_RESP is a protocol error, not a crash."""
+    body = _RESP.serialize()[4:]
+    for bad in (b"", body[:-1], body + b"\x00"):
+        with pytest.raises(RemoteProtocolError):
+            _initiator().read_response(bad)
+
+
+_HIGHER = Config(versions=(VERSION, VERSION + 1))
+
+
+@pytest.mark.parametrize(
+    ("prover_config", "verifier_config", "tamper", "reason"),
+    [
+        (None, None, lambda m: replace(m, version=VERSION + 1), "unsupported version"),
+        (None, None, lambda m: replace(m, version=0), "unsupported version"),
+        (_HIGHER, _HIGHER, lambda m: replace(m, version=VERSION), "downgrade"),
+        (None, _HIGHER, lambda m: replace(m, versions=(VERSION + 1,)), "downgrade"),
+        (None, None, lambda m: replace(m, versions=(VERSION - 1,)), "downgrade"),
+        (None, None, lambda m: replace(m, flags=1), "pairing mode"),
+        (None, None, lambda m: replace(m, suites=(0x0003, 0xFFFF)), "no common suite"),
+        (None, None, lambda m: replace(m, max_record=1023), "no common suite"),
+        (None, None, lambda m: replace(m, max_record=0), "no common suite"),
+    ],
+    ids=[
+        "newer-version",
+        "version-0",
+        "downgraded-header",
+        "header-version-not-listed",
+        "no-common-version",
+        "mode",
+        "no-common-suite",
+        "record-1023",
+        "record-0",
+    ],
+)
+def test_responder_refuses_a_pair_req_without_spending_an_attempt(
+    prover_config: Config | None,
+    verifier_config: Config | None,
+    tamper: Callable[[PairReq], PairReq],
+    reason: str,
+) -> None:
+    """Unsupported versions, downgrades, mode or suite mismatches are refused, uncounted."""
+    req = tamper(_initiator(prover_config).request)
+    resp = _responder(_REFUSER, verifier_config)
+    with pytest.raises(HandshakeFailed, match=reason):
+        resp.read_request(req.serialize()[4:], 0.0)
+    assert not resp.active and not _REFUSER.busy and _REFUSER.failures == 0
+    with pytest.raises(LocalProtocolError):  # a refused request leaves nothing to continue
+        resp.read_share_p(b"\x04" * 65)
+
+
+def test_responder_accepts_the_smallest_record_limit_and_the_highest_common_version() -> None:
+    """A PAIR_REQ with max_record 1024, in the highest version both speak, is answered."""
+    v = verifier(pairing=False)
+    ini = _initiator(Config(versions=(VERSION, VERSION + 1), max_record_size=1024))
+    resp = _responder(v, Config(versions=(VERSION, VERSION + 1)))
+    keys_p, keys_v = _run_halves(ini, resp)
+    assert ini.request.version == VERSION + 1
+    assert keys_v.peer_max_record == 1024 and keys_p.session_id == keys_v.session_id
+
+
+@pytest.mark.parametrize("length", [0, 33, 64, 66, 97])
+def test_responder_refuses_a_share_p_of_the_wrong_length(length: int) -> None:
+    """A PAIR_SHARE_P that is not one 65-byte point is refused and is not counted as a guess."""
+    v = verifier(pairing=False)
+    ini = _initiator()
+    resp = _responder(v)
+    resp.read_request(ini.request_frame[4:], 0.0)
+    with pytest.raises(HandshakeFailed, match="PAIR_SHARE_P length"):
+        resp.read_share_p(b"\x04" * length)
+    assert not resp.guessed
+    resp.release(success=False)
+    assert (v.failures, v.busy) == (0, False)
+
+
+@pytest.mark.parametrize("length", [0, 32, 65, 96, 98])
+def test_initiator_refuses_a_share_v_of_the_wrong_length(length: int) -> None:
+    """A PAIR_SHARE_V that is not a 65-byte point and a 32-byte confirmV is refused."""
+    v = verifier(pairing=False)
+    ini = _initiator()
+    resp = _responder(v)
+    share_p = ini.read_response(resp.read_request(ini.request_frame[4:], 0.0)[4:])
+    good = resp.read_share_p(share_p[4:])[4:]
+    assert len(good) == 97
+    with pytest.raises(HandshakeFailed, match="PAIR_SHARE_V length"):
+        ini.read_share_v((good * 2)[:length])
+
+
+def test_halves_called_out_of_order_raise_local_protocol_error() -> None:
+    """Each step before the one it follows is a local error, not a handshake failure."""
+    with pytest.raises(LocalProtocolError):
+        _initiator().read_share_v(b"\x04" * 97)
+    resp = _responder(_REFUSER)
+    with pytest.raises(LocalProtocolError):
+        resp.read_share_p(b"\x04" * 65)
+    with pytest.raises(LocalProtocolError):
+        resp.read_confirm_p(b"\x00" * 32)
+    v = verifier(pairing=False)
+    resp = _responder(v)
+    resp.read_request(_initiator().request_frame[4:], 0.0)
+    with pytest.raises(LocalProtocolError):  # confirmP before shareP
+        resp.read_confirm_p(b"\x00" * 32)
+    resp.release(success=False)
+    assert (v.failures, v.busy) == (0, False)
+
+
+@pytest.mark.parametrize(
+    ("offered", "tamper", "reason"),
+    [
+        ((Suite.AES_256_GCM,), lambda m: replace(m, suite=Suite.CHACHA20_POLY1305), "offer"),
+        (None, lambda m: replace(m, max_record=1023), "offer"),
+        (None, lambda m: replace(m, version=VERSION + 1), "version"),
+    ],
+    ids=["suite-not-offered", "record-1023", "version"],
+)
+def test_hostile_pair_resp_closes_the_prover(
+    offered: tuple[Suite, ...] | None, tamper: Callable[[PairResp], PairResp], reason: str
+) -> None:
+    """Through a Connection, a PAIR_RESP the prover cannot accept ends it with HANDSHAKE_FAILED."""
+    pair = pake_pair(verifier(), config=Config(suites=offered) if offered else None)
+    pair.server.receive_data(pair.client.data_to_send(), 0.0)
+    resp = PairResp.parse(pair.server.data_to_send()[4:])
+    pair.client.receive_data(tamper(resp).serialize(), 0.0)
+    assert pair.client.state is ConnectionState.CLOSED
+    assert isinstance(pair.client.close_exc, HandshakeFailed)
+    assert reason in str(pair.client.close_exc)
+    assert pair.client.close_code == ErrorCode.HANDSHAKE_FAILED
+    assert pair.client.data_to_send() == b""

@@ -12,11 +12,14 @@ from pstp.exceptions import RemoteProtocolError
 from pstp.wire.buffer import Writer
 from pstp.wire.frames import (
     HS_FLAG_DISCOVERY,
+    PAIR_FLAG_PAIRING,
     ClosePayload,
     FrameType,
     HsInit,
     HsResp,
     InitPayload,
+    PairReq,
+    PairResp,
     RecordHeader,
     RespPayload,
     frame_header,
@@ -97,6 +100,8 @@ def test_fields_that_do_not_fit_are_refused_when_writing() -> None:
         RespPayload.parse,
         ClosePayload.parse,
         RecordHeader.parse,
+        PairReq.parse,
+        PairResp.parse,
     ],
 )
 @given(data=st.binary(max_size=300))
@@ -204,3 +209,147 @@ def test_init_payload_names_of_64_bytes_are_accepted() -> None:
     """A 64-byte service and initiator id are the longest a peer may send."""
     payload = InitPayload.parse(_init_raw(b"s" * 64, b"i" * 64))
     assert (payload.service, payload.initiator_id) == ("s" * 64, "i" * 64)
+
+
+# -- PSTP-PAKE frames (§15.2) ---------------------------------------------------------
+
+ids = st.text(min_size=1, max_size=20).filter(lambda s: 0 < len(s.encode()) <= 64)
+
+
+@given(
+    st.integers(0, 255),
+    st.sampled_from([0, PAIR_FLAG_PAIRING]),
+    st.lists(st.integers(0, 255), min_size=1, max_size=5),
+    ids,
+    st.binary(min_size=32, max_size=32),
+    st.lists(st.integers(0, 65535), min_size=1, max_size=5),
+    st.integers(0, 2**32 - 1),
+    names,
+)
+def test_pair_req_round_trips(
+    version: int,
+    flags: int,
+    versions: list[int],
+    prover_id: str,
+    nonce: bytes,
+    suites: list[int],
+    max_record: int,
+    service: str,
+) -> None:
+    """parse(serialize(m)) == m for PAIR_REQ."""
+    msg = PairReq(
+        version, flags, tuple(versions), prover_id, nonce, tuple(suites), max_record, service
+    )
+    frame = msg.serialize()
+    assert parse_frame_header(frame[:4]) == (FrameType.PAIR_REQ, len(frame) - 4)
+    assert PairReq.parse(frame[4:]) == msg
+
+
+@given(
+    st.integers(0, 255),
+    ids,
+    st.binary(max_size=40),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+)
+def test_pair_resp_round_trips(
+    version: int,
+    verifier_id: str,
+    salt: bytes,
+    iterations: int,
+    suite: int,
+    max_record: int,
+    keepalive_ms: int,
+) -> None:
+    """parse(serialize(m)) == m for PAIR_RESP."""
+    msg = PairResp(version, verifier_id, salt, iterations, suite, max_record, keepalive_ms)
+    frame = msg.serialize()
+    assert parse_frame_header(frame[:4]) == (FrameType.PAIR_RESP, len(frame) - 4)
+    assert PairResp.parse(frame[4:]) == msg
+
+
+def _pair_req_raw(
+    *,
+    flags: int = 0,
+    versions: bytes = b"\x02",
+    prover_id: bytes = b"phone",
+    suites: tuple[int, ...] = (1,),
+    service: bytes = b"session",
+) -> bytes:
+    """A PAIR_REQ body as a peer could write it, without the sender-side checks."""
+    w = Writer().u8(2).u8(flags).vec8(versions).vec8(prover_id).raw(b"n" * 32)
+    w.u8(len(suites))
+    for suite in suites:
+        w.u16(suite)
+    return w.u32(65536).vec8(service).getvalue()
+
+
+def _pair_resp_raw(verifier_id: bytes = b"home") -> bytes:
+    """A PAIR_RESP body as a peer could write it, without the sender-side checks."""
+    w = Writer().u8(2).vec8(verifier_id).vec8(b"s" * 16)
+    return w.u32(100_000).u16(1).u32(65536).u32(0).getvalue()
+
+
+@pytest.mark.parametrize(
+    ("parser", "raw"),
+    [
+        (PairReq.parse, _pair_req_raw(flags=0x02)),
+        (PairReq.parse, _pair_req_raw(flags=0x80 | PAIR_FLAG_PAIRING)),
+        (PairReq.parse, _pair_req_raw(versions=b"")),
+        (PairReq.parse, _pair_req_raw(suites=())),
+        (PairReq.parse, _pair_req_raw(prover_id=b"")),
+        (PairReq.parse, _pair_req_raw(prover_id=b"p" * 65)),
+        (PairReq.parse, _pair_req_raw(service=b"s" * 65)),
+        (PairReq.parse, _pair_req_raw(prover_id=b"\xff")),
+        (PairReq.parse, _pair_req_raw() + b"\x00"),
+        (PairReq.parse, _pair_req_raw()[:-1]),
+        (PairReq.parse, _pair_req_raw()[:20]),
+        (PairResp.parse, _pair_resp_raw(b"")),
+        (PairResp.parse, _pair_resp_raw(b"v" * 65)),
+        (PairResp.parse, _pair_resp_raw(b"\xc3")),
+        (PairResp.parse, _pair_resp_raw() + b"\x00"),
+        (PairResp.parse, _pair_resp_raw()[:-1]),
+    ],
+    ids=[
+        "req-unknown-flag",
+        "req-high-flag",
+        "req-no-versions",
+        "req-no-suites",
+        "req-empty-prover-id",
+        "req-long-prover-id",
+        "req-long-service",
+        "req-bad-utf8",
+        "req-trailing",
+        "req-truncated",
+        "req-cut-in-nonce",
+        "resp-empty-verifier-id",
+        "resp-long-verifier-id",
+        "resp-bad-utf8",
+        "resp-trailing",
+        "resp-truncated",
+    ],
+)
+def test_pake_parsers_refuse_malformed_frames(parser: object, raw: bytes) -> None:
+    """Unknown flags, empty lists, empty or over-long ids, bad UTF-8, trailing bytes: refused."""
+    with pytest.raises(RemoteProtocolError):
+        parser(raw)  # type: ignore[operator]
+
+
+def test_pake_frames_accept_64_byte_names() -> None:
+    """A 64-byte prover id, service and verifier id are the longest a peer may send."""
+    req = PairReq.parse(_pair_req_raw(prover_id=b"p" * 64, service=b"s" * 64))
+    assert (req.prover_id, req.service) == ("p" * 64, "s" * 64)
+    assert PairResp.parse(_pair_resp_raw(b"v" * 64)).verifier_id == "v" * 64
+    assert PairReq.parse(_pair_req_raw(flags=PAIR_FLAG_PAIRING)).flags == PAIR_FLAG_PAIRING
+
+
+def test_pake_frames_refuse_over_long_names_when_writing() -> None:
+    """Names over 64 bytes raise ValueError on the sending side."""
+    with pytest.raises(ValueError):
+        PairReq(2, 0, (2,), "p" * 65, b"n" * 32, (1,), 65536, "session").serialize()
+    with pytest.raises(ValueError):
+        PairReq(2, 0, (2,), "phone", b"n" * 32, (1,), 65536, "s" * 65).serialize()
+    with pytest.raises(ValueError):
+        PairResp(2, "v" * 65, b"s" * 16, 100_000, 1, 65536, 0).serialize()

@@ -88,6 +88,10 @@ class PairKey(bytes):
     def __repr__(self) -> str:
         return "PairKey(<32 bytes>)"
 
+    # bytes.__str__ does not call __repr__: without this, str(), f"{key}" and
+    # logging's %s would print the key.
+    __str__ = __repr__
+
 
 def _derive(pair_key: bytes, label: bytes) -> bytes:
     if len(pair_key) != PAIR_KEY_LEN:

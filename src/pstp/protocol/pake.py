@@ -95,6 +95,10 @@ class Passphrase(bytes):
     def __repr__(self) -> str:
         return "Passphrase(<secret>)"
 
+    # bytes.__str__ does not call __repr__: without this, str(), f"{secret}" and
+    # logging's %s would print the passphrase.
+    __str__ = __repr__
+
 
 def _context(req_frame: bytes, resp_frame: bytes) -> bytes:
     return digest("SHA256", _LABEL_CONTEXT + req_frame + resp_frame)
