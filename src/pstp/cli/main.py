@@ -199,6 +199,38 @@ def _build_parser() -> argparse.ArgumentParser:
     policy_forward.add_argument("target", metavar="HOST:PORT", help="[ADDR]:PORT for IPv6")
     policy_check.set_defaults(func=_lazy("pstp.cli.cmd_policy", "check"))
 
+    exec_ = sub.add_parser(
+        "exec",
+        help="run a command on a peer (no shell); exits with its status",
+        description=(
+            "Run CMD with ARGS on PEER exactly as given (no shell interprets them), "
+            "streaming this process's stdin, stdout and stderr. Exits with the remote "
+            "status, as ssh does (127: not found, 255: the peer failed)."
+        ),
+    )
+    exec_.add_argument("peer", help="the peer's device id")
+    exec_.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+    exec_.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    exec_.add_argument(
+        "-n", "--no-stdin", action="store_true", help="send no input (stdin from /dev/null)"
+    )
+    exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    exec_.set_defaults(func=_lazy("pstp.cli.cmd_exec", "exec_command"))
+
+    shell = sub.add_parser("shell", help="an interactive shell on a peer")
+    shell.add_argument("peer", help="the peer's device id")
+    shell.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+    shell.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    shell.set_defaults(func=_lazy("pstp.cli.cmd_exec", "shell_command"))
+
+    run = sub.add_parser("run", help="run a peer's configured action; exits with its status")
+    run.add_argument("peer", help="the peer's device id")
+    run.add_argument("action", help="the action's name")
+    run.add_argument("assignments", nargs="*", metavar="ARG=VALUE", help="action arguments")
+    run.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+    run.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    run.set_defaults(func=_lazy("pstp.cli.cmd_exec", "run_command"))
+
     demo = sub.add_parser(
         "demo",
         help="run a device and a peer on this machine and show a session end to end",
