@@ -325,8 +325,19 @@ def _edit(path: Path, change: Any) -> None:
     _write_private(path, tomlkit.dumps(doc))
 
 
-def add_peer(path: Path | str, peer_id: str, key: bytes, *, address: str | None = None) -> None:
+def add_peer(
+    path: Path | str,
+    peer_id: str,
+    key: bytes,
+    *,
+    address: str | None = None,
+    default_policy: bool = False,
+) -> None:
     """Add a peer (or replace its key), keeping the file's comments and layout.
+
+    With ``default_policy`` a new peer gets an empty ``[peers.NAME.policy]``
+    table: it may open sessions (and ping), and nothing else until the owner
+    allows more (the policy engine denies by default).
 
     Raises:
         ConfigError: invalid id or key, or the file is unsafe.
@@ -347,6 +358,8 @@ def add_peer(path: Path | str, peer_id: str, key: bytes, *, address: str | None 
             for k, v in old.items():
                 if k not in ("key", "address"):
                     table.add(k, v)
+        if default_policy and "policy" not in table:
+            table.add("policy", tomlkit.table())
         peers[peer_id] = table
 
     _edit(path, change)

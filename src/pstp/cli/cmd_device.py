@@ -34,7 +34,7 @@ def add(args: argparse.Namespace, console: Console) -> int:
         console.error(f"{args.name!r} already exists (use --replace to give it a new key)")
         return 2
     key = random_bytes(32)
-    add_peer(settings.path, args.name, key)
+    add_peer(settings.path, args.name, key, default_policy=True)
     host, port = settings.listen[0]
     console.print(f"added {args.name!r} to {settings.path}")
     console.print("")
@@ -66,7 +66,13 @@ def list_(args: argparse.Namespace, console: Console) -> int:
         console.print("no peers yet: pair one with `pstp pair --allow`")
         return 0
     for peer in settings.peers.values():
-        policy = "policy" if "policy" in peer.table else "no policy (deny all)"
+        table = peer.table.get("policy")
+        if table is None:
+            policy = "no policy: denied everything"
+        elif not table:
+            policy = "sessions only (see `pstp policy check`)"
+        else:
+            policy = "policy: " + ", ".join(sorted(table))
         console.print(f"{peer.id:20} {peer.address or '-':24} {policy}")
     return 0
 

@@ -123,5 +123,7 @@ async def pair_with(
         if theirs.device_id != peer_id:
             raise HandshakeFailed("the device named itself differently in the handshake")
         key = session.connection.export_secret(PAIR_KEY_LABEL)
-    add_peer(settings.path, peer_id, key, address=f"{host}:{theirs.port or port}")
+    add_peer(
+        settings.path, peer_id, key, address=f"{host}:{theirs.port or port}", default_policy=True
+    )
     return peer_id

@@ -110,7 +110,7 @@ class PairingWindow:
         if hello.device_id != peer_id:
             raise PermissionDenied("the peer named itself differently in the handshake")
         key = conn.export_secret(PAIR_KEY_LABEL)
-        add_peer(self.config_path, peer_id, key)
+        add_peer(self.config_path, peer_id, key, default_policy=True)
         self.paired_with = peer_id
         _log.info("paired with %s; its key is stored in %s", peer_id, self.config_path)
         if self.on_paired is not None:

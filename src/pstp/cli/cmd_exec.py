@@ -1,0 +1,134 @@
+"""``pstp exec``, ``pstp run`` and ``pstp shell``: remote commands, actions and shells.
+
+Each exits with the remote status, as ssh does: the command's exit code,
+128 + n if signal n killed it, 124 if an action timed out, 127/126 if the
+command could not be found or run, 255 if the peer failed otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+from collections.abc import Callable
+from typing import TextIO
+
+from pstp.cli.common import load_settings, run
+from pstp.cli.main import Console
+from pstp.settings import Settings
+
+__all__ = ["exec_command", "parse_assignments", "run_command", "shell_command"]
+
+
+def _known(settings: Settings, peer: str, console: Console) -> bool:
+    if peer in settings.peers:
+        return True
+    console.error(f"no peer {peer!r} in {settings.path} (pair first: pstp pair HOST)")
+    return False
+
+
+def _binary(stream: TextIO) -> Callable[[bytes], None]:
+    """Write bytes to a text stream: to its binary buffer if it has one, else decoded."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+
+        def write_bytes(data: bytes) -> None:
+            stream.flush()
+            buffer.write(data)
+            buffer.flush()
+
+        return write_bytes
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write_text(data: bytes) -> None:
+        stream.write(decoder.decode(data))
+        stream.flush()
+
+    return write_text
+
+
+def exec_command(args: argparse.Namespace, console: Console) -> int:
+    """Run ``CMD ARGS...`` on PEER, streaming this process's stdin, stdout and stderr."""
+    from pstp.client.api import connect_peer
+    from pstp.client.remote import iter_fd, run_exec
+
+    settings = load_settings(args)
+    if not _known(settings, args.peer, console):
+        return 2
+    argv: list[str] = list(args.argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        console.error("no command given (pstp exec PEER -- CMD ARGS...)")
+        return 2
+
+    async def main() -> int:
+        async with await connect_peer(settings, args.peer, address=args.address) as session:
+            return await run_exec(
+                session,
+                argv,
+                stdin=None if args.no_stdin else iter_fd(0),
+                stdout=_binary(console.out),
+                stderr=_binary(console.err),
+                reason=args.reason,
+            )
+
+    return run(main())
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x=y"]`` → ``{"a": "1", "b": "x=y"}``.
+
+    Raises:
+        ValueError: an item has no ``=`` or an empty name.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise ValueError(f"argument {item!r} is not NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def run_command(args: argparse.Namespace, console: Console) -> int:
+    """Run the configured action ACTION on PEER with NAME=VALUE arguments."""
+    from pstp.client.api import connect_peer
+    from pstp.client.remote import run_action
+
+    settings = load_settings(args)
+    if not _known(settings, args.peer, console):
+        return 2
+    try:
+        values = parse_assignments(args.assignments)
+    except ValueError as exc:
+        console.error(str(exc))
+        return 2
+
+    async def main() -> int:
+        async with await connect_peer(settings, args.peer, address=args.address) as session:
+            return await run_action(
+                session,
+                args.action,
+                dict(values),
+                reason=args.reason,
+                stdout=_binary(console.out),
+                stderr=_binary(console.err),
+            )
+
+    return run(main())
+
+
+def shell_command(args: argparse.Namespace, console: Console) -> int:
+    """An interactive shell on PEER, on this terminal."""
+    from pstp.client.api import connect_peer
+    from pstp.client.remote import run_shell
+
+    settings = load_settings(args)
+    if not _known(settings, args.peer, console):
+        return 2
+
+    async def main() -> int:
+        async with await connect_peer(settings, args.peer, address=args.address) as session:
+            return await run_shell(session, reason=args.reason)
+
+    return run(main())
