@@ -253,6 +253,8 @@ class SessionProtocol(asyncio.Protocol):
     ) -> None:
         self.conn = conn
         self.authorize = authorize
+        #: "host:port" of the other end, once connected (for logs and audit).
+        self.peer_address = "?"
         self.loop = asyncio.get_running_loop()
         self.handlers: dict[str, ChannelHandler] = dict(handlers or {})
         self._transport: asyncio.Transport | None = None
@@ -275,6 +277,9 @@ class SessionProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer_address = f"{peer[0]}:{peer[1]}"
         self.conn.start(self.loop.time())
         self._pump()
 

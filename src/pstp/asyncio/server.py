@@ -70,6 +70,7 @@ async def serve(
     pake: PakeVerifier | None = None,
     authorize: Authorizer | None = None,
     on_session: Callable[[Session], Callable[[], None] | None] | None = None,
+    on_handshake_failed: Callable[[Connection, str], None] | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -92,6 +93,8 @@ async def serve(
             ``None`` or the reason to refuse it.
         on_session: called with each established session; it may return a
             callable run when the session ends (for counting and cleanup).
+        on_handshake_failed: called with the connection and the peer's address
+            when a handshake fails (for the audit log); the peer learns nothing.
 
     Raises:
         OSError: the address could not be bound.
@@ -104,6 +107,8 @@ async def serve(
         try:
             await proto.handshake
         except PstpError:
+            if on_handshake_failed is not None:
+                on_handshake_failed(proto.conn, proto.peer_address)
             return
         session = Session(proto)
         done = on_session(session) if on_session is not None else None

@@ -1,8 +1,9 @@
-"""The serving device: sessions for trusted peers, discovery, and a pairing window.
+"""The serving device: sessions for trusted peers, what each may do, and the audit log.
 
-This is the daemon's core loop.  Policy, actions, exec and the audit log
-(docs/protocol.md §16 onwards) build on it; today it serves the built-in
-``ping`` channel and, when a window is open, ``pair``.
+Every authentication attempt, session admission, action, exec and shell is
+decided by the policy (deny by default, :mod:`pstp.daemon.policy`) before the
+channel is accepted, and lands in the hash-chained audit log
+(:mod:`pstp.daemon.audit`) with its decision and, once it ran, its result.
 """
 
 from __future__ import annotations
@@ -10,14 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
+from pstp.daemon.actions import action_handler, load_actions
+from pstp.daemon.audit import AuditLog, audit_path
+from pstp.daemon.exec import exec_handler, shell_handler
 from pstp.daemon.pairing import PairingWindow
-from pstp.exceptions import ErrorCode
+from pstp.daemon.policy import (
+    ActionRequest,
+    ExecRequest,
+    Policy,
+    Request,
+    SessionRequest,
+    ShellRequest,
+)
+from pstp.exceptions import ErrorCode, PermissionDenied
 from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import KeyRing
 from pstp.protocol.pake import PAIR_CHANNEL
 from pstp.settings import Settings, load
@@ -27,12 +42,44 @@ __all__ = ["Daemon", "ping_handler"]
 
 _log = logging.getLogger("pstp.daemon")
 
+#: Failed authentication attempts written to the audit log per second, at most:
+#: a flood of garbage connections must not fill the disk (the rest are counted).
+_AUTH_FAIL_ROWS_PER_S = 10.0
+
 
 async def ping_handler(ch: Channel) -> int:
     """The built-in ``ping`` channel: answer with ``pong`` and what was sent."""
     data = await ch.read_all()
     await ch.write(b"pong " + data)
     return 0
+
+
+def _reason(params: Mapping[str, object]) -> str:
+    value = params.get("reason")
+    return value if isinstance(value, str) else ""
+
+
+def _request(kind: str, params: Mapping[str, object]) -> Request | None:
+    """The policy question a channel open asks (None: not governed by policy)."""
+    reason = _reason(params)
+    if kind == "action":
+        name = params.get("name")
+        args = {k[4:]: v for k, v in params.items() if k.startswith("arg.")}
+        return ActionRequest(name if isinstance(name, str) else "", args, reason)
+    if kind == "exec":
+        argv = params.get("argv")
+        words = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+        return ExecRequest(
+            words if isinstance(argv, list) and len(words) == len(argv) else [], reason
+        )
+    if kind == "shell":
+        return ShellRequest(reason)
+    return None
+
+
+def _audit_args(kind: str, params: Mapping[str, object]) -> dict[str, Any]:
+    """What the audit row keeps of a request: everything but the reason (kept apart)."""
+    return {k: v for k, v in params.items() if k != "reason"} | {"kind": kind}
 
 
 @dataclass
@@ -43,32 +90,92 @@ class Daemon:
         settings: the loaded configuration.
         config: protocol limits.
         pairing: an open pairing window, if any.
+        audit: the audit log (default: next to the configuration).
     """
 
     settings: Settings
     config: Config = field(default_factory=Config)
     pairing: PairingWindow | None = None
+    audit: AuditLog | None = None
     keyring: KeyRing = field(default_factory=KeyRing)
     servers: list[Server] = field(default_factory=list)
     responders: list[ResponderThread] = field(default_factory=list)
     sessions: dict[str, set[Session]] = field(default_factory=dict)
+    suppressed_auth_failures: int = 0
 
     def __post_init__(self) -> None:
         for peer in self.settings.peers.values():
             self.keyring.add(peer.id, peer.key)
         if self.pairing is not None:
             self.pairing.on_paired = self._paired
+        self.policy = Policy.from_settings(self.settings)
+        self.actions = load_actions(self.settings)
+        if self.audit is None:
+            self.audit = AuditLog(audit_path(self.settings))
+        self._auth_tokens = _AUTH_FAIL_ROWS_PER_S
+        self._auth_stamp = time.monotonic()
+
+    # -- audit -------------------------------------------------------------------
+
+    def _record(self, kind: str, peer: str, decision: str, **kw: Any) -> None:
+        assert self.audit is not None
+        try:
+            self.audit.record(kind, peer, decision, **kw)
+        except Exception:
+            _log.exception("could not write the audit log")
+
+    def _auth_failed(self, conn: Connection, peer_address: str) -> None:
+        now = time.monotonic()
+        self._auth_tokens = min(
+            _AUTH_FAIL_ROWS_PER_S,
+            self._auth_tokens + (now - self._auth_stamp) * _AUTH_FAIL_ROWS_PER_S,
+        )
+        self._auth_stamp = now
+        if self._auth_tokens < 1:
+            self.suppressed_auth_failures += 1
+            return
+        self._auth_tokens -= 1
+        method = "pake" if conn.via_pake or conn.state.name.startswith("SERVER_EXPECT_") else ""
+        detail = str(conn.close_exc or "connection closed during the handshake")
+        self._record(
+            "auth",
+            conn.peer_id or "?",
+            "fail",
+            detail=f"{peer_address}: {detail}",
+            result={"suppressed_before": self.suppressed_auth_failures, "method": method},
+        )
+        self.suppressed_auth_failures = 0
+
+    # -- sessions ----------------------------------------------------------------
 
     def _paired(self, peer_id: str, key: bytes) -> None:
         # The new peer can open a PSTP-HS session at once, without a restart.
         self.keyring.add(peer_id, key)
+        self._record("pairing", peer_id, "ok", detail="pair key installed")
 
-    def _on_session(self, session: Session) -> Callable[[], None]:
+    def _on_session(self, session: Session) -> Callable[[], None] | None:
+        conn = session.connection
         peer = session.peer_id
+        method = "pake" if conn.via_pake else "psk"
+        self._record("auth", peer, "ok", result={"method": method, "session": session.session_id})
+        if conn.via_pake:
+            return None  # a pairing session: only the pair channel is open to it
+        decision = self.policy.admit(
+            peer, SessionRequest(), at=datetime.now().astimezone(), now=time.monotonic()
+        )
+        if decision.allowed:
+            decision = self.policy.session_opened(peer)
+        if not decision.allowed:
+            self._record("session", peer, "deny", detail=f"{decision.rule}: {decision.reason}")
+            asyncio.get_running_loop().create_task(
+                session.close(ErrorCode.REFUSED, decision.reason[:200])
+            )
+            return None
         self.sessions.setdefault(peer, set()).add(session)
-        _log.info("session with %s established", peer)
+        _log.info("session with %s established (%s)", peer, method)
 
         def done() -> None:
+            self.policy.session_closed(peer)
             live = self.sessions.get(peer)
             if live is not None:
                 live.discard(session)
@@ -78,34 +185,80 @@ class Daemon:
 
         return done
 
-    async def reload(self) -> None:
-        """Re-read the configuration (SIGHUP): new keys apply at once; the sessions of
-        removed or re-keyed peers are closed; listening addresses stay as they are.
+    # -- channels ------------------------------------------------------------------
 
-        Raises:
-            ConfigError: the new file is invalid (the running configuration stays).
-        """
-        new = load(self.settings.path)
-        old_keys = {p.id: p.key for p in self.settings.peers.values()}
-        new_keys = {p.id: p.key for p in new.peers.values()}
-        for peer_id, key in new_keys.items():
-            if old_keys.get(peer_id) != key:
-                self.keyring.add(peer_id, key)
-        gone = [p for p in old_keys if old_keys[p] != new_keys.get(p)]
-        for peer_id in gone:
-            if peer_id not in new_keys:
-                self.keyring.remove(peer_id)
-            for session in list(self.sessions.get(peer_id, ())):
-                await session.close(ErrorCode.REFUSED, "peer removed or re-keyed")
-        self.settings = new
-        _log.info("configuration reloaded: %d peer(s)", len(new.peers))
+    def authorize(self, conn: Connection, kind: str, params: Mapping[str, object]) -> str | None:
+        """Decide a channel open before it is accepted; denials are audited."""
+        peer = conn.peer_id or "?"
+        if kind == PAIR_CHANNEL:
+            return None if conn.via_pake else "pairing happens only in a pairing session"
+        if conn.via_pake:
+            return "a pairing session may only pair"
+        request = _request(kind, params)
+        if request is None:
+            return None  # ping, and kinds nobody serves (rejected as unknown)
+        decision = self.policy.admit(
+            peer, request, at=datetime.now().astimezone(), now=time.monotonic()
+        )
+        if decision.allowed:
+            return None
+        self._record(
+            kind,
+            peer,
+            "deny",
+            reason=_reason(params) or None,
+            args=_audit_args(kind, params),
+            detail=f"{decision.rule}: {decision.reason}",
+        )
+        return decision.reason[:200]
+
+    def _action_args(self, ch: Channel) -> dict[str, object]:
+        request = _request("action", ch.params)
+        assert isinstance(request, ActionRequest)
+        decision = self.policy.check(
+            ch.connection.peer_id or "?", request, at=datetime.now().astimezone()
+        )
+        if not decision.allowed:  # e.g. the policy was reloaded in between
+            raise PermissionDenied(decision.reason)
+        return dict(decision.args)
+
+    def _audited(self, kind: str, handler: ChannelHandler) -> ChannelHandler:
+        async def run(ch: Channel) -> int | None:
+            started = time.monotonic()
+            status: int | None = None
+            failed = True
+            try:
+                status = await handler(ch)
+                failed = status not in (0, None)
+                return status
+            finally:
+                self._record(
+                    kind,
+                    ch.connection.peer_id or "?",
+                    "fail" if failed else "ok",
+                    reason=_reason(ch.params) or None,
+                    args=_audit_args(kind, ch.params),
+                    result={
+                        "exit_status": status,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
+
+        return run
 
     def handlers(self) -> dict[str, ChannelHandler]:
         """The channel kinds this device serves."""
-        handlers: dict[str, ChannelHandler] = {"ping": ping_handler}
+        handlers: dict[str, ChannelHandler] = {
+            "ping": ping_handler,
+            "action": self._audited("action", action_handler(self.actions, self._action_args)),
+            "exec": self._audited("exec", exec_handler),
+            "shell": self._audited("shell", shell_handler),
+        }
         if self.pairing is not None:
             handlers[PAIR_CHANNEL] = self.pairing.handle
         return handlers
+
+    # -- life cycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen on every configured address (TCP) and answer discovery (UDP).
@@ -113,8 +266,8 @@ class Daemon:
         Raises:
             OSError: an address could not be bound.
         """
-        lookup = None
         for host, port in self.settings.listen:
+            lookup = None
             if self.settings.discovery:
                 keys = (
                     (lambda: [p.kid_key for p in self.keyring]) if self.settings.stealth else None
@@ -134,17 +287,51 @@ class Daemon:
                 discovery_lookup=lookup,
                 handlers=self.handlers(),
                 pake=self.pairing.verifier if self.pairing is not None else None,
+                authorize=self.authorize,
                 on_session=self._on_session,
+                on_handshake_failed=self._auth_failed,
             )
             self.servers.append(server)
             _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
 
+    async def reload(self) -> None:
+        """Re-read the configuration (SIGHUP): keys, policy and actions apply at once;
+        the sessions of removed or re-keyed peers are closed; addresses stay as they are.
+
+        Raises:
+            ConfigError: the new file is invalid (the running configuration stays).
+        """
+        new = load(self.settings.path)
+        policy = Policy.from_settings(new)
+        actions = load_actions(new)
+        old_keys = {p.id: p.key for p in self.settings.peers.values()}
+        new_keys = {p.id: p.key for p in new.peers.values()}
+        for peer_id, key in new_keys.items():
+            if old_keys.get(peer_id) != key:
+                self.keyring.add(peer_id, key)
+        gone = [p for p in old_keys if old_keys[p] != new_keys.get(p)]
+        for peer_id in gone:
+            if peer_id not in new_keys:
+                self.keyring.remove(peer_id)
+        for peer_id, live in self.sessions.items():
+            for _ in live:
+                policy.session_opened(peer_id)  # carry the open sessions over
+        self.settings, self.policy = new, policy
+        self.actions.clear()
+        self.actions.update(actions)
+        for peer_id in gone:
+            for session in list(self.sessions.get(peer_id, ())):
+                await session.close(ErrorCode.REFUSED, "peer removed or re-keyed")
+        _log.info("configuration reloaded: %d peer(s)", len(new.peers))
+
     async def close(self) -> None:
-        """Stop listening; end every session with GOING_AWAY."""
+        """Stop listening; end every session with GOING_AWAY; close the audit log."""
         for server in self.servers:
             await server.close()
         for responder in self.responders:
             responder.stop()
+        if self.audit is not None:
+            self.audit.close()
 
     async def run_pairing(self, poll: float = 0.1) -> str | None:
         """Wait until the pairing window closes; returns the new peer's id, if any."""

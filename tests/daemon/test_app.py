@@ -1,0 +1,270 @@
+"""The daemon end to end: a real `pstp serve` process, real actions, policy and audit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pstp.asyncio.client import connect
+from pstp.client.remote import run_action, run_exec
+from pstp.daemon.audit import AuditLog
+from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
+from pstp.wire.messages import ChannelCode
+from tests.cli.test_pair import env_for, free_port
+from tests.helpers import TIMEOUT
+
+PHONE = bytes(range(32))
+TV = bytes(range(1, 33))
+GUEST = bytes(range(2, 34))
+NIGHT = bytes(range(3, 35))
+
+CONFIG = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[actions."kettle.on"]
+argv = ["{python}", "-c", "import sys; print('kettle at', sys.argv[1]); sys.exit(0)", "{{temp}}"]
+args = {{ temp = {{ type = "int", min = 40, max = 100, default = 100 }} }}
+
+[actions."fail.seven"]
+argv = ["{python}", "-c", "import sys; sys.stderr.write('broken'); sys.exit(7)"]
+
+[actions."echo.text"]
+argv = ["{python}", "-c", "import sys; print(sys.argv[1])", "{{text}}"]
+args = {{ text = {{ type = "str", max_len = 100 }} }}
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+actions = ["kettle.*", "fail.seven", "echo.text"]
+exec = [["{python}", "-c", "**"], ["echo", "**"]]
+shell = false
+
+[peers.tv]
+key = "{tv}"
+[peers.tv.policy]
+actions = ["kettle.on"]
+require_reason = true
+
+[peers.night]
+key = "{night}"
+[peers.night.policy]
+actions = ["kettle.on"]
+when = [ {{ days = ["{other_day}"], from = "00:00", to = "00:01" }} ]
+
+[peers.guest]
+key = "{guest}"
+[peers.guest.policy]
+actions = ["kettle.on"]
+expires = 2001-01-01T00:00:00Z
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A `pstp serve` process with three peers and their policies."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    port = free_port()
+    cfg = tmp / "pstp.toml"
+    cfg.write_text(
+        CONFIG.format(
+            port=port,
+            python=sys.executable,
+            phone=PHONE.hex(),
+            tv=TV.hex(),
+            guest=GUEST.hex(),
+            night=NIGHT.hex(),
+            # A window on a day that is not today (nor tomorrow): never open during the test.
+            other_day=(datetime.now() + timedelta(days=3)).strftime("%a").lower(),
+        )
+    )
+    os.chmod(cfg, 0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(cfg),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "serving 4 peer(s)" in line, proc.stderr.read() if proc.stderr else ""
+    yield port, tmp / "audit.sqlite"
+    proc.terminate()
+    proc.wait(TIMEOUT)
+
+
+def _sink() -> tuple[list[bytes], object]:
+    out: list[bytes] = []
+    return out, out.append
+
+
+async def _session(port: int, key: bytes):  # type: ignore[no-untyped-def]
+    return await connect("127.0.0.1", port, pair_key=key, device_id="home")
+
+
+def test_allowed_action_runs_and_returns_output_and_status(daemon: tuple[int, Path]) -> None:
+    """An allowed action runs with its typed argument; output and status come back."""
+    port, audit = daemon
+
+    async def go() -> tuple[int, bytes, int, bytes]:
+        async with await _session(port, PHONE) as s:
+            out, write = _sink()
+            status = await run_action(s, "kettle.on", {"temp": 80}, stdout=write)  # type: ignore[arg-type]
+            err, write_err = _sink()
+            status7 = await run_action(s, "fail.seven", {}, stderr=write_err)  # type: ignore[arg-type]
+            return status, b"".join(out), status7, b"".join(err)
+
+    status, out, status7, err = asyncio.run(go())
+    assert (status, out) == (0, b"kettle at 80\n")
+    assert (status7, err) == (7, b"broken")
+    rows = AuditLog(audit).list(peer="phone", kind="action")
+    assert [(r.decision, r.args["name"], r.result["exit_status"]) for r in rows[-2:]] == [
+        ("ok", "kettle.on", 0),
+        ("fail", "fail.seven", 7),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "args", "reason", "why"),
+    [
+        (PHONE, "kettle.on", {"temp": 200}, None, "max"),  # argument out of bounds
+        (PHONE, "lights.off", {}, None, "matches none"),  # not allowed by any glob
+        (TV, "kettle.on", {}, None, "reason"),  # reason required
+        (NIGHT, "kettle.on", {}, "coming home", "time window"),  # outside the time window
+        (GUEST, "kettle.on", {}, None, "expired"),  # expired peer
+    ],
+)
+def test_denied_requests_are_refused_with_a_reason_and_audited(
+    daemon: tuple[int, Path],
+    key: bytes,
+    name: str,
+    args: dict,
+    reason: str | None,
+    why: str,  # type: ignore[type-arg]
+) -> None:
+    """Denials name the rule; the peer sees REFUSED with the reason; a deny row is written."""
+    port, audit = daemon
+
+    async def go() -> ChannelError | ConnectionClosed:
+        s = await _session(port, key)
+        try:
+            # Time windows and expiry apply to the session itself: it may be closed
+            # (REFUSED) before the channel is even looked at.
+            with pytest.raises((ChannelError, ConnectionClosed)) as info:
+                await run_action(s, name, args, reason=reason)
+            return info.value
+        finally:
+            await s.close()
+
+    exc = asyncio.run(go())
+    assert exc.code in (ChannelCode.REFUSED, ErrorCode.REFUSED)
+    assert why in exc.reason.lower()
+    rows = AuditLog(audit).list()
+    last = [r for r in rows if r.kind in ("action", "session")][-1]
+    assert last.decision == "deny" and why in (last.detail or "").lower()
+
+
+def test_exec_allow_list_literal_arguments_and_denial(daemon: tuple[int, Path]) -> None:
+    """Allowed argv runs with metacharacters passed literally; other commands are refused."""
+    port, audit = daemon
+
+    async def go() -> tuple[int, bytes, ChannelError]:
+        async with await _session(port, PHONE) as s:
+            out, write = _sink()
+            status = await run_exec(s, ["echo", "$(id)", ";", "|", "`ls`"], stdout=write)  # type: ignore[arg-type]
+            with pytest.raises(ChannelError) as info:
+                await run_exec(s, ["rm", "-rf", "/tmp/x"])
+            return status, b"".join(out), info.value
+
+    status, out, denied = asyncio.run(go())
+    assert (status, out) == (0, b"$(id) ; | `ls`\n")
+    assert denied.code == ChannelCode.REFUSED
+    rows = AuditLog(audit).list(kind="exec")
+    assert rows[-1].decision == "deny" and rows[-1].args["argv"] == ["rm", "-rf", "/tmp/x"]
+
+
+def test_shell_denied_by_policy(daemon: tuple[int, Path]) -> None:
+    """shell = false refuses the shell channel before anything runs."""
+    port, _ = daemon
+
+    async def go() -> int:
+        async with await _session(port, PHONE) as s:
+            with pytest.raises(ChannelError) as info:
+                await s.open_channel("shell", {"term": "xterm", "rows": 24, "cols": 80})
+            return info.value.code
+
+    assert asyncio.run(go()) == ChannelCode.REFUSED
+
+
+def test_failed_authentication_is_audited(daemon: tuple[int, Path]) -> None:
+    """A wrong key fails silently for the peer and leaves an 'auth fail' row."""
+    port, audit = daemon
+    before = len(AuditLog(audit).list(kind="auth"))
+
+    async def go() -> None:
+        with pytest.raises(Exception):  # noqa: B017 - silence: HandshakeFailed
+            await connect("127.0.0.1", port, pair_key=bytes(32), timeout=TIMEOUT)
+
+    asyncio.run(go())
+    rows = AuditLog(audit).list(kind="auth")
+    assert len(rows) > before and rows[-1].decision == "fail"
+
+
+def test_two_hundred_concurrent_clients(daemon: tuple[int, Path]) -> None:
+    """200 clients at once, each running an action: no errors, one audit row per call."""
+    port, audit = daemon
+    log = AuditLog(audit)
+    before = len(log.list(kind="action", peer="phone"))
+
+    async def one(i: int) -> bytes:
+        async with await _session(port, PHONE) as s:
+            out, write = _sink()
+            status = await run_action(s, "echo.text", {"text": f"client-{i}"}, stdout=write)  # type: ignore[arg-type]
+            assert status == 0
+            return b"".join(out)
+
+    async def all_clients() -> list[bytes]:
+        return await asyncio.gather(*(one(i) for i in range(200)))
+
+    outputs = asyncio.run(all_clients())
+    assert outputs == [f"client-{i}\n".encode() for i in range(200)]
+    rows = log.list(kind="action", peer="phone")[before:]
+    assert len(rows) == 200 and all(r.decision == "ok" for r in rows)
+    assert log.verify().ok
+
+
+def test_peer_without_policy_gets_no_session(tmp_path: Path) -> None:
+    """Deny by default: a peer with a key but no policy table cannot open a session."""
+    port = free_port()
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(
+        f'[device]\nid = "home"\nlisten = ["127.0.0.1:{port}"]\ndiscovery = false\n'
+        f'[peers.phone]\nkey = "{PHONE.hex()}"\n'
+    )
+    os.chmod(cfg, 0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"], stdout=subprocess.PIPE, text=True, env=env_for(cfg)
+    )
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+
+        async def go() -> int:
+            s = await _session(port, PHONE)
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(s.recv(), TIMEOUT)
+            return int(info.value.code)
+
+        assert asyncio.run(go()) == ErrorCode.REFUSED
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
