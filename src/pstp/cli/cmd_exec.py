@@ -16,7 +16,13 @@ from pstp.cli.common import load_settings, run
 from pstp.cli.main import Console
 from pstp.settings import Settings
 
-__all__ = ["exec_command", "parse_assignments", "run_command", "shell_command"]
+__all__ = [
+    "exec_command",
+    "parse_assignments",
+    "run_command",
+    "shell_command",
+    "split_command",
+]
 
 
 def _known(settings: Settings, peer: str, console: Console) -> bool:
@@ -46,19 +52,58 @@ def _binary(stream: TextIO) -> Callable[[bytes], None]:
     return write_text
 
 
+_EXEC_OPTIONS = {"--reason": "reason", "--address": "address"}
+_EXEC_FLAGS = {"-n": "no_stdin", "--no-stdin": "no_stdin"}
+
+
+def split_command(args: argparse.Namespace, rest: list[str]) -> list[str]:
+    """Take the options written after PEER out of ``rest``; return the command.
+
+    argparse hands over everything after PEER (so that the command's own
+    options are never taken for ours).  Our options may still come first:
+    ``pstp exec PEER --reason TEXT -- CMD ARGS``; without ``--`` the command
+    starts at the first word that is not one of our options.
+
+    Raises:
+        ValueError: an option lacks its value, or no command is given.
+    """
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        name, eq, value = word.partition("=")
+        if word == "--":
+            i += 1
+            break
+        if name in _EXEC_OPTIONS:
+            if not eq:
+                if i + 1 >= len(rest):
+                    raise ValueError(f"{word} needs a value")
+                i += 1
+                value = rest[i]
+            setattr(args, _EXEC_OPTIONS[name], value)
+        elif word in _EXEC_FLAGS:
+            setattr(args, _EXEC_FLAGS[word], True)
+        else:
+            break
+        i += 1
+    command = rest[i:]
+    if not command:
+        raise ValueError("no command given (pstp exec PEER [--reason TEXT] -- CMD ARGS...)")
+    return command
+
+
 def exec_command(args: argparse.Namespace, console: Console) -> int:
     """Run ``CMD ARGS...`` on PEER, streaming this process's stdin, stdout and stderr."""
     from pstp.client.api import connect_peer
     from pstp.client.remote import iter_fd, run_exec
 
+    try:
+        argv = split_command(args, list(args.argv))
+    except ValueError as exc:
+        console.error(str(exc))
+        return 2
     settings = load_settings(args)
     if not _known(settings, args.peer, console):
-        return 2
-    argv: list[str] = list(args.argv)
-    if argv[:1] == ["--"]:
-        argv = argv[1:]
-    if not argv:
-        console.error("no command given (pstp exec PEER -- CMD ARGS...)")
         return 2
 
     async def main() -> int:

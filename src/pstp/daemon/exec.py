@@ -76,7 +76,8 @@ frames are ignored.
 
 ``shell``: params ``{"term": str, "rows": int, "cols": int, "reason": str |
 nil}`` (defaults ``"dumb"``, 24, 80).  The service user's login shell (from
-the password database, else ``/bin/sh``) runs with ``-l`` on a new
+the password database, else ``/bin/sh``; :func:`make_shell_handler` can name
+another) runs with ``-l`` on a new
 pseudo-terminal as its controlling terminal (session leader), with the
 initial window size set.  STDIN frames are written to the terminal, RESIZE
 frames set its window size (the foreground job gets SIGWINCH), SIGNAL
@@ -110,6 +111,7 @@ import struct
 import termios
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.exceptions import FrameTooLarge, PstpError, RemoteProtocolError
@@ -388,16 +390,6 @@ class FrameWriter:
         async with self._lock:
             await self.channel.write(encode_frame(STDERR, text.encode()))
 
-    async def raw(self, frame: bytes) -> None:
-        """Send an already encoded frame.
-
-        Raises:
-            ChannelError: the channel was closed meanwhile.
-            ConnectionClosed: the session ended.
-        """
-        async with self._lock:
-            await self.channel.write(frame)
-
     async def _write(self, frame_type: int, data: bytes) -> None:
         for off in range(0, len(data), CHUNK):
             piece = data[off : off + CHUNK]
@@ -454,10 +446,7 @@ async def _pump_frames(
     on_frame: Callable[[Frame], Awaitable[None]],
     on_eof: Callable[[], Awaitable[None]],
 ) -> None:
-    """Read the client's frames until its EOF, then wait for the channel to close.
-
-    Returns when the channel is closed (by anyone), so a caller racing this
-    against its process learns that the client went away.
+    """Read the client's frames and act on them until its EOF (then call ``on_eof``).
 
     Raises:
         RemoteProtocolError: a bad frame.
@@ -469,10 +458,8 @@ async def _pump_frames(
         for frame in decoder.feed(data):
             await on_frame(frame)
     decoder.eof()
-    if channel.closed.done():
-        return
-    await on_eof()
-    await channel.wait_closed()
+    if not channel.closed.done():
+        await on_eof()
 
 
 async def _race(
@@ -481,27 +468,36 @@ async def _race(
     inputs: asyncio.Task[None],
     timeout: float | None,
 ) -> int | None:
-    """Wait for ``work``; stop early if the input side ends first or time runs out.
+    """Wait for ``work``, unless the channel closes, a bad frame arrives or time runs out.
 
-    Returns the work's status; ``None`` if the channel went away or a bad
-    frame arrived (the channel is then closed).
+    The channel's end is watched apart from the input pump, which may be
+    blocked handing input to a process that does not read it.
+
+    Returns:
+        The work's status; ``None`` if the channel went away or a bad frame
+        arrived (the channel is then closed).
 
     Raises:
         TimeoutError: ``timeout`` seconds passed.
         PstpError: the channel or session failed.
     """
+    waiting: set[asyncio.Future[Any]] = {work, inputs, channel.closed}
     async with asyncio.timeout(timeout):
-        await asyncio.wait({work, inputs}, return_when=asyncio.FIRST_COMPLETED)
-    if work.done():
-        return work.result()
-    exc = inputs.exception()
-    if isinstance(exc, RemoteProtocolError):
-        _log.info("channel %s (%s): %s", channel.id, channel.kind, exc)
-        await fail_channel(channel, BAD_FRAME)
-        return None
-    if exc is not None:
-        raise exc
-    return None  # the channel was closed under us: nothing to report to
+        while True:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                return work.result()
+            if inputs in done:
+                exc = inputs.exception()
+                if isinstance(exc, RemoteProtocolError):
+                    _log.info("channel %s (%s): %s", channel.id, channel.kind, exc)
+                    await fail_channel(channel, BAD_FRAME)
+                    return None
+                if exc is not None:
+                    raise exc
+                waiting.discard(inputs)  # the client's EOF: the process goes on
+            if channel.closed.done():
+                return None  # the client went away: nothing to report to
 
 
 async def _finish(*tasks: asyncio.Task[None] | asyncio.Task[int]) -> None:
@@ -609,9 +605,19 @@ async def run_process(
     finally:
         _kill_group(proc.pid)
         await _finish(main, inputs)
-        if proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), _KILL_GRACE)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        # Read the pipes to their end and reap the process, so that its
+        # transports close now rather than whenever the loop gets to them.
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(_settle(proc), _KILL_GRACE)
+
+
+async def _settle(proc: asyncio.subprocess.Process) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        while stream is not None and await stream.read(CHUNK):
+            pass
+    await proc.wait()
 
 
 def _check_reason(params: dict[str, object]) -> str | None:

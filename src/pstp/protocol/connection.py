@@ -209,6 +209,7 @@ class Connection:
         self._pake_verifier = pake if isinstance(pake, PakeVerifier) else None
         self._pake_initiator: PakeInitiator | None = None
         self._pake_responder: PakeResponder | None = None
+        self._challenge_response: tuple[bytes, bytes] | None = None
         #: True when the session was keyed by PSTP-PAKE (a human code) rather than a pair key.
         self.via_pake = False
         if role is Role.CLIENT:
@@ -335,9 +336,11 @@ class Connection:
             InvalidState: not an established initiator.
         """
         self._session_keys()
-        if self._initiator is None:
-            raise InvalidState("only the initiator holds the challenge and response")
-        return self._initiator.challenge, self._initiator.confirm
+        if self._challenge_response is None:
+            raise InvalidState(
+                "only the initiator of a PSTP-HS session holds the challenge and response"
+            )
+        return self._challenge_response
 
     def export_secret(self, label: str, length: int = 32) -> bytes:
         """Derive a session-bound secret for ``label`` (§5.6), e.g. a resumption secret.
@@ -606,6 +609,11 @@ class Connection:
             raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {limit}")
 
     def _handle_frame(self, ftype: int, frame: bytes) -> None:
+        if ftype == FrameType.RECORD:  # the hot path first, with no extra copy
+            if self._receiver is None:
+                raise RemoteProtocolError("record before the handshake")
+            self._on_record(frame)
+            return
         body = frame[FRAME_HEADER_LEN:]
         if ftype == FrameType.HS_INIT:
             if self.debug:
@@ -620,10 +628,6 @@ class Connection:
             self._on_hs_resp(body)
             self._set_state(new)
             self._established()
-        elif ftype == FrameType.RECORD:
-            if self._receiver is None:
-                raise RemoteProtocolError("record before the handshake")
-            self._on_record(frame)
         else:
             self._on_pake_frame(FrameType(ftype), frame, body)
 
@@ -705,6 +709,14 @@ class Connection:
         assert self._keys is not None
         self._handshake_deadline = None
         self._last_rx = self._now
+        if self._initiator is not None:
+            self._challenge_response = (self._initiator.challenge, self._initiator.confirm)
+        # The handshake is over: drop its state (ephemeral keys, Noise state, the
+        # pair key the initiator was given).  An idle session keeps only what the
+        # record layer needs, which is what bounds RSS per session (DESIGN §10).
+        self._initiator = self._responder = None
+        self._pake_initiator = self._pake_responder = None
+        self._client_args = (b"", 0, None, None, "")
         self._events.append(
             HandshakeCompleted(
                 peer_id=self.peer_id or "",

@@ -18,17 +18,11 @@ from K_shared.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from pstp.crypto.kdf import digest, hkdf_sha256, random_bytes
-from pstp.crypto.spake2plus import (
-    MIN_ITERATIONS,
-    Prover,
-    Verifier,
-    compute_L,
-    derive_w0_w1,
-)
 from pstp.exceptions import HandshakeFailed, LocalProtocolError
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import SessionKeys
@@ -40,6 +34,9 @@ from pstp.wire.frames import (
     PairResp,
     frame_header,
 )
+
+if TYPE_CHECKING:
+    from pstp.crypto.spake2plus import Prover, Verifier
 
 __all__ = [
     "MAX_ITERATIONS",
@@ -53,6 +50,8 @@ __all__ = [
     "Passphrase",
 ]
 
+#: Fewest PBKDF2 iterations (DESIGN §5); equal to pstp.crypto.spake2plus.MIN_ITERATIONS.
+MIN_ITERATIONS = 100_000
 #: Most PBKDF2 iterations a prover accepts from a verifier (§15.3): a hostile
 #: verifier must not make the prover burn minutes of CPU.
 MAX_ITERATIONS = 2_000_000
@@ -193,6 +192,10 @@ class PakeVerifier:
         if not code:
             raise ValueError("empty code")
         salt = random_bytes(16)
+        # SPAKE2+ (and python-ecdsa) load only when a code is actually used:
+        # a PSTP-HS session never pays for them (start-up time, §10).
+        from pstp.crypto.spake2plus import compute_L, derive_w0_w1
+
         w0, w1 = derive_w0_w1(
             code, salt=salt, iterations=iterations, id_prover=b"", id_verifier=own_id.encode()
         )
@@ -269,6 +272,8 @@ class PakeProver:
             # Bounded: a hostile verifier sending fresh salts cannot grow it.
             self._cache.pop(next(iter(self._cache)))
         if key not in self._cache:
+            from pstp.crypto.spake2plus import derive_w0_w1
+
             self._cache[key] = derive_w0_w1(
                 self._code,
                 salt=salt,
@@ -336,6 +341,8 @@ class PakeInitiator:
             raise HandshakeFailed("verifier chose parameters we did not offer")
         w0, w1 = self._prover.stretch(resp.salt, resp.iterations, resp.verifier_id)
         self._resp, self._resp_frame = resp, frame_header(FrameType.PAIR_RESP, len(body)) + body
+        from pstp.crypto.spake2plus import Prover
+
         self._spake = Prover(
             _context(self.request_frame, self._resp_frame),
             self.request.prover_id.encode(),
@@ -442,6 +449,8 @@ class PakeResponder:
         resp_frame = self._resp.serialize()
         req_frame = frame_header(FrameType.PAIR_REQ, len(body)) + body
         self._context = _context(req_frame, resp_frame)
+        from pstp.crypto.spake2plus import Verifier
+
         self._spake = Verifier(
             self._context, req.prover_id.encode(), v.own_id.encode(), v.w0, v.L, y=self._y
         )
