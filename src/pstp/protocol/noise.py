@@ -29,6 +29,7 @@ message the ``HandshakeState`` is dead: every later call raises
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, cast, get_args
@@ -243,22 +244,31 @@ class NoiseProtocol:
         Raises:
             ValueError: the name is malformed or names something unsupported.
         """
-        parts = name.split("_")
-        if len(parts) != 5 or parts[0] != "Noise" or not name.isascii():
-            raise ValueError(f"not a Noise protocol name: {name!r}")
-        _, pattern_name, dh_name, cipher, hash_name = parts
-        pattern = _parse_pattern(pattern_name)
-        get_dh(dh_name)
-        if cipher not in _CIPHERS:
-            raise ValueError(f"unsupported cipher {cipher!r}")
-        if hash_name not in _HASHES:
-            raise ValueError(f"unsupported hash {hash_name!r}")
-        return cls(name, pattern, dh_name, cast(CipherName, cipher), cast(HashName, hash_name))
+        return _parse_protocol(name)
 
     @property
     def dh_function(self) -> DHFunction:
         """The ``DHFunction`` object for ``dh``."""
         return get_dh(self.dh)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_protocol(name: str) -> NoiseProtocol:
+    # Cached (the result is frozen): a server parses the same name for every
+    # handshake, and the handshake rate is a target (DESIGN §10).
+    parts = name.split("_")
+    if len(parts) != 5 or parts[0] != "Noise" or not name.isascii():
+        raise ValueError(f"not a Noise protocol name: {name!r}")
+    _, pattern_name, dh_name, cipher, hash_name = parts
+    pattern = _parse_pattern(pattern_name)
+    get_dh(dh_name)
+    if cipher not in _CIPHERS:
+        raise ValueError(f"unsupported cipher {cipher!r}")
+    if hash_name not in _HASHES:
+        raise ValueError(f"unsupported hash {hash_name!r}")
+    return NoiseProtocol(
+        name, pattern, dh_name, cast(CipherName, cipher), cast(HashName, hash_name)
+    )
 
 
 class CipherState:
