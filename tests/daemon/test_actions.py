@@ -1,0 +1,348 @@
+"""Configured actions: loading, argv templates, callables, timeouts and output caps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from pstp.asyncio.client import connect
+from pstp.asyncio.connection import Channel, Session
+from pstp.asyncio.server import serve
+from pstp.client.remote import run_action
+from pstp.daemon.actions import (
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_TIMEOUT,
+    ActionSpec,
+    GetArgs,
+    action_handler,
+    load_actions,
+    raw_args,
+    resolve_callable,
+)
+from pstp.exceptions import ChannelError
+from pstp.settings import ConfigError, create, load
+from pstp.wire.messages import ChannelCode
+from tests.helpers import PAIR_KEY, SERVER_ID, TIMEOUT, make_keyring
+
+PY = sys.executable
+_names = itertools.count()
+
+
+def config_with(tmp_path: Path, actions_toml: str) -> Path:
+    """A configuration file holding the given [actions] tables."""
+    path = create(tmp_path / f"c{next(_names)}.toml", "home")
+    with path.open("a") as f:
+        f.write(textwrap.dedent(actions_toml))
+    return path
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def test_load_actions_reads_argv_and_call_tables(tmp_path: Path) -> None:
+    """[actions."name"] tables become ActionSpecs with defaults, args carried through."""
+    path = config_with(
+        tmp_path,
+        """
+        [actions."gate.open"]
+        argv = ["/usr/bin/gate", "open", "--for={seconds}s"]
+        timeout = 10
+        max_output = 4096
+        args = { seconds = { type = "int", min = 1, max = 600 } }
+
+        [actions.lamp]
+        call = "home.lamp:set_level"
+        description = "the lamp"
+        """,
+    )
+    actions = load_actions(load(path))
+    gate, lamp = actions["gate.open"], actions["lamp"]
+    assert gate.argv == ("/usr/bin/gate", "open", "--for={seconds}s")
+    assert (gate.timeout, gate.max_output, gate.call) == (10.0, 4096, None)
+    assert gate.args == {"seconds": {"type": "int", "min": 1, "max": 600}}
+    assert gate.placeholders == {"seconds"}
+    assert (lamp.call, lamp.argv, lamp.description) == ("home.lamp:set_level", None, "the lamp")
+    assert (lamp.timeout, lamp.max_output) == (DEFAULT_TIMEOUT, DEFAULT_MAX_OUTPUT)
+    assert load_actions(load(config_with(tmp_path, ""))) == {}
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('argv = ["a"]\ncall = "m:f"', "actions.x"),
+        ("timeout = 3", "actions.x"),
+        ('argv = "ls -l"', "actions.x.argv"),
+        ("argv = []", "actions.x"),
+        ('argv = ["{prog}"]', "actions.x"),
+        ('argv = ["echo", "{x.y}"]', "actions.x"),
+        ('argv = ["echo", "{x!r}"]', "actions.x"),
+        ('argv = ["echo", "{x:>5}"]', "actions.x"),
+        ('argv = ["echo", "{"]', "actions.x"),
+        ('argv = ["echo", "{n}"]\nargs = { m = {} }', "actions.x"),
+        ('call = "not a call"', "actions.x"),
+        ("call = 3", "actions.x.call"),
+        ('argv = ["a"]\ntimeout = 0', "actions.x"),
+        ('argv = ["a"]\ntimeout = true', "actions.x.timeout"),
+        ('argv = ["a"]\nmax_output = 1.5', "actions.x.max_output"),
+        ('argv = ["a"]\nmax_output = -1', "actions.x"),
+        ('argv = ["a"]\nargs = 3', "actions.x.args"),
+        ('argv = ["a"]\ndescription = 3', "actions.x.description"),
+        ('argv = ["a"]\nshell = true', "actions.x"),
+    ],
+)
+def test_invalid_action_tables_are_refused_naming_the_key(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    """A bad action table raises ConfigError naming the file and the key."""
+    path = config_with(tmp_path, f"[actions.x]\n{table}\n")
+    with pytest.raises(ConfigError) as info:
+        load_actions(load(path))
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+
+
+def test_actions_must_be_tables(tmp_path: Path) -> None:
+    """`actions` and each entry must be tables."""
+    top = tmp_path / "top.toml"
+    top.write_text('actions = 3\n[device]\nid = "home"\n')
+    with pytest.raises(ConfigError) as info:
+        load_actions(load(top))
+    assert info.value.key == "actions"
+    with pytest.raises(ConfigError) as info:
+        load_actions(load(config_with(tmp_path, "[actions]\nx = 3\n")))
+    assert info.value.key == "actions.x"
+
+
+def test_render_argv_substitutes_whole_elements_and_parts() -> None:
+    """Placeholders are replaced by plain substitution; {{ }} are literal braces."""
+    spec = ActionSpec("a", argv=("prog", "{n}", "--on={flag}", "{{x}}-{text}", "{f}"))
+    values = {"n": 5, "flag": True, "text": "a b;$(id)", "f": 1.5}
+    assert spec.render_argv(values) == ["prog", "5", "--on=true", "{x}-a b;$(id)", "1.5"]
+    with pytest.raises(ValueError):
+        spec.render_argv({"n": 1})
+    with pytest.raises(ValueError):
+        spec.render_argv({**values, "n": ["list"]})
+    with pytest.raises(ValueError):
+        ActionSpec("c", call="m:f").render_argv({})
+
+
+def test_resolve_callable_errors() -> None:
+    """resolve_callable imports module:attr and refuses what is not callable."""
+    assert resolve_callable(ActionSpec("j", call="json:dumps")).__name__ == "dumps"
+    assert resolve_callable(ActionSpec("p", call="os.path:join")).__name__ == "join"
+    with pytest.raises(TypeError):
+        resolve_callable(ActionSpec("s", call="os:sep"))
+    with pytest.raises(TypeError):
+        resolve_callable(ActionSpec("a", argv=("x",)))
+    with pytest.raises(ImportError):
+        resolve_callable(ActionSpec("m", call="no_such_module_pstp:f"))
+
+
+# -- running actions over a session ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def session(
+    actions: Mapping[str, ActionSpec], get_args: GetArgs | None = None
+) -> AsyncIterator[Session]:
+    """A session to a loopback server serving ``action`` channels."""
+    server = await serve(
+        None,
+        "127.0.0.1",
+        0,
+        keyring=make_keyring(),
+        own_id=SERVER_ID,
+        handlers={"action": action_handler(actions, get_args)},
+    )
+    async with server, await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
+        yield s
+
+
+async def act(
+    s: Session, name: str, args: dict[str, str | int | float | bool] | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run an action; return (status, stdout, stderr)."""
+    out, err = bytearray(), bytearray()
+    status = await asyncio.wait_for(
+        run_action(s, name, args or {}, reason="test", stdout=out.extend, stderr=err.extend),
+        TIMEOUT * 2,
+    )
+    return status, bytes(out), bytes(err)
+
+
+SHOW_ARGV = "import sys; print(sys.argv[1:]); sys.exit(int(sys.argv[1]))"
+
+
+async def test_argv_action_gets_typed_args_substituted() -> None:
+    """Coerced args are substituted into argv; output and exit status come back."""
+
+    def coerced(ch: Channel) -> dict[str, object]:
+        raw = raw_args(ch)
+        return {"n": int(str(raw["n"])), "on": raw["on"] == "yes", "text": raw["text"]}
+
+    spec = ActionSpec("show", argv=(PY, "-c", SHOW_ARGV, "{n}", "--on={on}", "{text}"))
+    async with session({"show": spec}, coerced) as s:
+        status, out, err = await act(s, "show", {"n": "3", "on": "yes", "text": "a b;$(id)|`x`"})
+    assert (status, err) == (3, b"")
+    assert out == b"['3', '--on=true', 'a b;$(id)|`x`']\n"
+
+
+async def test_raw_args_are_the_default() -> None:
+    """Without get_args the action gets the arg.* params as sent."""
+    spec = ActionSpec("show", argv=(PY, "-c", SHOW_ARGV, "{n}", "{b}", "{f}"))
+    async with session({"show": spec}) as s:
+        assert await act(s, "show", {"n": 0, "b": False, "f": 2.5}) == (
+            0,
+            b"['0', 'false', '2.5']\n",
+            b"",
+        )
+
+
+def callable_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throwaway module of action functions on sys.path; returns its name."""
+    name = f"pstp_test_actions_{next(_names)}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            import time
+
+            def greet(name, times=1):
+                return 0, ("hello " + name + "\\n").encode() * times
+
+            async def add(a, b):
+                await asyncio.sleep(0)
+                return a + b
+
+            def nothing():
+                return None
+
+            def big():
+                return 0, b"x" * 5000
+
+            async def slow():
+                await asyncio.sleep(30)
+
+            def boom():
+                raise RuntimeError("secret detail")
+
+            def bad_result():
+                return "not a status"
+
+            def inner_timeout():
+                raise TimeoutError("from inside")
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+async def test_callable_actions_sync_and_async(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A callable gets keyword args; int, (int, bytes) and None results become the status."""
+    mod = callable_module(tmp_path, monkeypatch)
+    actions = {
+        "greet": ActionSpec("greet", call=f"{mod}:greet"),
+        "add": ActionSpec("add", call=f"{mod}:add"),
+        "nothing": ActionSpec("nothing", call=f"{mod}:nothing"),
+    }
+    async with session(actions) as s:
+        assert await act(s, "greet", {"name": "World", "times": 2}) == (
+            0,
+            b"hello World\nhello World\n",
+            b"",
+        )
+        assert await act(s, "add", {"a": 2, "b": 5}) == (7, b"", b"")
+        assert await act(s, "nothing") == (0, b"", b"")
+
+
+async def test_failing_callables_report_no_detail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A callable that raises or returns junk fails the channel without its exception text."""
+    mod = callable_module(tmp_path, monkeypatch)
+    actions = {
+        n: ActionSpec(n, call=f"{mod}:{n}")
+        for n in ("boom", "bad_result", "inner_timeout", "missing")
+    }
+    async with session(actions) as s:
+        for name in actions:
+            status, out, err = await act(s, name)
+            assert (status, out, err) == (255, b"", b"pstp: action failed\n")
+        ch = await s.open_channel("action", {"name": "boom"})
+        with pytest.raises(ChannelError) as info:
+            await asyncio.wait_for(ch.wait_closed(), TIMEOUT)
+        assert info.value.code == ChannelCode.APPLICATION_ERROR
+        assert "secret" not in info.value.reason
+
+
+async def test_timeout_kills_and_gives_124(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An action past its timeout is stopped: status 124, earlier output kept, a note."""
+    mod = callable_module(tmp_path, monkeypatch)
+    code = "import time; print('started', flush=True); time.sleep(30)"
+    actions = {
+        "argv": ActionSpec("argv", argv=(PY, "-c", code), timeout=0.5),
+        "call": ActionSpec("call", call=f"{mod}:slow", timeout=0.2),
+    }
+    async with session(actions) as s:
+        assert await act(s, "argv") == (124, b"started\n", b"pstp: timed out after 0.5 s\n")
+        assert await act(s, "call") == (124, b"", b"pstp: timed out after 0.2 s\n")
+
+
+async def test_output_is_capped_and_the_cut_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output beyond max_output is dropped and noted; the exit status is unchanged."""
+    mod = callable_module(tmp_path, monkeypatch)
+    code = "import sys; sys.stdout.write('y' * 300000); sys.exit(2)"
+    actions = {
+        "argv": ActionSpec("argv", argv=(PY, "-c", code), max_output=1000),
+        "call": ActionSpec("call", call=f"{mod}:big", max_output=100),
+    }
+    async with session(actions) as s:
+        assert await act(s, "argv") == (
+            2,
+            b"y" * 1000,
+            b"\n[pstp: output cut at 1000 bytes]\n",
+        )
+        assert await act(s, "call") == (0, b"x" * 100, b"\n[pstp: output cut at 100 bytes]\n")
+
+
+async def test_unknown_action_missing_args_and_bad_params() -> None:
+    """No such action: 127; a missing placeholder or refused args: 'bad params' (255)."""
+    spec = ActionSpec("show", argv=(PY, "-c", SHOW_ARGV, "{n}"))
+
+    def refuse(ch: Channel) -> dict[str, object]:
+        raise ValueError("policy says no")
+
+    async with session({"show": spec}) as s:
+        assert await act(s, "nope") == (127, b"", b"pstp: no such action: nope\n")
+        status, _, err = await act(s, "show")
+        assert status == 255
+        assert err.startswith(b"pstp: bad params: ")
+        ch = await s.open_channel("action", {"name": "show", "reason": 5, "arg.n": 1})
+        with pytest.raises(ChannelError) as info:
+            await asyncio.wait_for(ch.wait_closed(), TIMEOUT)
+        assert info.value.reason.startswith("bad params: ")
+    async with session({"show": spec}, refuse) as s:
+        assert (await act(s, "show", {"n": 1}))[0] == 255
+
+
+async def test_missing_program_is_127() -> None:
+    """An argv action whose program does not exist ends with 127 and a clear note."""
+    spec = ActionSpec("gone", argv=("/nonexistent/pstp-prog", "x"))
+    async with session({"gone": spec}) as s:
+        assert await act(s, "gone") == (
+            127,
+            b"",
+            b"pstp: command not found: /nonexistent/pstp-prog\n",
+        )
