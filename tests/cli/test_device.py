@@ -39,7 +39,7 @@ def test_removing_a_peer_closes_its_live_session(tmp_path: Path) -> None:
     port = free_port()
     cfg = create(tmp_path / "home.toml", "home", listen=f"127.0.0.1:{port}")
     key = bytes(range(32))
-    add_peer(cfg, "phone", key)
+    add_peer(cfg, "phone", key, default_policy=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "pstp", "serve"],
         stdout=subprocess.PIPE,

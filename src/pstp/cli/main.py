@@ -231,6 +231,70 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
     run.set_defaults(func=_lazy("pstp.cli.cmd_exec", "run_command"))
 
+    discover = sub.add_parser(
+        "discover",
+        help="list PSTP devices on the local network (broadcast and mDNS)",
+        description=(
+            "Broadcast a discovery PING on every interface and browse mDNS (_pstp._tcp) for "
+            "the same time; list each device once with its address, id, capabilities, how it "
+            "was found and whether this configuration holds a key for it. PINGs carry the key "
+            "ids of configured peers, so paired devices in stealth mode answer too."
+        ),
+    )
+    discover.add_argument(
+        "--timeout", type=float, default=1.0, metavar="S", help="seconds to wait (default 1)"
+    )
+    discover.add_argument("--port", type=int, default=9000, help="service port (default 9000)")
+    discover.add_argument("--json", action="store_true", help="print a JSON list")
+    discover.add_argument("--no-mdns", action="store_true", help="broadcast PING/PONG only")
+    discover.set_defaults(func=_lazy("pstp.cli.cmd_discover", "discover"))
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="explain why a peer (or any device) is not found",
+        description=(
+            "Check the interfaces and broadcast routes, send a discovery PING and browse mDNS, "
+            "then for PEER: TCP-connect to its remembered and discovered addresses and try a "
+            "handshake, and say what each failure most likely means. Exit 0 when PEER was "
+            "reached and authenticated (always 0 without PEER), 1 otherwise."
+        ),
+    )
+    doctor.add_argument("peer", nargs="?", help="the peer's device id")
+    doctor.add_argument(
+        "--timeout", type=float, default=1.0, metavar="S", help="seconds per check (default 1)"
+    )
+    doctor.add_argument("--port", type=int, help="service port (default: the peer's, or 9000)")
+    doctor.set_defaults(func=_lazy("pstp.cli.cmd_doctor", "doctor"))
+
+    for verb, paths, help_, desc in (
+        (
+            "put",
+            "LOCAL... REMOTE",
+            "send files and directories to a peer",
+            "Send LOCAL files and directories (recursively, with modes and mtimes) to REMOTE, "
+            "an absolute path under one of PEER's file roots. Interrupted transfers resume "
+            "when run again; files PEER already has with the same SHA-256 are skipped.",
+        ),
+        (
+            "get",
+            "REMOTE... LOCAL",
+            "fetch files and directories from a peer",
+            "Fetch REMOTE files and directories (absolute paths under PEER's file roots) to "
+            "LOCAL. Interrupted transfers resume when run again; files already here with the "
+            "same SHA-256 are skipped.",
+        ),
+    ):
+        xfer = sub.add_parser(verb, help=help_, description=desc)
+        xfer.add_argument("peer", help="the peer's device id")
+        xfer.add_argument("paths", nargs="+", metavar=paths)
+        xfer.add_argument("--force", action="store_true", help="replace existing files")
+        xfer.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+        xfer.add_argument("--no-progress", action="store_true", help="draw no progress bar")
+        xfer.add_argument("--limit", metavar="RATE", help="at most RATE bytes/s (500K, 20M, 1G)")
+        xfer.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+        xfer.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+        xfer.set_defaults(func=_lazy("pstp.cli.cmd_files", f"{verb}_command"))
+
     demo = sub.add_parser(
         "demo",
         help="run a device and a peer on this machine and show a session end to end",

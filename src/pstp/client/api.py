@@ -7,18 +7,18 @@ address that worked is remembered for next time.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import msgspec
 
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
+from pstp.asyncio.discovery import discover
 from pstp.exceptions import HandshakeFailed, PstpError
 from pstp.protocol.config import Config
+from pstp.protocol.handshake import PeerKey
 from pstp.protocol.pake import PAIR_CHANNEL, PAIR_KEY_LABEL, PairHello, PakeProver
 from pstp.settings import DEFAULT_PORT, Settings, add_peer, parse_address, set_peer_address
-from pstp.sync.discovery import discover
 
 __all__ = ["PeerNotFound", "connect_peer", "pair_with"]
 
@@ -70,23 +70,34 @@ async def connect_peer(
         if candidate != peer.address:
             _remember(settings, peer_id, candidate)
         return session
-    loop = asyncio.get_running_loop()
     port = parse_address(peer.address)[1] if peer.address else DEFAULT_PORT
-    found = await loop.run_in_executor(None, lambda: discover(port, discovery_timeout))
+    # The PING carries our key id for this peer, so a stealth peer answers too (§8.2).
+    kid_key = PeerKey.from_pair_key(peer_id, peer.key).kid_key
+    found = await discover(port, discovery_timeout, kid_key=kid_key)
+    failure: Exception | None = None
     for dev in found:
         if dev.device_id != peer_id:
             continue
-        session = await connect(
-            dev.host,
-            dev.port,
-            pair_key=peer.key,
-            device_id=peer_id,
-            config=config,
-            discovery=dev.binding,
-            own_id=settings.device_id,
-        )
+        # A PONG is only a hint: a spoofed one fails its handshake, so try every
+        # candidate before giving up (a forger must not hide the real device).
+        try:
+            session = await connect(
+                dev.host,
+                dev.port,
+                pair_key=peer.key,
+                device_id=peer_id,
+                config=config,
+                discovery=dev.binding,
+                own_id=settings.device_id,
+            )
+        except (OSError, HandshakeFailed) as exc:
+            tried.append(f"{dev.host}:{dev.port} ({exc})")
+            failure = exc
+            continue
         _remember(settings, peer_id, f"{dev.host}:{dev.port}")
         return session
+    if isinstance(failure, HandshakeFailed):
+        raise failure
     where = "; ".join(tried) or "no remembered address"
     raise PeerNotFound(f"{peer_id} not reached ({where}) and not found by discovery")
 

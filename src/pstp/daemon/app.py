@@ -21,10 +21,13 @@ from pstp.asyncio.server import Server, serve
 from pstp.daemon.actions import action_handler, load_actions
 from pstp.daemon.audit import AuditLog, audit_path
 from pstp.daemon.exec import exec_handler, shell_handler
+from pstp.daemon.files import file_handler
+from pstp.daemon.mdns import Advertisement, advertise_device
 from pstp.daemon.pairing import PairingWindow
 from pstp.daemon.policy import (
     ActionRequest,
     ExecRequest,
+    FileRequest,
     Policy,
     Request,
     SessionRequest,
@@ -74,6 +77,11 @@ def _request(kind: str, params: Mapping[str, object]) -> Request | None:
         )
     if kind == "shell":
         return ShellRequest(reason)
+    if kind == "file":
+        path, op = params.get("path"), params.get("op")
+        if not isinstance(path, str) or op not in ("put", "get"):
+            path = ""  # denied: not an absolute path
+        return FileRequest(path, op == "put", reason)
     return None
 
 
@@ -102,6 +110,7 @@ class Daemon:
     responders: list[ResponderThread] = field(default_factory=list)
     sessions: dict[str, set[Session]] = field(default_factory=dict)
     suppressed_auth_failures: int = 0
+    mdns: list[Advertisement] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for peer in self.settings.peers.values():
@@ -253,6 +262,7 @@ class Daemon:
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
+            "file": self._audited("file", file_handler(lambda: self.policy, self._record)),
         }
         if self.pairing is not None:
             handlers[PAIR_CHANNEL] = self.pairing.handle
@@ -293,6 +303,11 @@ class Daemon:
             )
             self.servers.append(server)
             _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
+        # DNS-SD beside broadcast (§8.6); nothing is advertised in stealth mode.
+        bound = [
+            (h, srv.port) for (h, _), srv in zip(self.settings.listen, self.servers, strict=True)
+        ]
+        self.mdns = advertise_device(self.settings, bound)
 
     async def reload(self) -> None:
         """Re-read the configuration (SIGHUP): keys, policy and actions apply at once;
@@ -330,6 +345,8 @@ class Daemon:
             await server.close()
         for responder in self.responders:
             responder.stop()
+        for ad in self.mdns:
+            await asyncio.to_thread(ad.close)
         if self.audit is not None:
             self.audit.close()
 

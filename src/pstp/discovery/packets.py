@@ -17,7 +17,9 @@ from pstp.exceptions import RemoteProtocolError
 from pstp.wire.buffer import Reader, Writer
 
 __all__ = [
+    "DISCOVERY_VERSION",
     "MAGIC",
+    "MDNS_SERVICE_TYPE",
     "PING_MAX_LEN",
     "PING_MIN_LEN",
     "PONG_MAX_LEN",
@@ -39,6 +41,8 @@ PING_MAX_LEN = 512
 PONG_MAX_LEN = 29 + 64
 #: PING flag: a 16-byte discovery key id follows (stealth responders need it).
 PING_FLAG_KID = 0x01
+#: DNS-SD service type a device advertises on mDNS (§8.6); TXT: id, v, caps.
+MDNS_SERVICE_TYPE = "_pstp._tcp.local."
 _NONCE_LEN = 16
 _KID_TAG_LEN = 16
 

@@ -8,15 +8,14 @@ limited broadcast 255.255.255.255, and to 127.0.0.1 (a device on this host).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from pstp.discovery.protocol import Browser, Found, Responder
+from pstp.netif import broadcast_addresses
 
 __all__ = [
     "ResponderThread",
@@ -27,29 +26,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("pstp.discovery")
-_SIOCGIFBRDADDR = 0x8919  # Linux: the broadcast address of an interface
-_SIOCGIFFLAGS = 0x8913
-_IFF_BROADCAST = 0x2
-_IFF_UP = 0x1
-
-
-def broadcast_addresses() -> list[str]:
-    """The broadcast address of every IPv4 interface that is up, then the fallbacks."""
-    found: list[str] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            req = struct.pack("256s", name.encode()[:15])
-            try:
-                flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
-                if not flags & _IFF_UP or not flags & _IFF_BROADCAST:
-                    continue
-                raw = fcntl.ioctl(s.fileno(), _SIOCGIFBRDADDR, req)
-            except OSError:
-                continue  # no IPv4 address on this interface
-            addr = socket.inet_ntoa(raw[20:24])
-            if addr not in found:
-                found.append(addr)
-    return [*found, "255.255.255.255", "127.0.0.1"]
 
 
 class ResponderThread:

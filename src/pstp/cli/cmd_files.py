@@ -1,0 +1,216 @@
+"""``pstp put`` and ``pstp get``: file transfer with a peer (see :mod:`pstp.client.files`).
+
+Both resume an interrupted transfer when run again, skip files the other
+side already has with the same digests, and never replace an existing file
+without ``--force``.  A progress bar (rich) is drawn on standard error when
+it is a terminal, unless ``--no-progress``; ``--json`` prints the summary as
+one JSON object on standard output.
+
+Exit status: 0 if everything went through, 1 if the peer refused the
+transfer or some entries failed (each is named on standard error), and the
+usual connection and protocol codes of ``pstp`` otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pstp.cli.common import load_settings, run
+from pstp.cli.main import Console
+from pstp.exceptions import ChannelError, TransferFailed
+
+if TYPE_CHECKING:
+    from pstp.asyncio.connection import Session
+    from pstp.client.files import Progress, TransferSummary
+
+__all__ = ["get_command", "parse_rate", "put_command"]
+
+_Callback = Callable[["Progress"], None] | None
+_RATE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmg]?)(?:i?b)?(?:/s)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+#: Channel windows and records for transfers (docs/benchmarks.md, bench/files.py).
+_RECORD_SIZE = 256 * 1024
+_WINDOW = 4 * 1024 * 1024
+
+
+def parse_rate(text: str | None) -> float | None:
+    """``--limit`` as bytes per second: ``500K``, ``20M``, ``1.5G`` (binary units), ``4096``.
+
+    Raises:
+        ValueError: not a positive rate.
+    """
+    if text is None:
+        return None
+    m = _RATE_RE.fullmatch(text)
+    if m is None or float(m[1]) <= 0:
+        raise ValueError(f"--limit {text!r}: expected a rate such as 500K, 20M or 1G (bytes/s)")
+    return float(m[1]) * _UNITS[m[2].lower()]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _progress_bar(console: Console, wanted: bool) -> Iterator[Callable[[Progress], None] | None]:
+    """A rich progress bar on standard error, or None when not wanted or not a terminal."""
+    isatty = getattr(console.err, "isatty", None)
+    if not wanted or isatty is None or not isatty():
+        yield None
+        return
+    try:
+        from rich.console import Console as RichConsole
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as Bar
+    except ImportError:  # rich is optional at run time: no bar, same transfer
+        yield None
+        return
+    bar = Bar(
+        TextColumn("{task.description}", table_column=None),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=RichConsole(file=console.err),
+        transient=True,
+    )
+    task = bar.add_task("", total=None)
+
+    def update(p: Progress) -> None:
+        name = p.path if len(p.path) <= 40 else "..." + p.path[-37:]
+        bar.update(task, completed=p.done_bytes, total=p.total_bytes or None, description=name)
+
+    with bar:
+        yield update
+
+
+def _known(args: argparse.Namespace, console: Console) -> Any:
+    settings = load_settings(args)
+    if args.peer not in settings.peers:
+        console.error(f"no peer {args.peer!r} in {settings.path} (pair first: pstp pair HOST)")
+        return None
+    return settings
+
+
+def _transfer(
+    args: argparse.Namespace,
+    console: Console,
+    verb: str,
+    work: Callable[[Session, _Callback], Coroutine[Any, Any, TransferSummary]],
+) -> int:
+    """Connect, run ``work`` with a progress callback, and report."""
+    from pstp.client.api import connect_peer
+    from pstp.protocol.config import Config
+
+    try:
+        parse_rate(args.limit)
+    except ValueError as exc:
+        console.error(str(exc))
+        return 2
+    settings = _known(args, console)
+    if settings is None:
+        return 2
+    config = Config(max_record_size=_RECORD_SIZE, channel_window=_WINDOW)
+
+    async def main(progress: Callable[[Progress], None] | None) -> TransferSummary:
+        session = await connect_peer(settings, args.peer, address=args.address, config=config)
+        async with session:
+            return await work(session, progress)
+
+    try:
+        with _progress_bar(console, not args.no_progress and not args.json) as progress:
+            summary = run(main(progress))
+    except TransferFailed as exc:
+        return _failed(args, console, str(exc))
+    except ChannelError as exc:
+        return _failed(args, console, f"refused by {args.peer}: {exc.reason or exc}")
+    if args.json:
+        console.print(json.dumps(summary.as_dict(), ensure_ascii=False))
+    else:
+        for path, error in summary.failed:
+            console.error(f"{path}: {error}")
+        rate = summary.bytes_sent / summary.seconds / 1e6 if summary.seconds > 0 else 0.0
+        parts = [
+            f"{verb} {summary.files} file(s), {_size(summary.bytes_sent)} in "
+            f"{summary.seconds:.2f} s ({rate:.0f} MB/s)"
+        ]
+        if summary.bytes_resumed:
+            parts.append(f"{_size(summary.bytes_resumed)} resumed")
+        if summary.skipped:
+            parts.append(f"{summary.skipped} already there")
+        if summary.failed:
+            parts.append(f"{len(summary.failed)} failed")
+        console.print("; ".join(parts))
+    return 0 if summary.ok else 1
+
+
+def _failed(args: argparse.Namespace, console: Console, message: str) -> int:
+    if args.json:
+        console.print(json.dumps({"ok": False, "error": message}, ensure_ascii=False))
+    console.error(message)
+    return 1
+
+
+def put_command(args: argparse.Namespace, console: Console) -> int:
+    """``pstp put PEER LOCAL... REMOTE``: send files and directories to a peer."""
+    from pstp.client.files import put
+
+    if len(args.paths) < 2:
+        console.error("usage: pstp put PEER LOCAL... REMOTE")
+        return 2
+    *local, remote = args.paths
+
+    async def work(
+        session: Session, progress: Callable[[Progress], None] | None
+    ) -> TransferSummary:
+        return await put(
+            session,
+            local,
+            remote,
+            progress=progress,
+            force=args.force,
+            reason=args.reason,
+            limit=parse_rate(args.limit),
+        )
+
+    return _transfer(args, console, "sent", work)
+
+
+def get_command(args: argparse.Namespace, console: Console) -> int:
+    """``pstp get PEER REMOTE... LOCAL``: fetch files and directories from a peer."""
+    from pstp.client.files import get
+
+    if len(args.paths) < 2:
+        console.error("usage: pstp get PEER REMOTE... LOCAL")
+        return 2
+    *remote, local = args.paths
+
+    async def work(
+        session: Session, progress: Callable[[Progress], None] | None
+    ) -> TransferSummary:
+        return await get(
+            session,
+            remote,
+            local,
+            progress=progress,
+            force=args.force,
+            reason=args.reason,
+            limit=parse_rate(args.limit),
+        )
+
+    return _transfer(args, console, "received", work)
