@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import os
 import pwd
 import re
@@ -14,33 +13,23 @@ import signal
 import struct
 import sys
 import termios
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pstp.asyncio.client import connect
-from pstp.asyncio.connection import Channel, Session
+from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import serve
 from pstp.client import remote
 from pstp.client.remote import run_exec
 from pstp.daemon.exec import (
     BAD_FRAME,
-    MAX_FRAME,
-    RESIZE,
     SAFE_PATH,
-    SIGNAL,
-    SIGNALS,
-    STDERR,
     STDIN,
     STDOUT,
     Direction,
-    Frame,
     FrameDecoder,
-    decode_resize,
-    decode_signal,
     encode_frame,
     encode_resize,
     encode_signal,
@@ -50,145 +39,11 @@ from pstp.daemon.exec import (
     service_home,
     shell_handler,
 )
-from pstp.exceptions import ChannelError, FrameTooLarge, RemoteProtocolError
+from pstp.exceptions import ChannelError
 from pstp.wire.messages import ChannelCode
 from tests.helpers import PAIR_KEY, SERVER_ID, TIMEOUT, make_keyring
 
 PY = sys.executable
-
-# -- frames (sans-I/O) -----------------------------------------------------------------
-
-client_frames = st.one_of(
-    st.builds(lambda b: Frame(STDIN, b), st.binary(max_size=300)),
-    st.builds(
-        lambda r, c: Frame(RESIZE, encode_resize(r, c)[5:]),
-        st.integers(0, 0xFFFF),
-        st.integers(0, 0xFFFF),
-    ),
-    st.builds(lambda i: Frame(SIGNAL, bytes([i])), st.integers(0, len(SIGNALS) - 1)),
-)
-server_frames = st.builds(Frame, st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300))
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    """``data`` cut at the given offsets (taken modulo its length)."""
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points)]
-
-
-@given(st.lists(client_frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=10))
-def test_client_frames_round_trip_in_any_split(frames: list[Frame], cuts: list[int]) -> None:
-    """Encoded client frames decode to the same frames however the bytes are split."""
-    wire = b"".join(encode_frame(f.type, f.payload) for f in frames)
-    decoder = FrameDecoder(Direction.TO_SERVER)
-    got = [f for piece in split(wire, cuts) for f in decoder.feed(piece)]
-    decoder.eof()
-    assert got == frames
-    assert decoder.pending == 0
-
-
-@given(st.lists(server_frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=10))
-def test_server_frames_round_trip_on_both_decoders(frames: list[Frame], cuts: list[int]) -> None:
-    """Server frames decode identically with the daemon's and the client's decoders."""
-    wire = b"".join(encode_frame(f.type, f.payload) for f in frames)
-    ours, theirs = FrameDecoder(Direction.TO_CLIENT), remote.FrameDecoder()
-    got = [f for piece in split(wire, cuts) for f in ours.feed(piece)]
-    got_remote = [f for piece in split(wire, cuts) for f in theirs.feed(piece)]
-    assert got == frames
-    assert [(f.type, f.payload) for f in got_remote] == [(f.type, f.payload) for f in frames]
-
-
-def outcome(decoder: FrameDecoder | remote.FrameDecoder, data: bytes) -> object:
-    """What feeding ``data`` then EOF gives: the frames, or the error class."""
-    try:
-        frames = [(f.type, f.payload) for f in decoder.feed(data)]
-        decoder.eof()
-    except RemoteProtocolError as exc:
-        return type(exc)
-    return frames
-
-
-@given(st.binary(max_size=200), st.sampled_from(list(Direction)))
-def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes, direction: Direction) -> None:
-    """Any input gives frames or a RemoteProtocolError, never another exception."""
-    outcome(FrameDecoder(direction), data)
-    outcome(remote.FrameDecoder(), data)
-
-
-@given(st.binary(max_size=200))
-def test_client_decoder_mirrors_the_daemons(data: bytes) -> None:
-    """The client's copy of the decoder behaves exactly like the daemon's (TO_CLIENT)."""
-    assert outcome(FrameDecoder(Direction.TO_CLIENT), data) == outcome(remote.FrameDecoder(), data)
-
-
-@given(st.binary(min_size=1, max_size=64))
-def test_bytes_after_a_bad_frame_never_parse(tail: bytes) -> None:
-    """After an error the decoder stays failed, whatever follows."""
-    decoder = FrameDecoder(Direction.TO_SERVER)
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(b"\x07\x00\x00\x00\x00")
-    with pytest.raises(RemoteProtocolError):
-        decoder.feed(tail)
-    with pytest.raises(RemoteProtocolError):
-        decoder.eof()
-
-
-def test_oversized_frame_is_refused_from_its_header_alone() -> None:
-    """A length above 1 MiB fails on the 5-byte header; exactly 1 MiB is fine."""
-    with pytest.raises(FrameTooLarge):
-        FrameDecoder().feed(bytes([STDIN]) + (MAX_FRAME + 1).to_bytes(4, "big"))
-    with pytest.raises(FrameTooLarge):
-        remote.FrameDecoder().feed(bytes([STDOUT]) + (2**32 - 1).to_bytes(4, "big"))
-    big = encode_frame(STDIN, bytes(MAX_FRAME))
-    assert FrameDecoder().feed(big) == [Frame(STDIN, bytes(MAX_FRAME))]
-    with pytest.raises(ValueError):
-        encode_frame(STDIN, bytes(MAX_FRAME + 1))
-    with pytest.raises(ValueError):
-        encode_frame(256)
-
-
-@pytest.mark.parametrize(
-    ("direction", "data"),
-    [
-        (Direction.TO_SERVER, b"\x03\x00\x00\x00\x00"),  # unknown type
-        (Direction.TO_CLIENT, b"\x02\x00\x00\x00\x00"),  # SIGNAL is client → server only
-        (Direction.TO_SERVER, b"\x01\x00\x00\x00\x03abc"),  # RESIZE not 4 bytes
-        (Direction.TO_SERVER, b"\x02\x00\x00\x00\x01\x08"),  # no signal 8
-        (Direction.TO_SERVER, b"\x02\x00\x00\x00\x02\x00\x00"),  # SIGNAL not 1 byte
-    ],
-)
-def test_malformed_frames_are_rejected(direction: Direction, data: bytes) -> None:
-    """Unknown types and malformed RESIZE/SIGNAL payloads raise RemoteProtocolError."""
-    with pytest.raises(RemoteProtocolError):
-        FrameDecoder(direction).feed(data)
-
-
-def test_eof_inside_a_frame_is_an_error() -> None:
-    """A stream that ends mid-frame fails at eof(); the pending bytes are counted."""
-    decoder = FrameDecoder()
-    assert decoder.feed(b"\x00\x00\x00\x00\x05ab") == []
-    assert decoder.pending == 7
-    with pytest.raises(RemoteProtocolError):
-        decoder.eof()
-
-
-def test_signal_and_resize_codecs() -> None:
-    """SIGNAL and RESIZE encode per the table, both sides agree, and bad values are refused."""
-    assert SIGNALS == remote.SIGNALS
-    assert encode_signal("SIGTERM") == remote.encode_signal("term") == b"\x02\x00\x00\x00\x01\x01"
-    assert decode_signal(b"\x07") == "WINCH"
-    assert (
-        encode_resize(40, 100)
-        == remote.encode_resize(40, 100)
-        == b"\x01\x00\x00\x00\x04\x00\x28\x00\x64"
-    )
-    assert decode_resize(encode_resize(40, 100)[5:]) == (40, 100)
-    for bad in (lambda m: m.encode_signal("STOP"), lambda m: m.encode_resize(70000, 1)):
-        for module in (sys.modules["pstp.daemon.exec"], remote):
-            with pytest.raises(ValueError):
-                bad(module)
-    with pytest.raises(ValueError):
-        remote.encode_frame(-1)
 
 
 def test_exit_status_is_shell_style() -> None:
@@ -204,18 +59,51 @@ def test_exit_status_is_shell_style() -> None:
 
 
 @contextlib.asynccontextmanager
-async def session() -> AsyncIterator[Session]:
-    """A session to a server on loopback serving exec, shell (/bin/sh) and login-shell."""
-    handlers = {
-        "exec": exec_handler,
-        "shell": make_shell_handler("/bin/sh"),
-        "login-shell": shell_handler,
-    }
+async def serving(handlers: Mapping[str, ChannelHandler]) -> AsyncIterator[Session]:
+    """A session to a loopback server; on exit, first wait for its handlers to finish.
+
+    Ending the session cancels handlers still running; waiting first lets each
+    finish cleaning up after its process, as it would in a long-lived daemon.
+    """
+    running: set[asyncio.Task[object]] = set()
+
+    def track(handler: ChannelHandler) -> ChannelHandler:
+        async def run(ch: Channel) -> int | None:
+            task = asyncio.current_task()
+            assert task is not None
+            running.add(task)
+            try:
+                return await handler(ch)
+            finally:
+                running.discard(task)
+
+        return run
+
     server = await serve(
-        None, "127.0.0.1", 0, keyring=make_keyring(), own_id=SERVER_ID, handlers=handlers
+        None,
+        "127.0.0.1",
+        0,
+        keyring=make_keyring(),
+        own_id=SERVER_ID,
+        handlers={kind: track(h) for kind, h in handlers.items()},
     )
     async with server, await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
         yield s
+        for _ in range(int(TIMEOUT * 100)):
+            if not running:
+                break
+            await asyncio.sleep(0.01)
+
+
+def session() -> contextlib.AbstractAsyncContextManager[Session]:
+    """A session to a server serving exec, shell (/bin/sh) and login-shell."""
+    return serving(
+        {
+            "exec": exec_handler,
+            "shell": make_shell_handler("/bin/sh"),
+            "login-shell": shell_handler,
+        }
+    )
 
 
 async def run(s: Session, argv: list[str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
@@ -315,7 +203,14 @@ async def test_missing_command_is_127_with_a_clear_reason() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"argv": []}, {"argv": "ls"}, {"argv": [""]}, {"argv": ["ls"], "reason": 3}],
+    [
+        {},
+        {"argv": []},
+        {"argv": "ls"},
+        {"argv": [""]},
+        {"argv": ["ls"], "reason": 3},
+        {"argv": ["echo", "a\x00b"]},
+    ],
 )
 async def test_bad_exec_params_close_with_an_error(params: dict[str, object]) -> None:
     """Missing or ill-typed params close the channel with APPLICATION_ERROR 'bad params'."""

@@ -1,9 +1,7 @@
 """Client side of remote commands: ``exec``, ``shell`` and ``action`` channels.
 
-The stream frames and error reasons are specified in :mod:`pstp.daemon.exec`.
-The client and the daemon are independent layers (neither imports the
-other), so the small codec is repeated here; ``tests/daemon/test_exec.py``
-checks that both decode every input identically.
+The stream frames and error reasons are in :mod:`pstp.protocol.streams`,
+shared with the daemon (docs/protocol.md §17).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import inspect
 import os
 import select
 import signal
-import struct
 import termios
 import tty
 from collections.abc import (
@@ -25,11 +22,24 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass
 from typing import Any
 
 from pstp.asyncio.connection import Channel, Session
-from pstp.exceptions import ChannelError, FrameTooLarge, PstpError, RemoteProtocolError
+from pstp.exceptions import ChannelError, PstpError
+from pstp.protocol.streams import (
+    EXIT_REMOTE_FAILURE,
+    MAX_FRAME,
+    SIGNALS,
+    STDIN,
+    STDOUT,
+    Direction,
+    Frame,
+    FrameDecoder,
+    encode_frame,
+    encode_resize,
+    encode_signal,
+    status_for_error,
+)
 from pstp.wire.messages import ChannelCode, ParamValue
 
 __all__ = [
@@ -49,138 +59,10 @@ __all__ = [
     "status_for_error",
 ]
 
-#: Client → server frame types.
-STDIN, RESIZE, SIGNAL = 0x00, 0x01, 0x02
-#: Server → client frame types.
-STDOUT, STDERR = 0x00, 0x01
-#: Largest payload a frame may carry.
-MAX_FRAME = 1 << 20
 _CHUNK = 64 * 1024
-_HEADER = struct.Struct(">BI")
-_HEADER_LEN = _HEADER.size
-#: SIGNAL frame payload index → signal name (the table of pstp.daemon.exec).
-SIGNALS: tuple[str, ...] = ("INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "WINCH")
-#: Status reported when the remote side failed without one (as ssh does).
-EXIT_REMOTE_FAILURE = 255
-#: CLOSE reason prefixes that stand for a shell's status (pstp.daemon.exec).
-_ERROR_STATUS = (("command not found", 127), ("no such action", 127), ("cannot execute", 126))
 
 #: Receives output bytes; may return an awaitable (then it is awaited).
 Output = Callable[[bytes], object]
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One server → client stream frame (type STDOUT 0 or STDERR 1)."""
-
-    type: int
-    payload: bytes
-
-
-def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
-    """Serialize one frame: ``type u8 | length u32 | payload``.
-
-    Raises:
-        ValueError: the type is not a byte or the payload is longer than 1 MiB.
-    """
-    if not 0 <= frame_type <= 0xFF:
-        raise ValueError(f"frame type {frame_type} is not a byte")
-    if len(payload) > MAX_FRAME:
-        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(frame_type, len(payload)) + bytes(payload)
-
-
-def encode_resize(rows: int, cols: int) -> bytes:
-    """A whole RESIZE frame.
-
-    Raises:
-        ValueError: rows or cols is not in 0..65535.
-    """
-    if not (0 <= rows <= 0xFFFF and 0 <= cols <= 0xFFFF):
-        raise ValueError(f"window size {rows}x{cols} out of range")
-    return encode_frame(RESIZE, struct.pack(">HH", rows, cols))
-
-
-def encode_signal(name: str) -> bytes:
-    """A whole SIGNAL frame for ``name`` (``"TERM"`` or ``"SIGTERM"``).
-
-    Raises:
-        ValueError: the signal is not in :data:`SIGNALS`.
-    """
-    name = name.upper().removeprefix("SIG")
-    if name not in SIGNALS:
-        raise ValueError(f"signal {name!r} cannot be sent (one of {', '.join(SIGNALS)})")
-    return encode_frame(SIGNAL, bytes([SIGNALS.index(name)]))
-
-
-class FrameDecoder:
-    """Sans-I/O parser for server → client stream frames.
-
-    Args:
-        max_payload: the largest payload accepted.
-
-    After an error the decoder stays failed: every later call raises again.
-    """
-
-    def __init__(self, max_payload: int = MAX_FRAME) -> None:
-        self.max_payload = max_payload
-        self._buf = bytearray()
-        self._failed: RemoteProtocolError | None = None
-
-    @property
-    def pending(self) -> int:
-        """Bytes buffered that do not yet make a whole frame."""
-        return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Add received bytes; return every frame they complete, in order.
-
-        Raises:
-            FrameTooLarge: a header announced more than ``max_payload`` bytes.
-            RemoteProtocolError: an unknown frame type.
-        """
-        if self._failed is not None:
-            raise RemoteProtocolError("stream frame decoder failed earlier") from self._failed
-        self._buf += data
-        frames: list[Frame] = []
-        try:
-            while len(self._buf) >= _HEADER_LEN:
-                frame_type, length = _HEADER.unpack_from(self._buf)
-                if frame_type not in (STDOUT, STDERR):
-                    raise RemoteProtocolError(f"unknown stream frame type {frame_type:#04x}")
-                if length > self.max_payload:
-                    raise FrameTooLarge(f"stream frame of {length} bytes (max {self.max_payload})")
-                end = _HEADER_LEN + length
-                if len(self._buf) < end:
-                    break
-                frames.append(Frame(frame_type, bytes(self._buf[_HEADER_LEN:end])))
-                del self._buf[:end]
-        except RemoteProtocolError as exc:
-            self._failed = exc
-            self._buf.clear()
-            raise
-        return frames
-
-    def eof(self) -> None:
-        """The stream ended; check that it did not end inside a frame.
-
-        Raises:
-            RemoteProtocolError: bytes of an incomplete frame remain, or the
-                decoder failed earlier.
-        """
-        if self._failed is not None:
-            raise RemoteProtocolError("stream frame decoder failed earlier") from self._failed
-        if self._buf:
-            self._failed = RemoteProtocolError(f"stream ended inside a frame ({self.pending} B)")
-            raise self._failed
-
-
-def status_for_error(reason: str) -> int:
-    """The shell-style status for a command the server could not run (from its CLOSE reason)."""
-    for prefix, status in _ERROR_STATUS:
-        if reason.startswith(prefix):
-            return status
-    return EXIT_REMOTE_FAILURE
 
 
 class _FrameSender:
@@ -281,7 +163,7 @@ async def _drive(
     """Stream stdin out and output in until the server closes the channel."""
     sender = sender or _FrameSender(channel)
     feeding = asyncio.ensure_future(_send_stdin(sender, stdin))
-    decoder = FrameDecoder()
+    decoder = FrameDecoder(Direction.TO_CLIENT)
     try:
         try:
             while data := await channel.read():

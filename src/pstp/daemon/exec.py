@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import fcntl
 import logging
@@ -109,15 +108,39 @@ import re
 import signal
 import struct
 import termios
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
-from pstp.exceptions import FrameTooLarge, PstpError, RemoteProtocolError
+from pstp.exceptions import PstpError, RemoteProtocolError
+from pstp.protocol.streams import (
+    ACTION_FAILED,
+    BAD_FRAME,
+    BAD_PARAMS,
+    CANNOT_EXECUTE,
+    FRAME_HEADER_LEN,
+    MAX_FRAME,
+    NO_SUCH_ACTION,
+    NOT_FOUND,
+    RESIZE,
+    SIGNAL,
+    SIGNALS,
+    STDERR,
+    STDIN,
+    STDOUT,
+    Direction,
+    Frame,
+    FrameDecoder,
+    decode_resize,
+    decode_signal,
+    encode_frame,
+    encode_resize,
+    encode_signal,
+)
 from pstp.wire.messages import ChannelCode
 
 __all__ = [
+    "ACTION_FAILED",
     "BAD_FRAME",
     "BAD_PARAMS",
     "CANNOT_EXECUTE",
@@ -155,30 +178,12 @@ __all__ = [
 
 _log = logging.getLogger("pstp.daemon.exec")
 
-#: Client → server frame types.
-STDIN, RESIZE, SIGNAL = 0x00, 0x01, 0x02
-#: Server → client frame types.
-STDOUT, STDERR = 0x00, 0x01
-#: Largest payload a frame may carry.
-MAX_FRAME = 1 << 20
 #: Largest payload we write, and how much we read from a pipe or terminal at once.
 CHUNK = 64 * 1024
-#: ``type u8 | length u32``.
-FRAME_HEADER_LEN = 5
-_HEADER = struct.Struct(">BI")
-_RESIZE = struct.Struct(">HH")
-#: SIGNAL frame payload index → signal name (without the ``SIG`` prefix).
-SIGNALS: tuple[str, ...] = ("INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "WINCH")
 
 #: PATH given to every command.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: CLOSE reason prefixes when nothing could be run (see the table above).
-NOT_FOUND = "command not found"
-NO_SUCH_ACTION = "no such action"
-CANNOT_EXECUTE = "cannot execute"
-BAD_PARAMS = "bad params"
-BAD_FRAME = "bad stream frame"
 #: Status of a command stopped by its timeout, as ``timeout(1)`` reports it.
 TIMEOUT_STATUS = 124
 
@@ -186,160 +191,6 @@ _REASON_MAX = 200  # characters, docs/protocol.md §14.4
 _LOCALE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _TERM_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 _KILL_GRACE = 2.0  # seconds to wait for output after the process is gone
-
-
-class Direction(enum.Enum):
-    """Which way frames travel (the frame types differ)."""
-
-    TO_SERVER = "to_server"
-    TO_CLIENT = "to_client"
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One stream frame.
-
-    Attributes:
-        type: the frame type (its meaning depends on the direction).
-        payload: the frame's bytes.
-    """
-
-    type: int
-    payload: bytes
-
-
-def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
-    """Serialize one frame.
-
-    Raises:
-        ValueError: the type is not a byte or the payload is longer than 1 MiB.
-    """
-    if not 0 <= frame_type <= 0xFF:
-        raise ValueError(f"frame type {frame_type} is not a byte")
-    if len(payload) > MAX_FRAME:
-        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(frame_type, len(payload)) + bytes(payload)
-
-
-def encode_resize(rows: int, cols: int) -> bytes:
-    """A whole RESIZE frame.
-
-    Raises:
-        ValueError: rows or cols is not in 0..65535.
-    """
-    if not (0 <= rows <= 0xFFFF and 0 <= cols <= 0xFFFF):
-        raise ValueError(f"window size {rows}x{cols} out of range")
-    return encode_frame(RESIZE, _RESIZE.pack(rows, cols))
-
-
-def encode_signal(name: str) -> bytes:
-    """A whole SIGNAL frame for ``name`` (e.g. ``"TERM"`` or ``"SIGTERM"``).
-
-    Raises:
-        ValueError: the signal is not in :data:`SIGNALS`.
-    """
-    name = name.upper().removeprefix("SIG")
-    if name not in SIGNALS:
-        raise ValueError(f"signal {name!r} cannot be sent (one of {', '.join(SIGNALS)})")
-    return encode_frame(SIGNAL, bytes([SIGNALS.index(name)]))
-
-
-def decode_resize(payload: bytes) -> tuple[int, int]:
-    """``(rows, cols)`` from a RESIZE payload.
-
-    Raises:
-        RemoteProtocolError: not exactly 4 bytes.
-    """
-    if len(payload) != _RESIZE.size:
-        raise RemoteProtocolError(f"RESIZE payload must be 4 bytes, not {len(payload)}")
-    rows, cols = _RESIZE.unpack(payload)
-    return int(rows), int(cols)
-
-
-def decode_signal(payload: bytes) -> str:
-    """The signal name a SIGNAL payload stands for.
-
-    Raises:
-        RemoteProtocolError: not exactly 1 byte, or no such table entry.
-    """
-    if len(payload) != 1 or payload[0] >= len(SIGNALS):
-        raise RemoteProtocolError("SIGNAL payload must be 1 byte naming a table entry")
-    return SIGNALS[payload[0]]
-
-
-class FrameDecoder:
-    """Sans-I/O parser for stream frames: feed bytes, get whole frames.
-
-    Args:
-        direction: which way the frames travel; decides the legal types, and
-            whether RESIZE and SIGNAL payloads are checked.
-        max_payload: the largest payload accepted.
-
-    After an error the decoder stays failed: every later call raises again.
-    """
-
-    def __init__(self, direction: Direction = Direction.TO_SERVER, max_payload: int = MAX_FRAME):
-        self.direction = direction
-        self.max_payload = max_payload
-        self._types: Collection[int] = (
-            (STDIN, RESIZE, SIGNAL) if direction is Direction.TO_SERVER else (STDOUT, STDERR)
-        )
-        self._buf = bytearray()
-        self._failed: RemoteProtocolError | None = None
-
-    @property
-    def pending(self) -> int:
-        """Bytes buffered that do not yet make a whole frame."""
-        return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Add received bytes; return every frame they complete, in order.
-
-        Raises:
-            FrameTooLarge: a header announced more than ``max_payload`` bytes.
-            RemoteProtocolError: an unknown type or a malformed RESIZE/SIGNAL.
-        """
-        if self._failed is not None:
-            raise RemoteProtocolError("stream frame decoder failed earlier") from self._failed
-        self._buf += data
-        frames: list[Frame] = []
-        try:
-            while len(self._buf) >= FRAME_HEADER_LEN:
-                frame_type, length = _HEADER.unpack_from(self._buf)
-                # Judge the header before waiting for (and buffering) the payload.
-                if frame_type not in self._types:
-                    raise RemoteProtocolError(f"unknown stream frame type {frame_type:#04x}")
-                if length > self.max_payload:
-                    raise FrameTooLarge(f"stream frame of {length} bytes (max {self.max_payload})")
-                end = FRAME_HEADER_LEN + length
-                if len(self._buf) < end:
-                    break
-                frame = Frame(frame_type, bytes(self._buf[FRAME_HEADER_LEN:end]))
-                del self._buf[:end]
-                if self.direction is Direction.TO_SERVER:
-                    if frame_type == RESIZE:
-                        decode_resize(frame.payload)
-                    elif frame_type == SIGNAL:
-                        decode_signal(frame.payload)
-                frames.append(frame)
-        except RemoteProtocolError as exc:
-            self._failed = exc
-            self._buf.clear()
-            raise
-        return frames
-
-    def eof(self) -> None:
-        """The stream ended; check that it did not end inside a frame.
-
-        Raises:
-            RemoteProtocolError: bytes of an incomplete frame remain, or the
-                decoder failed earlier.
-        """
-        if self._failed is not None:
-            raise RemoteProtocolError("stream frame decoder failed earlier") from self._failed
-        if self._buf:
-            self._failed = RemoteProtocolError(f"stream ended inside a frame ({self.pending} B)")
-            raise self._failed
 
 
 class FrameWriter:
@@ -555,6 +406,9 @@ async def run_process(
     except (FileNotFoundError, NotADirectoryError):
         await fail_channel(channel, f"{NOT_FOUND}: {argv[0]}", 127)
         return None
+    except ValueError:  # an embedded NUL: no execve can carry it
+        await fail_channel(channel, f"{BAD_PARAMS}: an argument contains a NUL character")
+        return None
     except OSError as exc:
         _log.info("cannot execute %r: %s", argv[0], exc)
         await fail_channel(channel, f"{CANNOT_EXECUTE}: {argv[0]}", 126)
@@ -607,17 +461,32 @@ async def run_process(
         await _finish(main, inputs)
         if proc.stdin is not None:
             proc.stdin.close()
-        # Read the pipes to their end and reap the process, so that its
-        # transports close now rather than whenever the loop gets to them.
+        await asyncio.shield(_reap(proc))
+
+
+#: Clean-ups that must finish even if the handler that started them is cancelled.
+_reaping: set[asyncio.Task[None]] = set()
+
+
+def _reap(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
+    """Read a killed process's pipes to their end and wait for it, in a task of its own.
+
+    Its transports then close now rather than whenever the loop gets to them,
+    and a handler cancelled meanwhile (its session ended) does not stop this.
+    """
+
+    async def settle() -> None:
         with contextlib.suppress(TimeoutError, OSError):
-            await asyncio.wait_for(_settle(proc), _KILL_GRACE)
+            async with asyncio.timeout(_KILL_GRACE):
+                for stream in (proc.stdout, proc.stderr):
+                    while stream is not None and await stream.read(CHUNK):
+                        pass
+                await proc.wait()
 
-
-async def _settle(proc: asyncio.subprocess.Process) -> None:
-    for stream in (proc.stdout, proc.stderr):
-        while stream is not None and await stream.read(CHUNK):
-            pass
-    await proc.wait()
+    task = asyncio.get_running_loop().create_task(settle())
+    _reaping.add(task)
+    task.add_done_callback(_reaping.discard)
+    return task
 
 
 def _check_reason(params: dict[str, object]) -> str | None:
@@ -862,6 +731,4 @@ async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
         _kill_group(proc.pid)
         await _finish(main, inputs)
         os.close(master)  # hangs up the terminal: the rest of the session gets SIGHUP
-        if proc.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), _KILL_GRACE)
+        await asyncio.shield(_reap(proc))
