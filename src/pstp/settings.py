@@ -40,6 +40,7 @@ __all__ = [
     "add_peer",
     "config_path",
     "create",
+    "format_address",
     "load",
     "parse_address",
     "remove_peer",
@@ -157,6 +158,11 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
     if not host or not 0 < port < 65536:
         raise ValueError(f"bad address {text!r}")
     return host, port
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 literal in brackets so :func:`parse_address` reads it back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _header(parts: list[str]) -> re.Pattern[str]:

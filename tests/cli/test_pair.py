@@ -170,3 +170,22 @@ def test_ping_of_an_unknown_peer_and_a_missing_config(
     assert "no peer 'nobody'" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "none.toml"), "ping", "x"]) == 78
     assert "none.toml" in capsys.readouterr().err
+
+
+def test_pairing_never_takes_over_an_existing_peer(two_devices: tuple[Path, Path, int]) -> None:
+    """A device pairing under the id of an existing peer is refused; the old key stays."""
+    from pstp.settings import add_peer
+
+    home, phone, port = two_devices
+    old_key = bytes(range(32))
+    add_peer(home, "phone", old_key, default_policy=True)
+    window, code = open_window(home, timeout=5.0)
+    try:
+        joined = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=code + "\n")
+        assert joined.returncode != 0
+        assert "exists" in joined.stderr or "refused" in joined.stderr
+        window.communicate(timeout=TIMEOUT * 4)
+    finally:
+        window.kill()
+    assert load(home).peers["phone"].key == old_key
+    assert "home" not in load(phone).peers

@@ -268,3 +268,45 @@ def test_peer_without_policy_gets_no_session(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+def test_max_sessions_cannot_be_bypassed(tmp_path: Path) -> None:
+    """With max_sessions = 1 a second session is refused before any of its channels run."""
+    port = free_port()
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(
+        f'[device]\nid = "home"\nlisten = ["127.0.0.1:{port}"]\ndiscovery = false\n'
+        f'[peers.phone]\nkey = "{PHONE.hex()}"\n'
+        f'[peers.phone.policy]\nexec = [["echo", "**"]]\nmax_sessions = 1\n'
+    )
+    os.chmod(cfg, 0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"], stdout=subprocess.PIPE, text=True, env=env_for(cfg)
+    )
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+
+        async def go() -> tuple[int, int]:
+            first = await _session(port, PHONE)
+            second = await _session(port, PHONE)
+            # The second session opens a channel at once, in the flight after its
+            # handshake: the daemon must have refused the session before it.
+            with pytest.raises((ChannelError, ConnectionClosed)):
+                await run_exec(second, ["echo", "sneaked in"])
+            ok = await run_exec(first, ["echo", "still here"])
+            await first.close()
+            third = await _session(port, PHONE)  # the slot is free again
+            status = await run_exec(third, ["echo", "third"])
+            await third.close()
+            return ok, status
+
+        assert asyncio.run(go()) == (0, 0)
+        rows = AuditLog(tmp_path / "audit.sqlite").list(kind="session")
+        assert [r.decision for r in rows] == ["deny"]
+        assert all(
+            r.args is None or "sneaked" not in str(r.args)
+            for r in AuditLog(tmp_path / "audit.sqlite").list(kind="exec")
+        )
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)

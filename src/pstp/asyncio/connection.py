@@ -20,7 +20,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
-from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError
+from pstp.exceptions import (
+    ChannelError,
+    ConnectionClosed,
+    ErrorCode,
+    PermissionDenied,
+    PstpError,
+)
 from pstp.protocol.connection import Connection, ConnectionState
 from pstp.protocol.events import (
     ChannelAccepted,
@@ -241,6 +247,9 @@ class SessionProtocol(asyncio.Protocol):
         handlers: channel kinds this side serves, and what runs for each.
         high_water: unread session DATA bytes above which socket reading pauses.
         authorize: asked before any channel the peer opens is accepted (policy).
+        admit: asked once, the moment the handshake completes and before any
+            channel opened in the same flight is looked at; a returned reason
+            closes the session with REFUSED (session policy: caps, windows).
     """
 
     def __init__(
@@ -250,9 +259,11 @@ class SessionProtocol(asyncio.Protocol):
         handlers: Mapping[str, ChannelHandler] | None = None,
         high_water: int = 1 << 20,
         authorize: Authorizer | None = None,
+        admit: Callable[[Connection], str | None] | None = None,
     ) -> None:
         self.conn = conn
         self.authorize = authorize
+        self.admit = admit
         #: "host:port" of the other end, once connected (for logs and audit).
         self.peer_address = "?"
         self.loop = asyncio.get_running_loop()
@@ -372,12 +383,18 @@ class SessionProtocol(asyncio.Protocol):
         elif isinstance(event, HeartbeatAcknowledged):
             self.last_rtt = event.rtt
         elif isinstance(event, HandshakeCompleted):
+            if self.admit is not None:
+                refusal = self.admit(self.conn)
+                if refusal is not None:
+                    self.conn.close(ErrorCode.REFUSED, refusal[:200])
             if not self.handshake.done():
                 self.handshake.set_result(None)
         elif isinstance(event, ConnectionTerminated):
             self._on_terminated(event)
 
     def _on_open_requested(self, event: ChannelOpenRequested) -> None:
+        if self.conn.state is not ConnectionState.ESTABLISHED:
+            return  # the session was refused or ended in this same batch of events
         handler = self.handlers.get(event.kind)
         if handler is None:
             self.conn.reject_channel(
@@ -403,6 +420,10 @@ class SessionProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             await ch.close(code=ChannelCode.GOING_AWAY, reason="shutting down")
             raise
+        except PermissionDenied as exc:
+            # A refusal's text is written for the peer (a policy reason), unlike
+            # other errors, whose text stays local (§9).
+            await ch.close(code=ChannelCode.REFUSED, reason=str(exc)[:200])
         except PstpError as exc:
             _log.info("channel %s (%s) ended: %s", ch.id, ch.kind, exc)
             await ch.close(code=ChannelCode.APPLICATION_ERROR)

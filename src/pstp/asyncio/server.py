@@ -71,6 +71,7 @@ async def serve(
     authorize: Authorizer | None = None,
     on_session: Callable[[Session], Callable[[], None] | None] | None = None,
     on_handshake_failed: Callable[[Connection, str], None] | None = None,
+    admit: Callable[[Connection], str | None] | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -95,6 +96,8 @@ async def serve(
             callable run when the session ends (for counting and cleanup).
         on_handshake_failed: called with the connection and the peer's address
             when a handshake fails (for the audit log); the peer learns nothing.
+        admit: decides each session the moment its handshake completes, before
+            any of its channels; a returned reason closes it with REFUSED.
 
     Raises:
         OSError: the address could not be bound.
@@ -140,7 +143,7 @@ async def serve(
             discovery_lookup=discovery_lookup,
             pake=pake,
         )
-        proto = SessionProtocol(conn, handlers=handlers, authorize=authorize)
+        proto = SessionProtocol(conn, handlers=handlers, authorize=authorize, admit=admit)
         task = loop.create_task(run(proto))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

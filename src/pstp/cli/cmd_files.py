@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pstp.cli.common import load_settings, run
 from pstp.cli.main import Console
-from pstp.exceptions import ChannelError, TransferFailed
+from pstp.exceptions import ChannelError, PstpError, TransferFailed
 
 if TYPE_CHECKING:
     from pstp.asyncio.connection import Session
@@ -139,6 +139,10 @@ def _transfer(
         return _failed(args, console, str(exc))
     except ChannelError as exc:
         return _failed(args, console, f"refused by {args.peer}: {exc.reason or exc}")
+    except (PstpError, OSError) as exc:  # reported by pstp's error mapping (exit code)
+        if args.json:
+            console.print(json.dumps({"ok": False, "error": str(exc)}, ensure_ascii=False))
+        raise
     if args.json:
         console.print(json.dumps(summary.as_dict(), ensure_ascii=False))
     else:

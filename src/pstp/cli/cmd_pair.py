@@ -63,7 +63,10 @@ def _allow(args: argparse.Namespace, console: Console) -> int:
             await daemon.close()
         if peer is None:
             v = window.verifier
-            why = "20 wrong codes" if v.closed else "timeout"
+            if v.successes:
+                why = "the code was right but the pairing exchange did not complete"
+            else:
+                why = "20 wrong codes" if v.closed else "timeout"
             console.error(f"pairing window closed without pairing ({why}, {v.failures} failed)")
             return 1
         console.print(f"paired with {peer!r}; its key is stored in {settings.path}")
@@ -102,8 +105,8 @@ def _read_code(console: Console) -> str:
 def _print_qr(uri: str, console: Console) -> None:
     try:
         import segno
-    except ImportError:  # optional: `pip install 'pstp[qr]'`
-        console.print(f"(install segno for a QR code) {uri}")
+    except ImportError:  # a dependency, but the QR code is a convenience: degrade
+        console.print(uri)
         return
     segno.make(uri, error="m").terminal(out=console.out, compact=True)
 

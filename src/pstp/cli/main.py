@@ -20,6 +20,7 @@ EXIT_USAGE = 2
 EXIT_PROTOCOL = 3
 EXIT_CONNECTION = 4
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
+EXIT_REMOTE = 255  # a refusal or failure on the remote side, as ssh reports its own errors
 EXIT_INTERRUPTED = 130
 
 
@@ -358,7 +359,13 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 
 def _report(exc: Exception, console: Console) -> int:
-    from pstp.exceptions import ConnectionClosed, HandshakeFailed, ProtocolError, PstpError
+    from pstp.exceptions import (
+        ChannelError,
+        ConnectionClosed,
+        HandshakeFailed,
+        ProtocolError,
+        PstpError,
+    )
     from pstp.settings import ConfigError
 
     if isinstance(exc, ConfigError):
@@ -370,6 +377,10 @@ def _report(exc: Exception, console: Console) -> int:
     if isinstance(exc, ProtocolError):
         console.error(f"protocol error: {exc}")
         return EXIT_PROTOCOL
+    if isinstance(exc, ChannelError):
+        # Like ssh's own failures: 255, never a number a remote command could return.
+        console.error(f"refused: {exc.reason}" if exc.reason else str(exc))
+        return EXIT_REMOTE
     if isinstance(exc, ConnectionClosed):
         console.error(str(exc))
         return EXIT_CONNECTION

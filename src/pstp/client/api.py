@@ -14,11 +14,18 @@ import msgspec
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
-from pstp.exceptions import HandshakeFailed, PstpError
+from pstp.exceptions import HandshakeFailed, PermissionDenied, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import PeerKey
 from pstp.protocol.pake import PAIR_CHANNEL, PAIR_KEY_LABEL, PairHello, PakeProver
-from pstp.settings import DEFAULT_PORT, Settings, add_peer, parse_address, set_peer_address
+from pstp.settings import (
+    DEFAULT_PORT,
+    Settings,
+    add_peer,
+    format_address,
+    parse_address,
+    set_peer_address,
+)
 
 __all__ = ["PeerNotFound", "connect_peer", "pair_with"]
 
@@ -94,7 +101,7 @@ async def connect_peer(
             tried.append(f"{dev.host}:{dev.port} ({exc})")
             failure = exc
             continue
-        _remember(settings, peer_id, f"{dev.host}:{dev.port}")
+        _remember(settings, peer_id, format_address(dev.host, dev.port))
         return session
     if isinstance(failure, HandshakeFailed):
         raise failure
@@ -133,8 +140,19 @@ async def pair_with(
         peer_id = session.peer_id
         if theirs.device_id != peer_id:
             raise HandshakeFailed("the device named itself differently in the handshake")
+        if peer_id in settings.peers:
+            raise PermissionDenied(
+                f"a peer named {peer_id!r} is already configured; remove it first "
+                f"(pstp device remove {peer_id})"
+            )
+        if theirs.port is not None and not 0 < theirs.port < 65536:
+            raise HandshakeFailed("the device sent an invalid port")
         key = session.connection.export_secret(PAIR_KEY_LABEL)
     add_peer(
-        settings.path, peer_id, key, address=f"{host}:{theirs.port or port}", default_policy=True
+        settings.path,
+        peer_id,
+        key,
+        address=format_address(host, theirs.port or port),
+        default_policy=True,
     )
     return peer_id

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.daemon.exec import (
+    ACTION_FAILED,
     BAD_PARAMS,
     NO_SUCH_ACTION,
     STDOUT,
@@ -277,11 +278,19 @@ def raw_args(channel: Channel) -> dict[str, object]:
     return {k[4:]: v for k, v in channel.params.items() if k.startswith("arg.") and len(k) > 4}
 
 
+def _status(value: int) -> int:
+    # An exit status is a byte, as for a process: anything else would not fit the
+    # CLOSE message (§14.4) and must not end the peer's session.
+    if not 0 <= value <= 255:
+        raise TypeError(f"an action returned status {value}, not 0..255")
+    return value
+
+
 def _result(value: object) -> tuple[int, bytes]:
     if value is None:
         return 0, b""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value, b""
+        return _status(value), b""
     if (
         isinstance(value, tuple)
         and len(value) == 2
@@ -289,7 +298,7 @@ def _result(value: object) -> tuple[int, bytes]:
         and not isinstance(value[0], bool)
         and isinstance(value[1], (bytes, bytearray))
     ):
-        return value[0], bytes(value[1])
+        return _status(value[0]), bytes(value[1])
     raise TypeError(f"an action returned {type(value).__name__}, not int or (int, bytes)")
 
 
@@ -300,7 +309,7 @@ async def _run_callable(
         func = resolve_callable(spec)
     except (ImportError, AttributeError, TypeError):
         _log.exception("action %r: cannot load %s", spec.name, spec.call)
-        await fail_channel(channel, "action failed")
+        await fail_channel(channel, ACTION_FAILED)
         return None
     writer = FrameWriter(channel, spec.max_output)
 
@@ -319,14 +328,14 @@ async def _run_callable(
     except TimeoutError:
         if not deadline.expired():
             _log.exception("action %r failed", spec.name)
-            await fail_channel(channel, "action failed")
+            await fail_channel(channel, ACTION_FAILED)
             return None
         await writer.note(f"pstp: timed out after {spec.timeout:g} s\n")
         return TIMEOUT_STATUS
     except Exception:
         # The exception's text stays here: it may say things the peer must not see.
         _log.exception("action %r failed", spec.name)
-        await fail_channel(channel, "action failed")
+        await fail_channel(channel, ACTION_FAILED)
         return None
     if output:
         await writer.send(STDOUT, output)

@@ -111,6 +111,7 @@ class Daemon:
     sessions: dict[str, set[Session]] = field(default_factory=dict)
     suppressed_auth_failures: int = 0
     mdns: list[Advertisement] = field(default_factory=list)
+    _admitted: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for peer in self.settings.peers.values():
@@ -144,14 +145,13 @@ class Daemon:
             self.suppressed_auth_failures += 1
             return
         self._auth_tokens -= 1
-        method = "pake" if conn.via_pake or conn.state.name.startswith("SERVER_EXPECT_") else ""
         detail = str(conn.close_exc or "connection closed during the handshake")
         self._record(
             "auth",
             conn.peer_id or "?",
             "fail",
             detail=f"{peer_address}: {detail}",
-            result={"suppressed_before": self.suppressed_auth_failures, "method": method},
+            result={"suppressed_before": self.suppressed_auth_failures},
         )
         self.suppressed_auth_failures = 0
 
@@ -162,11 +162,11 @@ class Daemon:
         self.keyring.add(peer_id, key)
         self._record("pairing", peer_id, "ok", detail="pair key installed")
 
-    def _on_session(self, session: Session) -> Callable[[], None] | None:
-        conn = session.connection
-        peer = session.peer_id
+    def _admit(self, conn: Connection) -> str | None:
+        """Decide a session as its handshake completes (before any of its channels)."""
+        peer = conn.peer_id or "?"
         method = "pake" if conn.via_pake else "psk"
-        self._record("auth", peer, "ok", result={"method": method, "session": session.session_id})
+        self._record("auth", peer, "ok", result={"method": method, "session": conn.session_id})
         if conn.via_pake:
             return None  # a pairing session: only the pair channel is open to it
         decision = self.policy.admit(
@@ -176,14 +176,20 @@ class Daemon:
             decision = self.policy.session_opened(peer)
         if not decision.allowed:
             self._record("session", peer, "deny", detail=f"{decision.rule}: {decision.reason}")
-            asyncio.get_running_loop().create_task(
-                session.close(ErrorCode.REFUSED, decision.reason[:200])
-            )
-            return None
+            return decision.reason
+        self._admitted.add(id(conn))
+        return None
+
+    def _on_session(self, session: Session) -> Callable[[], None] | None:
+        conn = session.connection
+        if id(conn) not in self._admitted:
+            return None  # refused by _admit, or a pairing session
+        peer = session.peer_id
         self.sessions.setdefault(peer, set()).add(session)
-        _log.info("session with %s established (%s)", peer, method)
+        _log.info("session with %s established", peer)
 
         def done() -> None:
+            self._admitted.discard(id(conn))
             self.policy.session_closed(peer)
             live = self.sessions.get(peer)
             if live is not None:
@@ -203,6 +209,8 @@ class Daemon:
             return None if conn.via_pake else "pairing happens only in a pairing session"
         if conn.via_pake:
             return "a pairing session may only pair"
+        if id(conn) not in self._admitted:
+            return "the session was not admitted"  # defence in depth: _admit runs first
         request = _request(kind, params)
         if request is None:
             return None  # ping, and kinds nobody serves (rejected as unknown)
@@ -238,7 +246,7 @@ class Daemon:
             failed = True
             try:
                 status = await handler(ch)
-                failed = status not in (0, None)
+                failed = status != 0  # None: it never ran (refused params, bad frames...)
                 return status
             finally:
                 self._record(
@@ -300,6 +308,7 @@ class Daemon:
                 authorize=self.authorize,
                 on_session=self._on_session,
                 on_handshake_failed=self._auth_failed,
+                admit=self._admit,
             )
             self.servers.append(server)
             _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
@@ -355,6 +364,13 @@ class Daemon:
         assert self.pairing is not None
         window = self.pairing
         while window.paired_with is None and window.is_open(time.monotonic()):
+            await asyncio.sleep(poll)
+        # The window closes the moment the code is proven; the pair channel that
+        # follows may take a little longer.  Wait for it (bounded) before giving up.
+        deadline = time.monotonic() + self.config.handshake_timeout
+        while (
+            window.paired_with is None and window.verifier.successes and time.monotonic() < deadline
+        ):
             await asyncio.sleep(poll)
         # Give the pair channel's reply a moment to leave before sessions end.
         await asyncio.sleep(poll)

@@ -143,11 +143,13 @@ with ``flock``; long names use ``.pstp-<hash>.pstp-part``), beside a sidecar
     "PSTPMETA" | length u16 | [size, mtime_ns, chunk_size, boot_id] | d_0 | d_1 | ...
 
 to which each chunk's digest is appended once the chunk is written and
-verified.  Completion: ``fsync`` the part, set mode and mtime, rename it to
-the final name (without ``force``: ``link`` + ``unlink``, so an existing file
-is never replaced), remove the sidecar, and ``fsync`` each directory
-touched before SUMMARY.  A file never appears under its final name
-incomplete.
+verified.  Each chunk's writeback starts as soon as it is written
+(``POSIX_FADV_DONTNEED`` on dirty pages), so the disk works during the
+transfer rather than all at the final ``fsync``.  Completion: ``fsync`` the
+part, set mode and mtime, rename it to the final name (without ``force``:
+``link`` + ``unlink``, so an existing file is never replaced), remove the
+sidecar, and ``fsync`` each directory touched before SUMMARY.  A file never
+appears under its final name incomplete.
 
 On the next transfer of the same entry the receiver offers the verified
 prefix if the sidecar's size, mtime and chunk size match the new entry;
@@ -167,8 +169,14 @@ root), device files, FIFOs and sockets are refused, and each entry of a
 put is checked against the policy again (a read-only root nested in a
 writable one stays read-only).  Refusals are written to the audit log.
 
-The handler's exit status is 0 when every entry went through and 1
-otherwise (partly failed, or ended by ERROR).
+Order and end
+-------------
+
+The sender sends no FILE before PLAN_END, and the receiver no PLAN before
+ENTRIES_END; FILE_OK and FILE_FAILED may come while later files are being
+sent.  A sender reports success only after SUMMARY; the daemon then ends
+the channel with CLOSE and its exit status: 0 when every entry went
+through, 1 otherwise (some entries failed, or ERROR ended the transfer).
 """
 
 from __future__ import annotations
@@ -295,6 +303,10 @@ _Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
 _Time = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 _Digest = Annotated[bytes, msgspec.Meta(min_length=DIGEST_SIZE, max_length=DIGEST_SIZE)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_ERROR)]
+
+
+#: The offer a sender never accepts for an entry kind (a file is not a DIR, and so on).
+_WRONG_ACTION = {"f": OfferAction.DIR, "d": OfferAction.SEND}
 
 
 class _Message(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -583,11 +595,20 @@ def _pwrite_all(fd: int, pieces: Sequence[memoryview], pos: int) -> None:
 
 
 def _store_chunk(fd: int, pieces: Sequence[memoryview], pos: int) -> bytes:
-    """Hash one received chunk and write it at ``pos`` (runs in a worker thread)."""
+    """Hash one received chunk and write it at ``pos`` (runs in a worker thread).
+
+    The chunk's writeback starts at once (``POSIX_FADV_DONTNEED`` on dirty pages
+    starts it and drops nothing), so the disk works during the transfer instead
+    of all at the final fsync.
+    """
     h = hashlib.sha256()
+    n = 0
     for piece in pieces:
         h.update(piece)
+        n += len(piece)
     _pwrite_all(fd, pieces, pos)
+    with contextlib.suppress(OSError, AttributeError):  # advice only
+        os.posix_fadvise(fd, pos, n, os.POSIX_FADV_DONTNEED)
     return h.digest()
 
 
@@ -659,6 +680,23 @@ async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
     except asyncio.CancelledError:
         await _settle(fut)
         raise
+
+
+async def _lock(fd: int, wait: float = 5.0) -> None:
+    """Lock a ``.part`` for writing, waiting a little for a transfer that is ending.
+
+    Raises:
+        _Refused: another transfer still holds it.
+    """
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise _Refused("another transfer is writing this file") from None
+            await asyncio.sleep(0.02)
 
 
 class _Pacer:
@@ -1000,6 +1038,8 @@ class _Sender:
         self.error: str | None = None
         self._done = 0
         self._paths: list[str] = []
+        self._summary = False
+        self._lost: ChannelError | ConnectionClosed | None = None
 
     def _list(self) -> tuple[list[tuple[Entry, _Tree, tuple[str, ...]]], list[tuple[str, str]]]:
         listed: list[tuple[Entry, _Tree, tuple[str, ...]]] = []
@@ -1025,15 +1065,16 @@ class _Sender:
         entries = [e for e, _, _ in listed]
         self._paths = [e.path for e in entries]
         self.result.bytes_total = sum(e.size for e in entries)
-        await self.frames.send(FrameType.HELLO, Hello(VERSION, self.chunk_size))
-        await self.frames.send_batches(
-            FrameType.ENTRIES,
-            entries,
-            (FrameType.ENTRIES_END, EntriesEnd(len(entries), self.result.bytes_total)),
-        )
-        offers = await self._plan(len(entries))
-        replies = asyncio.ensure_future(self._replies())
+        replies: asyncio.Task[None] | None = None
         try:
+            await self.frames.send(FrameType.HELLO, Hello(VERSION, self.chunk_size))
+            await self.frames.send_batches(
+                FrameType.ENTRIES,
+                entries,
+                (FrameType.ENTRIES_END, EntriesEnd(len(entries), self.result.bytes_total)),
+            )
+            offers = await self._plan(entries)
+            replies = asyncio.create_task(self._replies())
             for i, (entry, tree, parts) in enumerate(listed):
                 offer = offers[i]
                 if offer.action is OfferAction.FAIL:
@@ -1046,31 +1087,57 @@ class _Sender:
                     raise TransferFailed(self.error)
             await self.frames.send(FrameType.DONE, Done())
             await replies
+            if self.error is None and not self._summary:
+                raise self._lost or RemoteProtocolError("the receiver sent no SUMMARY")
         except (ChannelError, ConnectionClosed) as exc:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(replies), 5.0)
+            # The receiver may have said why before the channel closed under our writes.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                if replies is None:
+                    await asyncio.wait_for(self._last_words(), 5.0)
+                else:
+                    await asyncio.wait_for(asyncio.shield(replies), 5.0)
             if self.error is not None:
                 raise TransferFailed(self.error) from exc
             raise
         finally:
-            replies.cancel()
-            with contextlib.suppress(BaseException):
-                await replies
+            if replies is not None:
+                replies.cancel()
+                with contextlib.suppress(BaseException):
+                    await replies
         if self.error is not None:
             raise TransferFailed(self.error)
         return self.result
 
-    async def _plan(self, count: int) -> list[Offer]:
+    async def _last_words(self) -> None:
+        """Read what is left of the channel for an ERROR (into ``self.error``)."""
+        with contextlib.suppress(RemoteProtocolError, ChannelError, ConnectionClosed):
+            while (frame := await self.frames.next()) is not None:
+                if frame[0] is FrameType.ERROR:
+                    self.error = frame[1].error
+                    return
+
+    async def _plan(self, entries: Sequence[Entry]) -> list[Offer]:
         offers: list[Offer] = []
+        count, c = len(entries), self.chunk_size
         while True:
             frame = await self.frames.next()
             if frame is None:
                 raise RemoteProtocolError("file stream ended before PLAN_END")
             ftype, msg = frame
             if ftype is FrameType.PLAN:
-                offers += msg
-                if len(offers) > count:
-                    raise RemoteProtocolError("more offers than entries")
+                for offer in msg:
+                    if len(offers) == count:
+                        raise RemoteProtocolError("more offers than entries")
+                    entry = entries[len(offers)]
+                    chunks = -(-entry.size // c)
+                    if (
+                        len(offer.digests) > chunks
+                        or offer.offset > entry.size
+                        or (offer.have is not None and len(offer.have) != chunks)
+                        or offer.action is _WRONG_ACTION[entry.kind]
+                    ):
+                        raise RemoteProtocolError(f"offer {len(offers)} does not fit its entry")
+                    offers.append(offer)
             elif ftype is FrameType.PLAN_END:
                 if len(offers) != count:
                     raise RemoteProtocolError(f"{len(offers)} offers for {count} entries")
@@ -1095,6 +1162,7 @@ class _Sender:
                 elif ftype is FrameType.FILE_FAILED and msg.index < len(self._paths):
                     self.result.failed.append((self._paths[msg.index], msg.error))
                 elif ftype is FrameType.SUMMARY:
+                    self._summary = True
                     return
                 elif ftype is FrameType.ERROR:
                     self.error = msg.error
@@ -1105,8 +1173,7 @@ class _Sender:
             self.error = f"protocol error: {exc}"
             await self.frames.fail(self.error)
         except (ChannelError, ConnectionClosed) as exc:
-            if self.error is None:
-                self.error = str(exc)
+            self._lost = exc  # the main loop raises it (or the ERROR read before it)
 
     def _report(self, path: str, file_bytes: int, size: int) -> None:
         if self.progress is not None:
@@ -1394,6 +1461,8 @@ class _Receiver:
                     offer = self._offer(entry, parts)
                 except _Refused as exc:
                     offer = Offer(OfferAction.FAIL, error=str(exc)[:MAX_ERROR])
+                except OSError as exc:  # e.g. mkdir refused, an unreadable file
+                    offer = Offer(OfferAction.FAIL, error=(exc.strerror or str(exc))[:MAX_ERROR])
             if offer.action is OfferAction.FAIL:
                 self.result.failed.append((entry.path, offer.error))
                 if entry.kind == "d":
@@ -1530,16 +1599,14 @@ class _Receiver:
                 )
             try:
                 fd = os.open(part, _PART_FLAGS, 0o600, dir_fd=parent)
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise _Refused(f"{part} is not a regular file")
+                await _lock(fd)
                 meta_fd = os.open(meta_name, _PART_FLAGS | os.O_TRUNC, 0o600, dir_fd=parent)
                 digests = list(offer.digests[:j])
                 meta = _PartMeta(size, entry.mtime_ns, c, _boot_id())
                 os.write(meta_fd, _meta_bytes(meta, digests))
                 os.ftruncate(fd, offset)
-            except BlockingIOError:
-                raise _Refused("another transfer is writing this file") from None
             except OSError as exc:
                 raise self._io_error(entry.path, exc, 0) from exc
             self.result.bytes_resumed += offset
@@ -1647,36 +1714,47 @@ class _Receiver:
                 await _settle(pending[0])
 
     def _commit(self, parent: int, fd: int, name: str, planned: _Planned) -> None:
-        """Make the verified part durable and give it its final name (a worker thread)."""
+        """Make the verified part durable and give it its final name (a worker thread).
+
+        Raises:
+            _Refused: it could not be committed (the ``.part`` stays).
+        """
         entry = planned.entry
         part, meta_name = part_names(name)
         try:
             os.fchmod(fd, entry.mode & 0o777)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fsync(fd)
-        except OSError as exc:
-            raise _Refused(exc.strerror or "cannot finish the file") from None
-        if planned.offer.replace:
-            try:
+            if planned.offer.replace:
                 os.rename(part, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except OSError as exc:
-                raise _Refused(exc.strerror or "cannot rename") from None
-        else:
-            try:
-                os.link(part, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
-            except FileExistsError:
-                raise _Refused("exists (use --force to replace it)") from None
-            except OSError:
-                # No hard links here (e.g. FAT): check, then rename.
-                try:
-                    os.stat(name, dir_fd=parent, follow_symlinks=False)
-                except FileNotFoundError:
-                    os.rename(part, name, src_dir_fd=parent, dst_dir_fd=parent)
-                else:
-                    raise _Refused("exists (use --force to replace it)") from None
             else:
-                os.unlink(part, dir_fd=parent)
-        _unlink_quietly(parent, meta_name)
+                self._link(parent, part, name)
+            _unlink_quietly(parent, meta_name)
+        except FileExistsError:
+            raise _Refused("exists (use --force to replace it)") from None
+        except OSError as exc:
+            raise _Refused(exc.strerror or "cannot commit the file") from None
+
+    @staticmethod
+    def _link(parent: int, part: str, name: str) -> None:
+        """Rename ``part`` to ``name`` without ever replacing an existing ``name``.
+
+        Raises:
+            FileExistsError: ``name`` exists.
+            OSError: the rename failed.
+        """
+        try:
+            os.link(part, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (e.g. FAT): check, then rename
+            try:
+                os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                os.rename(part, name, src_dir_fd=parent, dst_dir_fd=parent)
+                return
+            raise FileExistsError(errno.EEXIST, "exists", name) from None
+        os.unlink(part, dir_fd=parent)
 
     def _finish_dirs(self) -> None:
         """Directory modes and times (deepest first), then fsync every directory touched."""
@@ -1801,6 +1879,11 @@ class _Jail:
             raise
 
 
+#: Refusals of one transfer written to the audit log one by one; the rest are counted
+#: in one more row (a manifest may list 2**20 entries under a read-only root).
+_AUDITED_REFUSALS = 20
+
+
 def _root_for(roots: Sequence[FileRoot], path: PurePosixPath) -> FileRoot | None:
     """The most specific root holding ``path`` (as the policy judges it)."""
     best: FileRoot | None = None
@@ -1814,6 +1897,36 @@ def _root_for(roots: Sequence[FileRoot], path: PurePosixPath) -> FileRoot | None
 
 def _flag(params: Mapping[str, object], key: str) -> bool:
     return params.get(key) is True
+
+
+class _Refusals:
+    """Audit rows for the refusals of one transfer: the first ones, then a count."""
+
+    def __init__(self, record: Recorder | None, peer: str, op: object, reason: str) -> None:
+        self.record, self.peer, self.op, self.reason = record, peer, op, reason
+        self.count = 0
+
+    def add(self, message: str, where: str) -> None:
+        """One refusal (audited if among the first :data:`_AUDITED_REFUSALS`)."""
+        self.count += 1
+        if self.count <= _AUDITED_REFUSALS:
+            self._row(message, where)
+
+    def close(self, where: str) -> None:
+        """Record how many refusals were not audited one by one."""
+        if self.count > _AUDITED_REFUSALS:
+            self._row(f"{self.count - _AUDITED_REFUSALS} more refusals not recorded", where)
+
+    def _row(self, message: str, where: str) -> None:
+        if self.record is not None:
+            self.record(
+                "file",
+                self.peer,
+                "deny",
+                reason=self.reason or None,
+                args={"op": self.op, "path": where, "kind": "file"},
+                detail=message,
+            )
 
 
 def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -> ChannelHandler:
@@ -1835,17 +1948,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
         reason = reason if isinstance(reason, str) else ""
         peer = ch.connection.peer_id or "?"
         frames = _Frames(ch)
-
-        def refuse(message: str, where: str) -> None:
-            if record is not None:
-                record(
-                    "file",
-                    peer,
-                    "deny",
-                    reason=reason or None,
-                    args={"op": op, "path": where, "kind": "file"},
-                    detail=message,
-                )
+        refusals = _Refusals(record, peer, op, reason)
 
         def allowed(where: PurePosixPath, write: bool) -> str | None:
             decision = policy().check(
@@ -1853,7 +1956,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
             )
             if decision.allowed:
                 return None
-            refuse(decision.reason, str(where))
+            refusals.add(decision.reason, str(where))
             return f"refused: {decision.reason}"
 
         if op not in ("put", "get") or not isinstance(path, str):
@@ -1867,28 +1970,31 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
             await frames.fail(refusal or "refused: outside the file roots")
             return 1
         jail = _Jail(PurePosixPath(root.root))
+        rel = lexical.relative_to(root.root).parts
         try:
             if op == "get":
-                result = await _serve_get(ch, jail, lexical.relative_to(root.root).parts, lexical)
+                result = await _serve_get(ch, jail, rel, lexical)
             else:
                 result = await _serve_put(
                     ch,
                     jail,
-                    lexical.relative_to(root.root).parts,
+                    rel,
                     force=_flag(params, "force"),
                     into=_flag(params, "into"),
                     allowed=lambda where: allowed(where, True),
                 )
         except _Refused as exc:
-            refuse(str(exc), path)
+            refusals.add(str(exc), path)
             await frames.fail(f"refused: {exc}")
             return 1
         except RemoteProtocolError as exc:  # e.g. a ".." or absolute entry path: audited
-            refuse(f"protocol error: {exc}", path)
+            refusals.add(f"protocol error: {exc}", path)
             return 1
         except TransferFailed as exc:
             _log.info("file %s of %s for %s failed: %s", op, path, peer, exc)
             return 1
+        finally:
+            refusals.close(path)
         _log.info(
             "file %s %s for %s: %d file(s), %d B sent, %d B resumed, %d skipped, %d failed",
             *(op, path, peer, result.files, result.bytes_sent, result.bytes_resumed),

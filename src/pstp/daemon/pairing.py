@@ -21,7 +21,7 @@ import msgspec
 from pstp.asyncio.connection import Channel
 from pstp.exceptions import PermissionDenied
 from pstp.protocol.pake import PAIR_KEY_LABEL, PairHello, PakeVerifier
-from pstp.settings import add_peer
+from pstp.settings import add_peer, format_address, load
 
 __all__ = [
     "CODE_DIGITS",
@@ -43,7 +43,7 @@ def generate_code() -> str:
 
 
 def normalize_code(text: str) -> bytes:
-    """The bytes of a code as typed: spaces and dashes dropped (``1234-5678``).
+    """The bytes of a code as typed: spaces, dashes and underscores dropped (``1234-5678``).
 
     Raises:
         ValueError: nothing left.
@@ -56,7 +56,7 @@ def normalize_code(text: str) -> bytes:
 
 def code_uri(host: str, port: int, device_id: str, code: str) -> str:
     """The ``pstp://`` URI put in the QR code: everything the other device needs."""
-    return f"pstp://{host}:{port}/pair?id={device_id}&code={code}"
+    return f"pstp://{format_address(host, port)}/pair?id={device_id}&code={code}"
 
 
 @dataclass
@@ -109,6 +109,10 @@ class PairingWindow:
         peer_id = conn.peer_id
         if hello.device_id != peer_id:
             raise PermissionDenied("the peer named itself differently in the handshake")
+        if peer_id in load(self.config_path).peers:
+            # Never take over an existing peer (its key, and the policy it was given):
+            # a stated id is only a name (§16.6).  The owner removes the old one first.
+            raise PermissionDenied(f"a peer named {peer_id!r} exists; remove it first")
         key = conn.export_secret(PAIR_KEY_LABEL)
         add_peer(self.config_path, peer_id, key, default_policy=True)
         self.paired_with = peer_id
