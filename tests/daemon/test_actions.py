@@ -7,14 +7,12 @@ import contextlib
 import itertools
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Channel, Session
-from pstp.asyncio.server import serve
 from pstp.client.remote import run_action
 from pstp.daemon.actions import (
     DEFAULT_MAX_OUTPUT,
@@ -29,7 +27,8 @@ from pstp.daemon.actions import (
 from pstp.exceptions import ChannelError
 from pstp.settings import ConfigError, create, load
 from pstp.wire.messages import ChannelCode
-from tests.helpers import PAIR_KEY, SERVER_ID, TIMEOUT, make_keyring
+from tests.daemon.test_exec import serving
+from tests.helpers import TIMEOUT
 
 PY = sys.executable
 _names = itertools.count()
@@ -148,21 +147,11 @@ def test_resolve_callable_errors() -> None:
 # -- running actions over a session ----------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def session(
+def session(
     actions: Mapping[str, ActionSpec], get_args: GetArgs | None = None
-) -> AsyncIterator[Session]:
+) -> contextlib.AbstractAsyncContextManager[Session]:
     """A session to a loopback server serving ``action`` channels."""
-    server = await serve(
-        None,
-        "127.0.0.1",
-        0,
-        keyring=make_keyring(),
-        own_id=SERVER_ID,
-        handlers={"action": action_handler(actions, get_args)},
-    )
-    async with server, await connect("127.0.0.1", server.port, pair_key=PAIR_KEY) as s:
-        yield s
+    return serving({"action": action_handler(actions, get_args)})
 
 
 async def act(
