@@ -64,8 +64,6 @@ __all__ = [
     "split_path",
 ]
 
-# import each other); tests/daemon/test_files.py checks that the two copies match.
-
 #: Protocol version carried in HELLO.
 VERSION = 1
 #: Default chunk: large enough that per-chunk costs (a digest, a frame, a thread hop) vanish.
@@ -1453,7 +1451,9 @@ class _Receiver:
                 await _in_thread(self._commit, parent, fd, name, planned)
             except _Refused as exc:
                 self.result.failed.append((entry.path, str(exc)))
-                await self.frames.send(FrameType.FILE_FAILED, FileError(start.index, str(exc)))
+                await self.frames.send(
+                    FrameType.FILE_FAILED, FileError(start.index, str(exc)[:1000])
+                )
                 return
             self._touched.add(planned.parts[:-1])
             self.result.files += 1

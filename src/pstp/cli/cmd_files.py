@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
@@ -178,6 +179,10 @@ def put_command(args: argparse.Namespace, console: Console) -> int:
         console.error("usage: pstp put PEER LOCAL... REMOTE")
         return 2
     *local, remote = args.paths
+    missing = [path for path in local if not os.path.lexists(path)]
+    if missing:  # a local mistake: say so before connecting, not as a network error
+        console.error(f"no such local file or directory: {', '.join(missing)}")
+        return 2
 
     async def work(
         session: Session, progress: Callable[[Progress], None] | None
