@@ -574,15 +574,7 @@ class _Frames:
             out = self._rest[:n].tobytes()
             self._rest = self._rest[n:]
             return out
-        parts = []
-        while n:
-            if not self._rest and not await self._fill():
-                raise RemoteProtocolError("file stream ended inside a frame")
-            take = self._rest[:n]
-            parts.append(take)
-            self._rest = self._rest[len(take) :]
-            n -= len(take)
-        return b"".join(parts)
+        return b"".join(await self.take(n))
 
     async def take(self, n: int) -> list[memoryview]:
         """The next ``n`` bytes as the pieces they arrived in (no copy).
@@ -593,7 +585,7 @@ class _Frames:
         pieces = []
         while n:
             if not self._rest and not await self._fill():
-                raise RemoteProtocolError("file stream ended inside a chunk")
+                raise RemoteProtocolError("file stream ended inside a frame")
             take = self._rest[:n]
             pieces.append(take)
             self._rest = self._rest[len(take) :]
