@@ -20,6 +20,8 @@ from pstp.exceptions import DecryptError, HandshakeFailed, LocalProtocolError, R
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import (
     NOISE_PROTOCOL,
+    REPLAY_SLOTS,
+    REPLAY_SPAN_NS,
     DiscoveryBinding,
     InitiatorHandshake,
     KeyRing,
@@ -351,17 +353,73 @@ def test_responder_negotiates_the_highest_common_version() -> None:
 
 
 def test_responder_refuses_replayed_and_stale_timestamps() -> None:
-    """An HS_INIT is accepted once; equal or older timestamps under the key are refused."""
+    """An HS_INIT is accepted once; an equal timestamp, or one a whole span older, is refused."""
     ring = _ring()
     ts = _ts()
     first = _body(_initiator(timestamp=ts))
     _responder(ring).read_init(first)
     (peer,) = ring
     assert peer.last_timestamp == ts
-    for body in (first, _body(_initiator(timestamp=ts)), _body(_initiator(timestamp=ts - 1))):
+    stale = _body(_initiator(timestamp=ts - REPLAY_SPAN_NS))
+    for body in (first, _body(_initiator(timestamp=ts)), stale):
         with pytest.raises(HandshakeFailed, match="replayed or stale"):
             _responder(ring).read_init(body)
     _responder(ring).read_init(_body(_initiator(timestamp=ts + 1)))
+
+
+def test_concurrent_handshakes_may_arrive_out_of_order() -> None:
+    """Two handshakes from one key read newest-first both succeed; neither can be replayed."""
+    ring = _ring()
+    ts = _ts()
+    older, newer = _body(_initiator(timestamp=ts)), _body(_initiator(timestamp=ts + 5))
+    _responder(ring).read_init(newer)
+    _responder(ring).read_init(older)
+    for body in (older, newer):
+        with pytest.raises(HandshakeFailed, match="replayed or stale"):
+            _responder(ring).read_init(body)
+
+
+def test_timestamps_older_than_the_span_are_refused() -> None:
+    """Out of order is allowed only within REPLAY_SPAN_NS of the newest accepted."""
+    ring = _ring()
+    ts = _ts()
+    _responder(ring).read_init(_body(_initiator(timestamp=ts)))
+    with pytest.raises(HandshakeFailed, match="replayed or stale"):
+        _responder(ring).read_init(_body(_initiator(timestamp=ts - REPLAY_SPAN_NS)))
+    _responder(ring).read_init(_body(_initiator(timestamp=ts - REPLAY_SPAN_NS + 1)))
+
+
+def test_replay_guard_memory_is_bounded_and_stays_sound() -> None:
+    """Past REPLAY_SLOTS remembered timestamps the oldest become the floor, never reusable."""
+    peer = PeerKey.from_pair_key(CLIENT_ID, PAIR_KEY)
+    base = 10**18
+    for t in range(base, base + REPLAY_SLOTS + 10):
+        assert peer.fresh(t)
+        peer.accept(t)
+    assert peer.floor == base + 9
+    assert not any(peer.fresh(t) for t in range(base, base + REPLAY_SLOTS + 10))
+    assert peer.fresh(base + REPLAY_SLOTS + 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4 * REPLAY_SPAN_NS), st.booleans()), max_size=60))
+def test_replay_guard_against_a_model(steps: list[tuple[int, bool]]) -> None:
+    """Whatever the order: nothing is accepted twice, anything newer than all is accepted,
+    and nothing more than REPLAY_SPAN_NS below the newest is accepted."""
+    peer = PeerKey.from_pair_key(CLIENT_ID, PAIR_KEY)
+    seen: set[int] = set()
+    for t, record in steps:
+        ok = peer.fresh(t)
+        if t in seen:
+            assert not ok
+        if not seen or t > max(seen):
+            assert ok
+        if seen and t <= max(seen) - REPLAY_SPAN_NS:
+            assert not ok
+        if ok and record:
+            peer.accept(t)
+            seen.add(t)
+            assert peer.last_timestamp == max(seen)
 
 
 def test_keyring_timestamp_guards_a_restarted_server() -> None:

@@ -15,6 +15,7 @@ HS_INIT before it spends an ECDH; any failure up to then leaves it silent.
 from __future__ import annotations
 
 import hmac
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ from pstp.wire.frames import (
 __all__ = [
     "NOISE_PROTOCOL",
     "PAIR_KEY_LEN",
+    "REPLAY_SLOTS",
+    "REPLAY_SPAN_NS",
     "DiscoveryBinding",
     "DiscoveryLookup",
     "InitiatorHandshake",
@@ -53,6 +56,11 @@ __all__ = [
 NOISE_PROTOCOL = "Noise_NNpsk0_P256_AESGCM_SHA256"
 #: Pair keys are 32 bytes from a CSPRNG (§5.2).
 PAIR_KEY_LEN = 32
+#: How far (ns) below the newest accepted timestamp an HS_INIT may still be
+#: accepted once: concurrent handshakes from one key arrive in any order (§5.1).
+REPLAY_SPAN_NS = 30_000_000_000
+#: At most this many accepted timestamps are remembered per pair key (§5.1).
+REPLAY_SLOTS = 1024
 
 # Domain-separation labels (§5.2, §5.5).  Each use of the pair key or of the
 # final chaining key gets its own label, so no value is valid in two roles.
@@ -106,19 +114,50 @@ def make_kid(kid_key: bytes, r: bytes) -> bytes:
 
 @dataclass(slots=True)
 class PeerKey:
-    """A pair key as the responder holds it.
+    """A pair key as the responder holds it, with its replay guard (§5.1).
+
+    The guard accepts a timestamp once: above ``floor``, not more than
+    :data:`REPLAY_SPAN_NS` below the newest accepted, and not accepted before.
+    Every timestamp ever accepted is either remembered or at or below
+    ``floor``, so memory stays bounded (:data:`REPLAY_SLOTS`) without letting a
+    replay through.
 
     Attributes:
         device_id: the peer's device id.
         psk: the Noise psk derived from the pair key.
         kid_key: the key-id MAC key derived from the pair key.
-        last_timestamp: the newest HS_INIT timestamp accepted (replay guard).
+        last_timestamp: the newest HS_INIT timestamp accepted.
+        floor: timestamps at or below this are refused.
     """
 
     device_id: str
     psk: bytes = field(repr=False)
     kid_key: bytes = field(repr=False)
     last_timestamp: int = 0
+    floor: int = 0
+    _recent: list[int] = field(default_factory=list, repr=False)
+
+    def fresh(self, timestamp: int) -> bool:
+        """True if ``timestamp`` passes the replay guard (nothing is recorded)."""
+        if timestamp <= self.floor:
+            return False
+        if timestamp > self.last_timestamp:
+            return True
+        if self.last_timestamp - timestamp >= REPLAY_SPAN_NS:
+            return False
+        i = bisect_left(self._recent, timestamp)
+        return i == len(self._recent) or self._recent[i] != timestamp
+
+    def accept(self, timestamp: int) -> None:
+        """Record ``timestamp`` as used (call only after :meth:`fresh` said yes)."""
+        insort(self._recent, timestamp)
+        self.last_timestamp = max(self.last_timestamp, timestamp)
+        oldest = self.last_timestamp - REPLAY_SPAN_NS
+        drop = bisect_left(self._recent, oldest + 1)
+        drop = max(drop, len(self._recent) - REPLAY_SLOTS)
+        if drop:
+            self.floor = max(self.floor, self._recent[drop - 1])
+            del self._recent[:drop]
 
     @classmethod
     def from_pair_key(cls, device_id: str, pair_key: bytes) -> PeerKey:
@@ -139,7 +178,7 @@ class KeyRing:
     """The responder's pair keys, found by key id (§5.2).
 
     The ring is shared by every connection of a server; it also holds the
-    replay guard (the newest timestamp accepted per key).
+    replay guard of each key (:class:`PeerKey`).
     """
 
     def __init__(self) -> None:
@@ -153,7 +192,10 @@ class KeyRing:
         """
         peer = PeerKey.from_pair_key(device_id, pair_key)
         old = self._peers.get(device_id)
-        peer.last_timestamp = max(last_timestamp, old.last_timestamp if old else 0)
+        # A new ring entry (a restart, or a new key for a known device) refuses
+        # everything up to the newest timestamp seen: the window starts closed.
+        newest = max(last_timestamp, old.last_timestamp if old else 0)
+        peer.last_timestamp = peer.floor = newest
         self._peers[device_id] = peer
 
     def remove(self, device_id: str) -> None:
@@ -432,7 +474,7 @@ class ResponderHandshake:
             e=self._ephemeral,
         )
         payload = InitPayload.parse(noise.read_message(msg.ephemeral + msg.ciphertext))
-        if payload.timestamp <= peer.last_timestamp:
+        if not peer.fresh(payload.timestamp):
             raise HandshakeFailed("replayed or stale HS_INIT")
         # Downgrade guard (§11): the header must carry the best common version.
         if _negotiated_version(payload.versions, self._config.versions) != msg.version:
@@ -441,7 +483,7 @@ class ResponderHandshake:
             raise HandshakeFailed("no common cipher suite")
         if payload.max_record < 1024:
             raise HandshakeFailed("initiator record limit below the minimum")
-        peer.last_timestamp = payload.timestamp
+        peer.accept(payload.timestamp)
         self.peer, self._noise, self._init, self._version = peer, noise, payload, msg.version
 
     def write_response(self) -> tuple[bytes, SessionKeys]:
