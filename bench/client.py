@@ -6,10 +6,9 @@
     python -m bench.client handshakes --port P --start T0 --end T1
     python -m bench.client idle       --port P --count N --concurrency C
 
-Pair keys come from the environment (see :data:`bench.common.KEYS_ENV`).  The
-HS_INIT replay guard (docs/protocol.md §5.1) wants the timestamps of one pair
-key to reach the server in increasing order, so every concurrent *slot* below
-has its own key and runs its handshakes one after another.
+Pair keys come from the environment (see :data:`bench.common.KEYS_ENV`).  Every
+concurrent *slot* below has its own key (the server then trial-matches among
+several peers, as a real device does) and runs its handshakes one after another.
 """
 
 from __future__ import annotations
