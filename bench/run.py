@@ -719,8 +719,9 @@ def bench_handshakes(plan: Plan, extra: dict[str, Any]) -> list[Row]:
     note = (
         f"{r.done} handshakes (HS_INIT, HS_RESP, CONFIRM, then CLOSE) in {plan.hs_window:.0f} s "
         f"from {plan.hs_procs} client processes ({plan.hs_slots} concurrent slots each, one "
-        f"pair key per slot; {r.errors} errors). The server process used {r.server_busy:.0%} of a core, "
-        f"the clients {r.client_busy:.2f} cores: on 2 cores the clients, which do the same "
+        f"pair key per slot; {r.errors} errors). The server process used "
+        f"{r.server_busy:.0%} of a core, the clients {r.client_busy:.2f} cores: on 2 cores "
+        f"the clients, which do the same "
         f"P-256 and HKDF work, compete with the server. No peer: sshd forks per connection."
     )
     rows = [
