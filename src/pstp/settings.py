@@ -45,6 +45,7 @@ __all__ = [
     "parse_address",
     "remove_peer",
     "set_peer_address",
+    "write_private",
 ]
 
 CONFIG_NAME = "pstp.toml"
@@ -281,7 +282,7 @@ def load(path: Path | str) -> Settings:
     )
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write atomically with mode 0600: temporary file, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -318,7 +319,7 @@ def create(path: Path | str, device_id: str, *, listen: str = f"0.0.0.0:{DEFAULT
         "stealth = false         # true: answer only PINGs from devices holding a pair key\n\n"
         "# Trusted peers are added by `pstp pair` or `pstp device add NAME`.\n"
     )
-    _write_private(path, text)
+    write_private(path, text)
     return path
 
 
@@ -328,7 +329,7 @@ def _edit(path: Path, change: Any) -> None:
     _check_private(path)
     doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     change(doc, tomlkit)
-    _write_private(path, tomlkit.dumps(doc))
+    write_private(path, tomlkit.dumps(doc))
 
 
 def add_peer(

@@ -33,6 +33,7 @@ from pstp.daemon.policy import (
     SessionRequest,
     ShellRequest,
 )
+from pstp.daemon.replay import guard_path, load_guard, save_guard, snapshot
 from pstp.exceptions import ErrorCode, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
@@ -48,6 +49,8 @@ _log = logging.getLogger("pstp.daemon")
 #: Failed authentication attempts written to the audit log per second, at most:
 #: a flood of garbage connections must not fill the disk (the rest are counted).
 _AUTH_FAIL_ROWS_PER_S = 10.0
+#: Seconds between saves of the replay guard while it changes.
+_GUARD_SAVE_INTERVAL = 5.0
 
 
 async def ping_handler(ch: Channel) -> int:
@@ -112,10 +115,13 @@ class Daemon:
     suppressed_auth_failures: int = 0
     mdns: list[Advertisement] = field(default_factory=list)
     _admitted: set[int] = field(default_factory=set)
+    _guard_saved: dict[str, int] = field(default_factory=dict)
+    _guard_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
+        self._guard_saved = load_guard(guard_path(self.settings))
         for peer in self.settings.peers.values():
-            self.keyring.add(peer.id, peer.key)
+            self.keyring.add(peer.id, peer.key, self._guard_saved.get(peer.id, 0))
         if self.pairing is not None:
             self.pairing.on_paired = self._paired
         self.policy = Policy.from_settings(self.settings)
@@ -317,6 +323,25 @@ class Daemon:
             (h, srv.port) for (h, _), srv in zip(self.settings.listen, self.servers, strict=True)
         ]
         self.mdns = advertise_device(self.settings, bound)
+        self._guard_task = asyncio.create_task(self._keep_guard())
+
+    def save_replay_guard(self) -> None:
+        """Save each peer's newest accepted HS_INIT timestamp if it changed (§5.1)."""
+        newest = snapshot(self.keyring)
+        if newest == self._guard_saved:
+            return
+        try:
+            save_guard(guard_path(self.settings), newest)
+        except OSError as exc:
+            _log.warning("could not save the replay guard: %s", exc)
+            return
+        self._guard_saved = newest
+
+    async def _keep_guard(self) -> None:
+        # In the loop, not a thread: a small file, and no two writers at once.
+        while True:
+            await asyncio.sleep(_GUARD_SAVE_INTERVAL)
+            self.save_replay_guard()
 
     async def reload(self) -> None:
         """Re-read the configuration (SIGHUP): keys, policy and actions apply at once;
@@ -349,9 +374,14 @@ class Daemon:
         _log.info("configuration reloaded: %d peer(s)", len(new.peers))
 
     async def close(self) -> None:
-        """Stop listening; end every session with GOING_AWAY; close the audit log."""
+        """Stop listening; end every session with GOING_AWAY; save the replay
+        guard; close the audit log."""
         for server in self.servers:
             await server.close()
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            self._guard_task = None
+        self.save_replay_guard()
         for responder in self.responders:
             responder.stop()
         for ad in self.mdns:
