@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from pstp.exceptions import ErrorCode, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from pstp.protocol.config import Config
@@ -332,7 +333,7 @@ def test_bad_verifiers_fail_at_construction_not_in_receive_data() -> None:
     good = verifier()
     for field, value in (("own_id", "x" * 65), ("salt", b"short"), ("iterations", 10)):
         with pytest.raises(ValueError):
-            replace(good, **{field: value})
+            dataclasses.replace(good, **{field: value})
     with pytest.raises(LocalProtocolError):
         Connection(Role.SERVER, own_id="other", pake=good)
 

@@ -2,15 +2,16 @@
 
 Every unit on a stream is a *frame*: a 4-byte header (type, 24-bit body
 length) and a body.  Datagram transports carry one or more whole frames per
-datagram.  This module is stateless: it turns bytes into frozen dataclasses and
-back, and checks every field.
+datagram.  This module is stateless: it turns bytes into immutable ``msgspec.Struct``
+values (cheap to define at import and to create) and back, and checks every field.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Self
+
+import msgspec
 
 from pstp.exceptions import RemoteProtocolError
 from pstp.wire.buffer import Reader, Writer
@@ -140,8 +141,7 @@ def hs_init_header(version: int, flags: int, kid: bytes, nonce: bytes | None) ->
     return bytes((version, flags)) + kid + (nonce if nonce is not None else b"")
 
 
-@dataclass(frozen=True, slots=True)
-class HsInit:
+class HsInit(msgspec.Struct, frozen=True):
     """Handshake message 1, initiator to responder: ``psk, e`` (§5.1)."""
 
     version: int
@@ -196,8 +196,7 @@ class HsInit:
         return frame_header(FrameType.HS_INIT, len(body)) + body
 
 
-@dataclass(frozen=True, slots=True)
-class HsResp:
+class HsResp(msgspec.Struct, frozen=True):
     """Handshake message 2, responder to initiator: ``e, ee`` and confirm_R (§5.4)."""
 
     version: int
@@ -229,8 +228,7 @@ class HsResp:
         return frame_header(FrameType.HS_RESP, len(body)) + body
 
 
-@dataclass(frozen=True, slots=True)
-class RecordHeader:
+class RecordHeader(msgspec.Struct, frozen=True):
     """The authenticated cleartext header of a record (§6.1)."""
 
     epoch: int
@@ -252,8 +250,7 @@ class RecordHeader:
         return bytes((self.epoch,)) + self.seq.to_bytes(8, "big")
 
 
-@dataclass(frozen=True, slots=True)
-class InitPayload:
+class InitPayload(msgspec.Struct, frozen=True):
     """Plaintext of HS_INIT's AEAD payload (§5.1)."""
 
     timestamp: int
@@ -294,8 +291,7 @@ class InitPayload:
         return w.vec8(_check_name(self.initiator_id, "initiator id")).getvalue()
 
 
-@dataclass(frozen=True, slots=True)
-class RespPayload:
+class RespPayload(msgspec.Struct, frozen=True):
     """Plaintext of HS_RESP's AEAD payload (§5.4)."""
 
     suite: int
@@ -330,8 +326,7 @@ class RespPayload:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ClosePayload:
+class ClosePayload(msgspec.Struct, frozen=True):
     """Body of a CLOSE record (§6.4)."""
 
     code: int
@@ -364,8 +359,7 @@ PAIR_FLAG_PAIRING = 0x01
 PAIR_NONCE_LEN = 32
 
 
-@dataclass(frozen=True, slots=True)
-class PairReq:
+class PairReq(msgspec.Struct, frozen=True):
     """PSTP-PAKE message 1, prover to verifier (§15.2)."""
 
     version: int
@@ -410,8 +404,7 @@ class PairReq:
         return frame_header(FrameType.PAIR_REQ, len(body)) + body
 
 
-@dataclass(frozen=True, slots=True)
-class PairResp:
+class PairResp(msgspec.Struct, frozen=True):
     """PSTP-PAKE message 2, verifier to prover (§15.2)."""
 
     version: int
