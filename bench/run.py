@@ -34,12 +34,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
     ServerProcess,
     child_env,
     cpu_seconds,
+    free_port,
     have_uvloop,
     make_keys,
     median,
@@ -481,6 +483,87 @@ def bench_fresh(
         )
     )
     return rows + rows_extra
+
+
+@contextlib.contextmanager
+def _cli_pair(work: Path) -> Iterator[dict[str, str]]:
+    """A `pstp serve` daemon ("bench-home", action "ok" = /bin/true) and the environment
+    of a client configuration ("bench-phone") that knows its address."""
+    from pstp.settings import add_peer, create
+
+    key = os.urandom(32)
+    port = free_port()
+    home = work / "home" / "pstp.toml"
+    create(home, "bench-home", listen=f"127.0.0.1:{port}")
+    add_peer(home, "bench-phone", key)
+    text = home.read_text().replace("discovery = true", "discovery = false")
+    text += '\n[actions.ok]\nargv = ["true"]\n\n[peers.bench-phone.policy]\nactions = ["ok"]\n'
+    home.write_text(text)
+    phone = work / "phone" / "pstp.toml"
+    create(phone, "bench-phone", listen="127.0.0.1:1")
+    add_peer(phone, "bench-home", key, address=f"127.0.0.1:{port}")
+    daemon = subprocess.Popen(
+        python_cmd("pstp", "serve"),
+        env=child_env(PSTP_CONFIG=str(home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None
+        if "serving" not in daemon.stdout.readline():
+            raise RuntimeError("pstp serve did not start")
+        yield child_env(PSTP_CONFIG=str(phone))
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def bench_cli_run(plan: Plan, peers: Peers, extra: dict[str, Any]) -> list[Row]:
+    """`pstp run PEER ACTION` as a user types it, against `pstp serve`, vs `ssh host true`."""
+    log("fresh process: pstp run PEER ACTION vs ssh host true")
+    work = Path(tempfile.mkdtemp(prefix="pstp-bench-cli-"))
+    try:
+        with _cli_pair(work) as env:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+            cmd = python_cmd("pstp", "run", "bench-home", "ok")
+            t_run = median(_time_cmd(cmd, env, plan.fresh_reps, warmup=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    extra["pstp_run"] = t_run
+    note = (
+        f"`{sys.executable} -m pstp run bench-home ok` with a warm bytecode cache, against a "
+        "`pstp serve` on loopback whose action `ok` runs `true` (policy check, audit row "
+        "written, process spawned), like `ssh host true`. The address is remembered, so the "
+        "command runs on the blocking driver and never imports asyncio."
+    )
+    if peers.sshd is None:
+        return [
+            Row(
+                "`pstp run PEER ACTION`, fresh process",
+                ms(t_run),
+                f"skipped: {peers.ssh_skip}",
+                "-",
+                "≤ 1.0x ssh host true",
+                verdict(t_run <= 0.136) + " (vs §10 ref.)",
+                note,
+            )
+        ]
+    from bench.sshpeer import CLASSICAL_KEX
+
+    t_cl = median(peers.sshd.time_true(plan.ssh_true_reps, kex=CLASSICAL_KEX))
+    return [
+        Row(
+            "`pstp run PEER ACTION`, fresh process",
+            ms(t_run),
+            f"{ms(t_cl)} (ssh true)",
+            f"{t_run / t_cl:.2f}x",
+            "≤ 1.0x ssh host true",
+            verdict(t_run <= t_cl),
+            note,
+        )
+    ]
 
 
 # -- 4: bulk --------------------------------------------------------------------------
@@ -953,6 +1036,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "fresh" in only:
                     with guarded(rows, "fresh process"):
                         rows += bench_fresh(plan, peers, srv, keys, extra)
+        if "fresh" in only:
+            with guarded(rows, "`pstp run`, fresh process"):
+                rows += bench_cli_run(plan, peers, extra)
         steps: list[tuple[str, str, Callable[[], list[Row]]]] = [
             ("rtt", "request/response", lambda: bench_rtt(plan, peers, keys)),
             ("bulk", "bulk", lambda: bench_bulk(plan, peers, extra)),

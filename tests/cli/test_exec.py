@@ -166,6 +166,30 @@ def test_run_errors(phone: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "not NAME=VALUE" in capsys.readouterr().err
 
 
+def test_run_with_an_address_never_imports_asyncio(phone: Path) -> None:
+    """A one-shot `pstp run` to a reachable address runs on the blocking driver."""
+    code = (
+        "import sys; from pstp.cli.main import main; "
+        f"rc = main(['--config', {str(phone)!r}, 'run', 'home', 'greet', 'name=x']); "
+        "print('asyncio' in sys.modules); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [PY, "-c", code], capture_output=True, env=env_for(phone), timeout=TIMEOUT
+    )
+    assert (done.returncode, done.stdout) == (0, b"hello x\nFalse\n"), done.stderr
+
+
+def test_run_falls_back_to_discovery_when_no_address_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dead remembered address, then no PONG: exit 4 naming what was tried."""
+    path = create(tmp_path / "lost.toml", "phone", listen="127.0.0.1:1")
+    add_peer(path, "home", PAIR_KEY, address="127.0.0.1:1")
+    assert main(["--config", str(path), "run", "home", "greet", "name=x"]) == 4
+    err = capsys.readouterr().err
+    assert "home not reached (127.0.0.1:1" in err and "not found by discovery" in err
+
+
 def test_options_may_follow_the_peer_and_the_command_keeps_its_own(phone: Path) -> None:
     """Our options may come after PEER; everything after -- (or the first word) is the command."""
     done = pstp(phone, "exec", "home", "-n", "--reason=why", "--", "echo", "-n", "--reason", "x")

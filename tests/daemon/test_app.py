@@ -16,6 +16,7 @@ from pstp.asyncio.client import connect
 from pstp.client.remote import run_action, run_exec
 from pstp.daemon.audit import AuditLog
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
+from pstp.settings import add_peer, create
 from pstp.wire.messages import ChannelCode
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT
@@ -172,6 +173,30 @@ def test_denied_requests_are_refused_with_a_reason_and_audited(
     rows = AuditLog(audit).list()
     last = [r for r in rows if r.kind in ("action", "session")][-1]
     assert last.decision == "deny" and why in (last.detail or "").lower()
+
+
+def test_pstp_run_refusal_and_reason(daemon: tuple[int, Path], tmp_path: Path) -> None:
+    """`pstp run` (a fresh process on the blocking path): a policy refusal exits 255 with
+    the reason; with --reason the same action runs and is audited with it."""
+    port, audit = daemon
+    cfg = create(tmp_path / "tv.toml", "tv", listen="127.0.0.1:1")
+    add_peer(cfg, "home", TV, address=f"127.0.0.1:{port}")
+    argv = [sys.executable, "-m", "pstp", "run", "home", "kettle.on", "temp=70"]
+    refused = subprocess.run(
+        argv, capture_output=True, text=True, env=env_for(cfg), timeout=TIMEOUT
+    )
+    assert refused.returncode == 255
+    assert "refused" in refused.stderr and "reason" in refused.stderr
+    done = subprocess.run(
+        [*argv, "--reason", "tea"],
+        capture_output=True,
+        text=True,
+        env=env_for(cfg),
+        timeout=TIMEOUT,
+    )
+    assert (done.returncode, done.stdout) == (0, "kettle at 70\n"), done.stderr
+    row = AuditLog(audit).list(kind="action", peer="tv")[-1]
+    assert (row.decision, row.reason) == ("ok", "tea")
 
 
 def test_exec_allow_list_literal_arguments_and_denial(daemon: tuple[int, Path]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pstp.settings import Settings, config_path, load
+
+if TYPE_CHECKING:  # asyncio is imported only by commands that run a loop
+    import asyncio
 
 __all__ = ["load_settings", "run", "stop_event"]
 
@@ -33,6 +34,9 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 def stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT (call inside the running loop)."""
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,13 +7,12 @@ address that worked is remembered for next time.
 
 from __future__ import annotations
 
-import logging
-
 import msgspec
 
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
+from pstp.client.quick import remember_address
 from pstp.exceptions import HandshakeFailed, PermissionDenied, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import PeerKey
@@ -24,12 +23,9 @@ from pstp.settings import (
     add_peer,
     format_address,
     parse_address,
-    set_peer_address,
 )
 
-__all__ = ["PeerNotFound", "connect_peer", "pair_with"]
-
-_log = logging.getLogger("pstp.client")
+__all__ = ["PeerNotFound", "connect_peer", "discover_peer", "pair_with"]
 
 
 class PeerNotFound(PstpError):
@@ -75,8 +71,40 @@ async def connect_peer(
             tried.append(f"{candidate} ({exc.strerror or exc})")
             continue
         if candidate != peer.address:
-            _remember(settings, peer_id, candidate)
+            remember_address(settings, peer_id, candidate)
         return session
+    return await discover_peer(
+        settings, peer_id, tried=tried, config=config, discovery_timeout=discovery_timeout
+    )
+
+
+async def discover_peer(
+    settings: Settings,
+    peer_id: str,
+    *,
+    tried: list[str] | None = None,
+    config: Config | None = None,
+    discovery_timeout: float = 1.0,
+) -> Session:
+    """Find a configured peer on the LAN and open a PSTP-HS session to it.
+
+    Every device that answers with the peer's id is tried (a PONG is only a
+    hint); the address that works is remembered.
+
+    Args:
+        settings: our configuration (holds the peer's pair key).
+        peer_id: the peer's device id.
+        tried: notes on addresses that already failed, for the error message.
+        config: protocol limits.
+        discovery_timeout: seconds to wait for PONGs.
+
+    Raises:
+        KeyError: no such peer in the configuration.
+        PeerNotFound: discovery found no device that worked.
+        HandshakeFailed: the device answered but did not prove the pair key.
+    """
+    peer = settings.peers[peer_id]
+    tried = list(tried or ())
     port = parse_address(peer.address)[1] if peer.address else DEFAULT_PORT
     # The PING carries our key id for this peer, so a stealth peer answers too (§8.2).
     kid_key = PeerKey.from_pair_key(peer_id, peer.key).kid_key
@@ -101,19 +129,12 @@ async def connect_peer(
             tried.append(f"{dev.host}:{dev.port} ({exc})")
             failure = exc
             continue
-        _remember(settings, peer_id, format_address(dev.host, dev.port))
+        remember_address(settings, peer_id, format_address(dev.host, dev.port))
         return session
     if isinstance(failure, HandshakeFailed):
         raise failure
     where = "; ".join(tried) or "no remembered address"
     raise PeerNotFound(f"{peer_id} not reached ({where}) and not found by discovery")
-
-
-def _remember(settings: Settings, peer_id: str, address: str) -> None:
-    try:
-        set_peer_address(settings.path, peer_id, address)
-    except (OSError, PstpError) as exc:  # remembering is a convenience, never fatal
-        _log.warning("could not remember %s for %s: %s", address, peer_id, exc)
 
 
 async def pair_with(
