@@ -150,3 +150,13 @@ def test_parse_address_rejects_bad_input(text: str) -> None:
     """Malformed addresses raise ValueError."""
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+def test_loaded_settings_never_print_pair_keys(tmp_path: Path) -> None:
+    """repr() of Settings and of a peer shows ids and addresses, never a pair key."""
+    path = new_config(tmp_path)
+    add_peer(path, "phone", KEY, address="10.0.0.2:9000")
+    settings = load(path)
+    shown = repr(settings) + repr(settings.peers["phone"]) + str(settings)
+    assert "'phone'" in shown and "10.0.0.2:9000" in shown
+    assert KEY.hex() not in shown and repr(KEY) not in shown

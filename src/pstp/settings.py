@@ -24,9 +24,10 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pstp.exceptions import PstpError
 
@@ -76,8 +77,7 @@ class ConfigError(PstpError):
         super().__init__(f"{where}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
-class PeerSettings:
+class PeerSettings(msgspec.Struct, frozen=True):
     """A trusted peer.
 
     Attributes:
@@ -88,13 +88,15 @@ class PeerSettings:
     """
 
     id: str
-    key: bytes = field(repr=False)
+    key: bytes
     address: str | None = None
-    table: dict[str, Any] = field(default_factory=dict, repr=False)
+    table: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never the key
+        return f"PeerSettings(id={self.id!r}, address={self.address!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True):
     """A loaded configuration.
 
     Attributes:
@@ -113,7 +115,13 @@ class Settings:
     discovery: bool
     stealth: bool
     peers: dict[str, PeerSettings]
-    data: dict[str, Any] = field(repr=False)
+    data: dict[str, Any]
+
+    def __repr__(self) -> str:  # the peers' keys stay out of logs
+        return (
+            f"Settings(path={str(self.path)!r}, device_id={self.device_id!r}, "
+            f"listen={self.listen!r}, peers={sorted(self.peers)!r})"
+        )
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -90,7 +89,7 @@ def test_the_bad_cases_cover_every_field_with_a_rule() -> None:
     """Every field except the free-form ones has a refused value above."""
     checked = {name for settings, _ in BAD for name in settings}
     free = {"ordered", "service"}
-    assert checked | free == {f.name for f in dataclasses.fields(Config)}
+    assert checked | free == set(Config.__struct_fields__)
 
 
 def test_defaults_are_valid_and_frozen() -> None:
@@ -99,5 +98,5 @@ def test_defaults_are_valid_and_frozen() -> None:
     assert config.versions == (VERSION,)
     assert config.suites[0] is Suite.AES_256_GCM
     assert config.rekey_after_records < config.reject_after_records
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         config.max_record_size = 1  # type: ignore[misc]

@@ -672,3 +672,17 @@ def test_initiator_raises_only_handshake_errors_on_garbage(data: bytes) -> None:
     """Arbitrary bytes as HS_RESP raise HandshakeFailed or DecryptError, nothing else."""
     with pytest.raises((HandshakeFailed, DecryptError)):
         _initiator().read_response(data)
+
+
+def test_key_holders_never_print_their_keys() -> None:
+    """repr() of a ring entry and of the session keys shows no key material (logs stay clean)."""
+    ring = _ring()
+    ini = _initiator()
+    resp = _responder(ring)
+    keys = ini.read_response(_run(ini, resp))
+    (peer,) = ring
+    secrets = [peer.psk, peer.kid_key, keys.i2r_key, keys.r2i_key, keys.exporter_secret]
+    shown = repr(peer) + repr(keys)
+    assert CLIENT_ID in shown and keys.session_id.hex() in shown
+    for secret in secrets:
+        assert secret.hex() not in shown and repr(secret) not in shown

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -333,7 +332,7 @@ def test_bad_verifiers_fail_at_construction_not_in_receive_data() -> None:
     good = verifier()
     for field, value in (("own_id", "x" * 65), ("salt", b"short"), ("iterations", 10)):
         with pytest.raises(ValueError):
-            dataclasses.replace(good, **{field: value})
+            replace(good, **{field: value})
     with pytest.raises(LocalProtocolError):
         Connection(Role.SERVER, own_id="other", pake=good)
 
@@ -606,3 +605,11 @@ def test_hostile_pair_resp_closes_the_prover(
     assert reason in str(pair.client.close_exc)
     assert pair.client.close_code == ErrorCode.HANDSHAKE_FAILED
     assert pair.client.data_to_send() == b""
+
+
+def test_a_verifier_never_prints_w0_or_l() -> None:
+    """repr() of a verifier names the device and its counters, not (w0, L)."""
+    v = verifier()
+    shown = repr(v)
+    assert "PakeVerifier(own_id=" in shown and "failures=0" in shown
+    assert str(v.w0) not in shown and v.L.hex() not in shown and repr(v.L) not in shown

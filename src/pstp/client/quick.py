@@ -12,7 +12,6 @@ Nothing here may import asyncio, directly or through another module.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
 from pstp.exceptions import ChannelError, PstpError
@@ -31,8 +30,6 @@ from pstp.wire.messages import ChannelCode, Params
 
 __all__ = ["connect_known", "remember_address", "run_action"]
 
-_log = logging.getLogger("pstp.client")
-
 Output = Callable[[bytes], object]
 
 
@@ -41,7 +38,11 @@ def remember_address(settings: Settings, peer_id: str, address: str) -> None:
     try:
         set_peer_address(settings.path, peer_id, address)
     except (OSError, PstpError) as exc:  # remembering is a convenience, never fatal
-        _log.warning("could not remember %s for %s: %s", address, peer_id, exc)
+        import logging  # only here: logging costs ~3 ms of start-up
+
+        logging.getLogger("pstp.client").warning(
+            "could not remember %s for %s: %s", address, peer_id, exc
+        )
 
 
 def connect_known(

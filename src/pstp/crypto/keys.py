@@ -16,10 +16,9 @@ Compressed points and the point at infinity are not valid encodings.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
-from cryptography.hazmat.primitives import serialization
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
 from pstp.exceptions import HandshakeFailed, LocalProtocolError
@@ -36,20 +35,13 @@ __all__ = [
 
 PrivateKey: TypeAlias = x25519.X25519PrivateKey | x448.X448PrivateKey | ec.EllipticCurvePrivateKey
 
-_RAW: Final = serialization.Encoding.Raw
-_RAW_PUBLIC: Final = serialization.PublicFormat.Raw
-_RAW_PRIVATE: Final = serialization.PrivateFormat.Raw
-_NO_ENCRYPTION: Final = serialization.NoEncryption()
-_X962: Final = serialization.Encoding.X962
-_UNCOMPRESSED: Final = serialization.PublicFormat.UncompressedPoint
 _SECP256R1: Final = ec.SECP256R1()
 _ECDH: Final = ec.ECDH()
 # The order n of the P-256 group (SEC 2 §2.4.2); private scalars lie in [1, n-1].
 _P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-@dataclass(frozen=True, slots=True)
-class KeyPair:
+class KeyPair(msgspec.Struct, frozen=True):
     """A private key and its encoded public key.
 
     Attributes:
@@ -73,7 +65,7 @@ class KeyPair:
         key = self.private
         if isinstance(key, ec.EllipticCurvePrivateKey):
             return key.private_numbers().private_value.to_bytes(32, "big")
-        return key.private_bytes(_RAW, _RAW_PRIVATE, _NO_ENCRYPTION)
+        return key.private_bytes_raw()
 
 
 class DHFunction(abc.ABC):
@@ -158,7 +150,7 @@ class X25519(DHFunction):
     def generate(self) -> KeyPair:
         """Make a fresh key pair; see ``DHFunction.generate``."""
         key = x25519.X25519PrivateKey.generate()
-        return KeyPair(key, key.public_key().public_bytes(_RAW, _RAW_PUBLIC))
+        return KeyPair(key, key.public_key().public_bytes_raw())
 
     def from_private(self, private: bytes) -> KeyPair:
         """Rebuild a key pair; see ``DHFunction.from_private``.
@@ -169,7 +161,7 @@ class X25519(DHFunction):
         if len(private) != 32:
             raise ValueError("X25519 private key must be 32 bytes")
         key = x25519.X25519PrivateKey.from_private_bytes(private)
-        return KeyPair(key, key.public_key().public_bytes(_RAW, _RAW_PUBLIC))
+        return KeyPair(key, key.public_key().public_bytes_raw())
 
     def validate_public(self, public: bytes) -> None:
         """Check a public key encoding; see ``DHFunction.validate_public``.
@@ -210,7 +202,7 @@ class X448(DHFunction):
     def generate(self) -> KeyPair:
         """Make a fresh key pair; see ``DHFunction.generate``."""
         key = x448.X448PrivateKey.generate()
-        return KeyPair(key, key.public_key().public_bytes(_RAW, _RAW_PUBLIC))
+        return KeyPair(key, key.public_key().public_bytes_raw())
 
     def from_private(self, private: bytes) -> KeyPair:
         """Rebuild a key pair; see ``DHFunction.from_private``.
@@ -221,7 +213,7 @@ class X448(DHFunction):
         if len(private) != 56:
             raise ValueError("X448 private key must be 56 bytes")
         key = x448.X448PrivateKey.from_private_bytes(private)
-        return KeyPair(key, key.public_key().public_bytes(_RAW, _RAW_PUBLIC))
+        return KeyPair(key, key.public_key().public_bytes_raw())
 
     def validate_public(self, public: bytes) -> None:
         """Check a public key encoding; see ``DHFunction.validate_public``.
@@ -263,7 +255,10 @@ class P256(DHFunction):
 
     @staticmethod
     def _keypair(key: ec.EllipticCurvePrivateKey) -> KeyPair:
-        return KeyPair(key, key.public_key().public_bytes(_X962, _UNCOMPRESSED))
+        # SEC1 uncompressed, built from the coordinates: the serialization
+        # module (and the SSH code it drags in) costs ~6 ms of start-up.
+        pub = key.public_key().public_numbers()
+        return KeyPair(key, b"\x04" + pub.x.to_bytes(32, "big") + pub.y.to_bytes(32, "big"))
 
     def generate(self) -> KeyPair:
         """Make a fresh key pair; see ``DHFunction.generate``."""

@@ -10,7 +10,8 @@ bytes go straight out as events, and a peer may only send what we granted
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 from pstp.exceptions import InvalidState, LocalProtocolError, RemoteProtocolError
 from pstp.protocol.events import (
@@ -113,8 +114,7 @@ CHANNEL_TRANSITIONS: dict[tuple[ChannelState, ChannelInput], ChannelState] = {
 }
 
 
-@dataclass(slots=True)
-class _Channel:
+class _Channel(msgspec.Struct):
     id: int
     kind: str
     state: ChannelState

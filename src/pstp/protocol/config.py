@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from pstp.wire.frames import MAX_FRAME_BODY, RECORD_HEADER_LEN, TAG_LEN, VERSION, Suite
 from pstp.wire.messages import INITIAL_WINDOW, MAX_WINDOW
@@ -10,8 +10,7 @@ from pstp.wire.messages import INITIAL_WINDOW, MAX_WINDOW
 __all__ = ["Config"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Config:
+class Config(msgspec.Struct, frozen=True, kw_only=True):
     """Settings shared by both roles.  Every limit is checked before allocating.
 
     Attributes:

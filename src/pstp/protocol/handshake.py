@@ -17,7 +17,8 @@ from __future__ import annotations
 import hmac
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+
+import msgspec
 
 from pstp.crypto.kdf import hkdf_expand_sha256, hkdf_sha256, hmac_sha256, random_bytes
 from pstp.exceptions import DecryptError, HandshakeFailed, LocalProtocolError, RemoteProtocolError
@@ -112,8 +113,7 @@ def make_kid(kid_key: bytes, r: bytes) -> bytes:
     return r + hmac_sha256(kid_key, r)[:16]
 
 
-@dataclass(slots=True)
-class PeerKey:
+class PeerKey(msgspec.Struct):
     """A pair key as the responder holds it, with its replay guard (§5.1).
 
     The guard accepts a timestamp once: above ``floor``, not more than
@@ -131,11 +131,14 @@ class PeerKey:
     """
 
     device_id: str
-    psk: bytes = field(repr=False)
-    kid_key: bytes = field(repr=False)
+    psk: bytes
+    kid_key: bytes
     last_timestamp: int = 0
     floor: int = 0
-    _recent: list[int] = field(default_factory=list, repr=False)
+    _recent: list[int] = msgspec.field(default_factory=list)
+
+    def __repr__(self) -> str:  # never the keys
+        return f"PeerKey(device_id={self.device_id!r}, last_timestamp={self.last_timestamp})"
 
     def fresh(self, timestamp: int) -> bool:
         """True if ``timestamp`` passes the replay guard (nothing is recorded)."""
@@ -242,8 +245,7 @@ def build_prologue(init_header: bytes, responder_id: str | None, ping: bytes, po
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SessionKeys:
+class SessionKeys(msgspec.Struct, frozen=True):
     """What a completed handshake hands to the record layer (§5.5).
 
     Attributes:
@@ -258,13 +260,20 @@ class SessionKeys:
     """
 
     suite: int
-    i2r_key: bytes = field(repr=False)
-    r2i_key: bytes = field(repr=False)
+    i2r_key: bytes
+    r2i_key: bytes
     session_id: bytes
-    exporter_secret: bytes = field(repr=False)
+    exporter_secret: bytes
     peer_max_record: int
     keepalive_ms: int
     responder_id: str
+
+    def __repr__(self) -> str:  # never the keys
+        return (
+            f"SessionKeys(suite={self.suite}, session_id={self.session_id.hex()}, "
+            f"peer_max_record={self.peer_max_record}, keepalive_ms={self.keepalive_ms}, "
+            f"responder_id={self.responder_id!r})"
+        )
 
 
 def _confirm(ck: bytes, label: bytes, h: bytes) -> bytes:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, cast, get_args
+
+import msgspec
 
 from pstp.crypto.aead import KEY_LEN, MAX_NONCE, TAG_LEN, Aead, CipherName
 from pstp.crypto.kdf import HashName, digest, hash_len, noise_hkdf
@@ -61,8 +62,7 @@ _TOKENS: Final[frozenset[str]] = frozenset(get_args(Token))
 _DH_TOKENS: Final[frozenset[str]] = frozenset({"ee", "es", "se", "ss"})
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakePattern:
+class HandshakePattern(msgspec.Struct, frozen=True):
     """A handshake pattern: pre-messages and message token lists (rev 34 §7).
 
     Messages alternate, the initiator sending ``messages[0]``.
@@ -213,8 +213,7 @@ def _parse_pattern(text: str) -> HandshakePattern:
     return pattern.with_psks(positions)
 
 
-@dataclass(frozen=True, slots=True)
-class NoiseProtocol:
+class NoiseProtocol(msgspec.Struct, frozen=True):
     """A concrete Noise protocol: pattern, DH, cipher and hash (rev 34 §8).
 
     Attributes:

@@ -17,7 +17,6 @@ from K_shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -129,8 +128,7 @@ def _session_keys(
     )
 
 
-@dataclass
-class PakeVerifier:
+class PakeVerifier(msgspec.Struct):
     """The serving side's credential: (w0, L) for one code, and its attempt budget.
 
     Shared by every connection of a server, like a key ring.  For a pairing
@@ -149,8 +147,8 @@ class PakeVerifier:
     """
 
     own_id: str
-    w0: int = field(repr=False)
-    L: bytes = field(repr=False)
+    w0: int
+    L: bytes
     salt: bytes
     iterations: int
     pairing: bool = True
@@ -161,6 +159,12 @@ class PakeVerifier:
     successes: int = 0
     busy: bool = False
     closed: bool = False
+
+    def __repr__(self) -> str:  # never w0 or L
+        return (
+            f"PakeVerifier(own_id={self.own_id!r}, pairing={self.pairing}, "
+            f"failures={self.failures}, successes={self.successes}, closed={self.closed})"
+        )
 
     def __post_init__(self) -> None:
         # Checked here, not when a prover arrives: a bad verifier must fail at

@@ -14,7 +14,8 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Collection
-from dataclasses import dataclass
+
+import msgspec
 
 from pstp.exceptions import FrameTooLarge, RemoteProtocolError
 
@@ -85,8 +86,7 @@ class Direction(enum.Enum):
     TO_CLIENT = "to_client"
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(msgspec.Struct, frozen=True):
     """One stream frame.
 
     Attributes:
