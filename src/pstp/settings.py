@@ -34,12 +34,14 @@ from pstp.exceptions import PstpError
 __all__ = [
     "ALT_CONFIG_NAME",
     "CONFIG_NAME",
+    "CONTROL_NAME",
     "DEFAULT_PORT",
     "ConfigError",
     "PeerSettings",
     "Settings",
     "add_peer",
     "config_path",
+    "control_path",
     "create",
     "format_address",
     "load",
@@ -122,6 +124,30 @@ class Settings(msgspec.Struct, frozen=True):
             f"Settings(path={str(self.path)!r}, device_id={self.device_id!r}, "
             f"listen={self.listen!r}, peers={sorted(self.peers)!r})"
         )
+
+
+#: The control socket's name beside the configuration (pstp.daemon.control).
+CONTROL_NAME = "pstp.sock"
+# Unix socket paths are limited to 108 bytes (sun_path) on Linux.
+_MAX_SOCKET_PATH = 100
+
+
+def control_path(settings: Settings) -> Path:
+    """Where ``pstp serve`` for this configuration listens for local commands.
+
+    ``pstp.sock`` beside the configuration; if that path is too long for a
+    Unix socket, a name derived from the configuration's path in the
+    temporary directory (both ends check the other's user id, so a file
+    planted there by another user gains nothing).
+    """
+    path = settings.path.parent / CONTROL_NAME
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return path
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(os.fsencode(settings.path.resolve())).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"pstp-{os.getuid()}-{tag}.sock"
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -76,6 +76,8 @@ def test_right_code_establishes_a_session_keyed_by_the_code() -> None:
     pair.roundtrip()
     assert pair.client.state is pair.server.state is ConnectionState.ESTABLISHED
     assert pair.client.via_pake and pair.server.via_pake
+    # The server names the verifier that keyed it (a daemon checks it is the open window's).
+    assert pair.server.pake_verifier is v and pair.client.pake_verifier is None
     assert pair.client.session_id == pair.server.session_id
     assert pair.client.export_secret("pair key") == pair.server.export_secret("pair key")
     assert (pair.client.peer_id, pair.server.peer_id) == ("home", "phone")
@@ -613,3 +615,9 @@ def test_a_verifier_never_prints_w0_or_l() -> None:
     shown = repr(v)
     assert "PakeVerifier(own_id=" in shown and "failures=0" in shown
     assert str(v.w0) not in shown and v.L.hex() not in shown and repr(v.L) not in shown
+
+
+def test_pake_verifier_is_named_only_once_it_keyed_the_session() -> None:
+    """Before PSTP-PAKE completes (or on a PSTP-HS session) no verifier is named."""
+    server = Connection(Role.SERVER, own_id="home", pake=verifier())
+    assert server.pake_verifier is None

@@ -24,9 +24,28 @@ Handler = Callable[[Session], Awaitable[None]]
 class Server:
     """A listening PSTP/2 server; close it with :meth:`close` or ``async with``."""
 
-    def __init__(self, server: asyncio.Server, tasks: set[asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        server: asyncio.Server,
+        tasks: set[asyncio.Task[None]],
+        pake: list[PakeVerifier | None] | None = None,
+    ) -> None:
         self._server = server
         self._tasks = tasks
+        self._pake: list[PakeVerifier | None] = pake if pake is not None else [None]
+
+    @property
+    def pake(self) -> PakeVerifier | None:
+        """The PSTP-PAKE verifier new connections are offered (``None``: PSTP-HS only).
+
+        Assign to open or close a pairing window on a running server;
+        connections already accepted keep the verifier they started with.
+        """
+        return self._pake[0]
+
+    @pake.setter
+    def pake(self, verifier: PakeVerifier | None) -> None:
+        self._pake[0] = verifier
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -89,7 +108,8 @@ async def serve(
         config: limits and algorithms.
         discovery_lookup: PING/PONG exchanged under a discovery nonce.
         handlers: channel kinds served to every session, and what runs for each.
-        pake: also accept PSTP-PAKE sessions proving this code (e.g. a pairing window).
+        pake: also accept PSTP-PAKE sessions proving this code (e.g. a pairing
+            window); :attr:`Server.pake` changes it later.
         authorize: asked before each channel a peer opens is accepted; returns
             ``None`` or the reason to refuse it.
         on_session: called with each established session; it may return a
@@ -105,6 +125,7 @@ async def serve(
     config = config or Config()
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
+    current_pake: list[PakeVerifier | None] = [pake]  # shared with Server.pake
 
     async def run(proto: SessionProtocol) -> None:
         try:
@@ -141,7 +162,7 @@ async def serve(
             keyring=keyring,
             own_id=own_id,
             discovery_lookup=discovery_lookup,
-            pake=pake,
+            pake=current_pake[0],
         )
         proto = SessionProtocol(conn, handlers=handlers, authorize=authorize, admit=admit)
         task = loop.create_task(run(proto))
@@ -150,4 +171,4 @@ async def serve(
         return proto
 
     server = await loop.create_server(factory, host, port)
-    return Server(server, tasks)
+    return Server(server, tasks, current_pake)

@@ -32,11 +32,53 @@ def run_pair(args: argparse.Namespace, console: Console) -> int:
 
 
 def _allow(args: argparse.Namespace, console: Console) -> int:
-    from pstp.daemon.app import Daemon
-    from pstp.daemon.pairing import PairingWindow, code_uri, generate_code
+    """Open a pairing window: in the running `pstp serve` if there is one, else here."""
+    from pstp.client.control import NoDaemon, pair_through_daemon
+    from pstp.daemon.pairing import generate_code
 
     settings = load_settings(args)
     code = generate_code()
+    host = settings.listen[0][0]
+    events = pair_through_daemon(settings, code, args.timeout)
+    try:
+        first = next(events)
+    except NoDaemon:
+        return _allow_here(args, console, code)
+    try:
+        _show_window(args, console, settings.device_id, host, int(first["port"]), code)
+        last = next(events)
+    finally:
+        events.close()  # closes the window if we stop early (^C)
+    if last.get("event") == "paired":
+        console.print(f"paired with {last['peer']!r}; its key is stored in {settings.path}")
+        return 0
+    console.error(
+        f"pairing window closed without pairing ({last.get('why')}, "
+        f"{last.get('failures', 0)} failed)"
+    )
+    return 1
+
+
+def _show_window(
+    args: argparse.Namespace, console: Console, device_id: str, host: str, port: int, code: str
+) -> None:
+    from pstp.daemon.pairing import code_uri
+
+    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
+    shown_host = _lan_address() if wildcard else host
+    console.print(f"pairing window open for {args.timeout:g} s on {shown_host}:{port}")
+    console.print(f"code: {code[:4]}-{code[4:]}")
+    console.print(f"on the other device: pstp pair {shown_host}:{port}")
+    if args.qr or console.out.isatty():
+        _print_qr(code_uri(shown_host, port, device_id, code), console)
+
+
+def _allow_here(args: argparse.Namespace, console: Console, code: str) -> int:
+    """No daemon runs: serve the pairing window from this process until it closes."""
+    from pstp.daemon.app import Daemon
+    from pstp.daemon.pairing import PairingWindow
+
+    settings = load_settings(args)
     host, port = settings.listen[0]
 
     async def main() -> int:
@@ -48,15 +90,9 @@ def _allow(args: argparse.Namespace, console: Console) -> int:
             timeout=args.timeout,
             now=time.monotonic(),
         )
-        daemon = Daemon(settings, pairing=window)
+        daemon = Daemon(settings, pairing=window, control=False)
         await daemon.start()
-        wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
-        shown_host = _lan_address() if wildcard else host
-        console.print(f"pairing window open for {args.timeout:g} s on {shown_host}:{port}")
-        console.print(f"code: {code[:4]}-{code[4:]}")
-        console.print(f"on the other device: pstp pair {shown_host}:{port}")
-        if args.qr or console.out.isatty():
-            _print_qr(code_uri(shown_host, port, settings.device_id, code), console)
+        _show_window(args, console, settings.device_id, host, port, code)
         try:
             peer = await daemon.run_pairing()
         finally:
@@ -66,7 +102,8 @@ def _allow(args: argparse.Namespace, console: Console) -> int:
             if v.successes:
                 why = "the code was right but the pairing exchange did not complete"
             else:
-                why = "20 wrong codes" if v.closed else "timeout"
+                limit = v.max_failures
+                why = f"{v.failures} wrong codes" if limit and v.failures >= limit else "timeout"
             console.error(f"pairing window closed without pairing ({why}, {v.failures} failed)")
             return 1
         console.print(f"paired with {peer!r}; its key is stored in {settings.path}")

@@ -117,9 +117,11 @@ def run_action(
     # OPEN and EOF leave together; a refusal surfaces on the first read.
     channel = session.open_channel("action", params, wait_accepted=False)
     try:
-        channel.write_eof()  # an action reads no input
         decoder = FrameDecoder(Direction.TO_CLIENT)
         try:
+            # An action reads no input.  If the device has already ended the
+            # channel (an unknown action), this raises what the reads would.
+            channel.write_eof()
             for data in channel:
                 for frame in decoder.feed(data):
                     (stdout if frame.type == STDOUT else stderr)(frame.payload)

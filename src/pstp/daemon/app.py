@@ -20,6 +20,7 @@ from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
 from pstp.daemon.actions import action_handler, load_actions
 from pstp.daemon.audit import AuditLog, audit_path
+from pstp.daemon.control import ControlServer
 from pstp.daemon.exec import exec_handler, shell_handler
 from pstp.daemon.files import file_handler
 from pstp.daemon.mdns import Advertisement, advertise_device
@@ -102,6 +103,8 @@ class Daemon:
         config: protocol limits.
         pairing: an open pairing window, if any.
         audit: the audit log (default: next to the configuration).
+        control: listen on the control socket (``pstp pair --allow`` reaches a
+            running daemon through it).
     """
 
     settings: Settings
@@ -117,6 +120,9 @@ class Daemon:
     _admitted: set[int] = field(default_factory=set)
     _guard_saved: dict[str, int] = field(default_factory=dict)
     _guard_task: asyncio.Task[None] | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    control: bool = True
+    _control: ControlServer | None = None
 
     def __post_init__(self) -> None:
         self._guard_saved = load_guard(guard_path(self.settings))
@@ -164,9 +170,19 @@ class Daemon:
     # -- sessions ----------------------------------------------------------------
 
     def _paired(self, peer_id: str, key: bytes) -> None:
-        # The new peer can open a PSTP-HS session at once, without a restart.
+        # The new peer can open a PSTP-HS session at once, without a restart,
+        # and the policy the window wrote for it applies after the reload.
         self.keyring.add(peer_id, key)
         self._record("pairing", peer_id, "ok", detail="pair key installed")
+        task = asyncio.get_running_loop().create_task(self._reload_quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except Exception as exc:  # the running configuration stays; say why
+            _log.error("reloading after pairing failed: %s", exc)
 
     def _admit(self, conn: Connection) -> str | None:
         """Decide a session as its handshake completes (before any of its channels)."""
@@ -278,9 +294,40 @@ class Daemon:
             "shell": self._audited("shell", shell_handler),
             "file": self._audited("file", file_handler(lambda: self.policy, self._record)),
         }
-        if self.pairing is not None:
-            handlers[PAIR_CHANNEL] = self.pairing.handle
+        handlers[PAIR_CHANNEL] = self._pair_channel
         return handlers
+
+    async def _pair_channel(self, ch: Channel) -> int:
+        window = self.pairing
+        if window is None or window.verifier is not ch.connection.pake_verifier:
+            raise PermissionDenied("no pairing window is open")
+        return await window.handle(ch)
+
+    # -- pairing windows -------------------------------------------------------------
+
+    def open_pairing(self, window: PairingWindow) -> None:
+        """Offer ``window``'s code to new connections on every address (§16).
+
+        Raises:
+            PermissionDenied: another window is open.
+        """
+        if self.pairing is not None and self.pairing.is_open(time.monotonic()):
+            raise PermissionDenied("a pairing window is already open")
+        window.on_paired = self._paired
+        self.pairing = window
+        for server in self.servers:
+            server.pake = window.verifier
+        self._record("pairing", "?", "allow", detail=f"window opened on port {window.port}")
+
+    def close_pairing(self) -> None:
+        """Close the open pairing window, if any: no new attempt is accepted."""
+        window, self.pairing = self.pairing, None
+        if window is None:
+            return
+        window.verifier.closed = True
+        for server in self.servers:
+            if server.pake is window.verifier:
+                server.pake = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -289,41 +336,62 @@ class Daemon:
 
         Raises:
             OSError: an address could not be bound.
+            PstpError: another daemon serves this configuration.
         """
-        for host, port in self.settings.listen:
-            lookup = None
-            if self.settings.discovery:
-                keys = (
-                    (lambda: [p.kid_key for p in self.keyring]) if self.settings.stealth else None
+        if self.control:  # first: a second daemon on this configuration stops here
+            await self._start_control()
+        try:
+            for host, port in self.settings.listen:
+                lookup = None
+                if self.settings.discovery:
+                    keys = (
+                        (lambda: [p.kid_key for p in self.keyring])
+                        if self.settings.stealth
+                        else None
+                    )
+                    responder = start_responder(
+                        self.settings.device_id, port, host=host, stealth_keys=keys
+                    )
+                    self.responders.append(responder)
+                    lookup = responder.lookup
+                server = await serve(
+                    None,
+                    host,
+                    port,
+                    keyring=self.keyring,
+                    own_id=self.settings.device_id,
+                    config=self.config,
+                    discovery_lookup=lookup,
+                    handlers=self.handlers(),
+                    pake=self.pairing.verifier if self.pairing is not None else None,
+                    authorize=self.authorize,
+                    on_session=self._on_session,
+                    on_handshake_failed=self._auth_failed,
+                    admit=self._admit,
                 )
-                responder = start_responder(
-                    self.settings.device_id, port, host=host, stealth_keys=keys
-                )
-                self.responders.append(responder)
-                lookup = responder.lookup
-            server = await serve(
-                None,
-                host,
-                port,
-                keyring=self.keyring,
-                own_id=self.settings.device_id,
-                config=self.config,
-                discovery_lookup=lookup,
-                handlers=self.handlers(),
-                pake=self.pairing.verifier if self.pairing is not None else None,
-                authorize=self.authorize,
-                on_session=self._on_session,
-                on_handshake_failed=self._auth_failed,
-                admit=self._admit,
-            )
-            self.servers.append(server)
-            _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
-        # DNS-SD beside broadcast (§8.6); nothing is advertised in stealth mode.
-        bound = [
-            (h, srv.port) for (h, _), srv in zip(self.settings.listen, self.servers, strict=True)
-        ]
-        self.mdns = advertise_device(self.settings, bound)
+                self.servers.append(server)
+                _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
+            # DNS-SD beside broadcast (§8.6); nothing is advertised in stealth mode.
+            bound = [
+                (h, srv.port)
+                for (h, _), srv in zip(self.settings.listen, self.servers, strict=True)
+            ]
+            self.mdns = advertise_device(self.settings, bound)
+        except BaseException:
+            if self._control is not None:  # do not leave the socket behind
+                await self._control.close()
+                self._control = None
+            raise
         self._guard_task = asyncio.create_task(self._keep_guard())
+
+    async def _start_control(self) -> None:
+        control = ControlServer(self)
+        try:
+            await control.start()
+        except OSError as exc:  # serving goes on; only local commands are unavailable
+            _log.warning("no control socket (%s): pstp pair --allow cannot reach this daemon", exc)
+            return
+        self._control = control
 
     def save_replay_guard(self) -> None:
         """Save each peer's newest accepted HS_INIT timestamp if it changed (§5.1)."""
@@ -376,8 +444,15 @@ class Daemon:
     async def close(self) -> None:
         """Stop listening; end every session with GOING_AWAY; save the replay
         guard; close the audit log."""
+        if self._control is not None:
+            await self._control.close()
+            self._control = None
+        self.close_pairing()
         for server in self.servers:
             await server.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._guard_task is not None:
             self._guard_task.cancel()
             self._guard_task = None
@@ -389,11 +464,20 @@ class Daemon:
         if self.audit is not None:
             self.audit.close()
 
-    async def run_pairing(self, poll: float = 0.1) -> str | None:
-        """Wait until the pairing window closes; returns the new peer's id, if any."""
+    async def run_pairing(
+        self, poll: float = 0.1, *, stop: asyncio.Future[Any] | None = None
+    ) -> str | None:
+        """Wait until the pairing window closes; returns the new peer's id, if any.
+
+        Args:
+            poll: seconds between looks at the window.
+            stop: when this future is done, stop waiting (the requester left).
+        """
         assert self.pairing is not None
         window = self.pairing
         while window.paired_with is None and window.is_open(time.monotonic()):
+            if stop is not None and stop.done():
+                return None
             await asyncio.sleep(poll)
         # The window closes the moment the code is proven; the pair channel that
         # follows may take a little longer.  Wait for it (bounded) before giving up.

@@ -274,6 +274,11 @@ class Connection:
         return self._state is not ConnectionState.CLOSED
 
     @property
+    def pake_verifier(self) -> PakeVerifier | None:
+        """The verifier whose code keyed this session (a PSTP-PAKE responder), else ``None``."""
+        return self._pake_verifier if self.via_pake else None
+
+    @property
     def state(self) -> ConnectionState:
         """The current state."""
         return self._state

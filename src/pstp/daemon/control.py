@@ -1,0 +1,186 @@
+"""The daemon's control socket: local commands for a running ``pstp serve``.
+
+``pstp serve`` listens on a Unix socket (:func:`pstp.settings.control_path`,
+``pstp.sock`` beside the configuration, mode 0600).  Only a process of the
+daemon's own user, or root, is served: the peer's credentials are checked
+with ``SO_PEERCRED`` on every connection, so a socket file left readable by
+mistake still admits nobody else.
+
+The protocol is one JSON object per line.  Today it has one request,
+``{"op": "pair", "code": "12345678", "timeout": 600}``, which opens a pairing
+window on the running daemon (so pairing a new device does not need the
+service stopped).  The daemon answers ``{"event": "open", "port": P,
+"device_id": ID}``, and when the window closes ``{"event": "paired", "peer":
+ID}`` or ``{"event": "closed", "why": TEXT, "failures": N}``; or at once
+``{"event": "error", "message": TEXT}``.  Closing the connection closes the
+window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pstp.daemon.pairing import PairingWindow
+from pstp.exceptions import PstpError
+from pstp.settings import control_path
+
+if TYPE_CHECKING:
+    from pstp.daemon.app import Daemon
+
+__all__ = ["ControlServer", "peer_uid"]
+
+_log = logging.getLogger("pstp.control")
+
+#: The longest request line accepted (a pairing request is far shorter).
+_MAX_LINE = 4096
+#: Longest pairing window a request may ask for, in seconds.
+_MAX_WINDOW = 3600.0
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class ControlServer:
+    """The control socket of one daemon.
+
+    Args:
+        daemon: the running daemon whose servers the commands act on.
+        path: the socket's path (default: :func:`pstp.settings.control_path`).
+    """
+
+    def __init__(self, daemon: Daemon, path: Path | None = None) -> None:
+        self.daemon = daemon
+        self.path = path or control_path(daemon.settings)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        """Bind the socket (replacing a stale one left by a daemon that died).
+
+        Raises:
+            PstpError: another daemon is serving this configuration.
+            OSError: the socket could not be bound.
+        """
+        if self.path.is_socket():
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(self.path))
+            except OSError:
+                self.path.unlink()  # nobody listens: a daemon that died left it
+            else:
+                raise PstpError(
+                    f"another pstp serve is running for this configuration ({self.path})"
+                )
+        old = os.umask(0o177)  # the socket file is created 0600
+        try:
+            self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        finally:
+            os.umask(old)
+        _log.info("control socket %s", self.path)
+
+    async def close(self) -> None:
+        """Stop listening and remove the socket file."""
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            uid = peer_uid(sock)
+            if uid not in (0, os.getuid()):
+                _log.warning("control socket: refused a client of uid %d", uid)
+                await _send(writer, {"event": "error", "message": "not allowed"})
+                return
+            line = await reader.readline()
+            if len(line) > _MAX_LINE:
+                await _send(writer, {"event": "error", "message": "request too long"})
+                return
+            try:
+                request = json.loads(line)
+            except ValueError:
+                request = None
+            if not isinstance(request, dict) or request.get("op") != "pair":
+                await _send(writer, {"event": "error", "message": "unknown request"})
+                return
+            await self._pair(request, reader, writer)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            _log.info("control client went away: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _pair(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        daemon = self.daemon
+        code, timeout = request.get("code"), request.get("timeout", 600)
+        if not isinstance(code, str) or not code.strip():
+            await _send(writer, {"event": "error", "message": "no code"})
+            return
+        if not isinstance(timeout, int | float) or not 0 < timeout <= _MAX_WINDOW:
+            await _send(writer, {"event": "error", "message": "timeout out of range"})
+            return
+        port = daemon.servers[0].port if daemon.servers else 0
+        # PBKDF2 takes a moment: not on the event loop.
+        window = await asyncio.to_thread(
+            PairingWindow.open,
+            code.encode(),
+            daemon.settings.device_id,
+            str(daemon.settings.path),
+            port,
+            timeout=float(timeout),
+            now=time.monotonic(),
+        )
+        try:
+            daemon.open_pairing(window)
+        except PstpError as exc:
+            await _send(writer, {"event": "error", "message": str(exc)})
+            return
+        try:
+            await _send(
+                writer, {"event": "open", "port": port, "device_id": daemon.settings.device_id}
+            )
+            hung_up = asyncio.ensure_future(reader.read(1))  # the client leaving closes it
+            try:
+                peer = await daemon.run_pairing(stop=hung_up)
+            finally:
+                hung_up.cancel()
+        finally:
+            if daemon.pairing is window:
+                daemon.close_pairing()
+        v = window.verifier
+        if peer is not None:
+            await _send(writer, {"event": "paired", "peer": peer})
+            return
+        if v.successes:
+            why = "the code was right but the pairing exchange did not complete"
+        elif v.max_failures is not None and v.failures >= v.max_failures:
+            why = f"{v.failures} wrong codes"
+        elif v.expires_at is not None and time.monotonic() >= v.expires_at:
+            why = "timeout"
+        else:
+            why = "cancelled"
+        await _send(writer, {"event": "closed", "why": why, "failures": v.failures})
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
