@@ -671,8 +671,10 @@ def test_broken_transport_ends_the_session(make_pair: Callable[..., Pair]) -> No
     """A write that fails at the socket ends the session; later calls raise ConnectionClosed."""
     client, _ = make_pair()
     client._sock.shutdown(socket.SHUT_WR)
-    client.send(b"lost")  # the failure surfaces on the next call, as with TCP
+    # The failure surfaces on the next call, as with TCP: the send if the I/O thread
+    # has already seen the server hang up, else the recv after it.
     with pytest.raises(ConnectionClosed) as info:
+        client.send(b"lost")
         client.recv(TIMEOUT)
     assert info.value.code == ErrorCode.TRUNCATED
     client.wait_closed(TIMEOUT)

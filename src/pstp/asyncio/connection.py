@@ -456,13 +456,21 @@ class SessionProtocol(asyncio.Protocol):
         # the peer's records sit unread: counting that silence as a dead peer
         # would be wrong, so timers wait until reading resumes.
         deadline = None if self._reading_paused else self.conn.next_deadline()
-        if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            # The heartbeat deadline moves later with every record received; a
+            # timer that fires early costs one look (handle_timer does nothing
+            # before the deadline, and _on_timer re-arms), far less than
+            # cancelling and re-arming on every record.
+            if timer.when() <= deadline:
                 return
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
