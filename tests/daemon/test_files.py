@@ -506,6 +506,22 @@ def test_a_symlink_into_a_read_only_root_is_judged_by_where_it_leads(
     assert denied[-1].detail == "10 more refusals not recorded"
 
 
+def test_put_into_a_new_directory_under_a_read_only_root_creates_nothing(
+    served: Served, tmp_path: Path
+) -> None:
+    """The directory `into` would create is checked like any write: through a symlink into
+    a nested read-only root it is refused (audited) and never created."""
+    (served.rw / "to-ro2").symlink_to("ro")  # the fixture is shared by the module
+    src = tmp_path / "a.txt"
+    src.write_text("a")
+    before = len(served.audit("deny"))
+    with pytest.raises(TransferFailed, match="read-only root"):
+        run_put(served, [src], f"{served.rw}/to-ro2/new/")
+    assert not (served.rw / "ro" / "new").exists()
+    denied = served.audit("deny")[before:]
+    assert [r.args["path"] for r in denied] == [f"{served.rw}/ro/new"]
+
+
 def test_device_files_are_neither_read_nor_replaced(served: Served, tmp_path: Path) -> None:
     """A character device under a root: get refuses it, put --force will not replace it."""
     dev = served.rw / "null"

@@ -452,6 +452,9 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
             refusals.add(str(exc), path)
             await frames.fail(f"refused: {exc}")
             return 1
+        except _PolicyRefused as exc:  # already audited by allowed()
+            await frames.fail(str(exc))
+            return 1
         except RemoteProtocolError as exc:  # e.g. a ".." or absolute entry path: audited
             refusals.add(f"protocol error: {exc}", path)
             return 1
@@ -496,6 +499,10 @@ async def _serve_get(
         tree.close()
 
 
+class _PolicyRefused(Exception):
+    """The policy refused a path inside a transfer; the text is the FAIL/ERROR message."""
+
+
 async def _serve_put(
     ch: Channel,
     jail: _Jail,
@@ -524,6 +531,11 @@ async def _serve_put(
             elif into:
                 if st is not None:
                     raise _Refused(f"{real}: not a directory")
+                # The directory is itself a write: the policy judges its real path
+                # (a nested read-only root reached through a symlink stays untouched).
+                refusal = allowed(real)
+                if refusal is not None:
+                    raise _PolicyRefused(refusal)
                 os.mkdir(name, 0o755, dir_fd=fd)
                 base = os.open(name, _DIR_FLAGS, dir_fd=fd)
             else:
