@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import tomllib
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "format_address",
     "load",
     "parse_address",
+    "peer_uid",
     "remove_peer",
     "set_peer_address",
     "write_private",
@@ -148,6 +150,18 @@ def control_path(settings: Settings) -> Path:
 
     tag = hashlib.sha256(os.fsencode(settings.path.resolve())).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"pstp-{os.getuid()}-{tag}.sock"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``).
+
+    Both ends of the control socket check it: the daemon serves only its own
+    user and root, and a client talks only to a daemon run by itself or root.
+    """
+    import struct
+
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

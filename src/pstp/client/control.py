@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 from collections.abc import Generator
 from typing import Any
 
 from pstp.exceptions import PstpError
-from pstp.settings import Settings, control_path
+from pstp.settings import Settings, control_path, peer_uid
 
 __all__ = ["ControlError", "NoDaemon", "pair_through_daemon"]
 
@@ -26,11 +25,6 @@ class NoDaemon(PstpError):
 
 class ControlError(PstpError):
     """The daemon refused the request or broke the control protocol."""
-
-
-def _peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
 
 
 def pair_through_daemon(
@@ -54,7 +48,7 @@ def pair_through_daemon(
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise NoDaemon(f"no pstp serve on {path}") from exc
-        uid = _peer_uid(sock)
+        uid = peer_uid(sock)
         if uid not in (0, os.getuid()):
             raise ControlError(f"{path} is served by uid {uid}, not by us or root: not trusted")
         request = {"op": "pair", "code": code, "timeout": timeout}

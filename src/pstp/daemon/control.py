@@ -24,19 +24,18 @@ import json
 import logging
 import os
 import socket
-import struct
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pstp.daemon.pairing import PairingWindow
 from pstp.exceptions import PstpError
-from pstp.settings import control_path
+from pstp.settings import control_path, peer_uid
 
 if TYPE_CHECKING:
     from pstp.daemon.app import Daemon
 
-__all__ = ["ControlServer", "peer_uid"]
+__all__ = ["ControlServer"]
 
 _log = logging.getLogger("pstp.control")
 
@@ -44,13 +43,6 @@ _log = logging.getLogger("pstp.control")
 _MAX_LINE = 4096
 #: Longest pairing window a request may ask for, in seconds.
 _MAX_WINDOW = 3600.0
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 class ControlServer:
