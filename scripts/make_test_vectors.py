@@ -1,8 +1,9 @@
 """Write docs/test-vectors/*.json from fixed inputs.
 
 pstp-hs.json and records.json (handshake and records), channels.json (channel
-messages, §14), discovery.json (PING, PONG and the stealth tag, §8) and
-pake.json (a PSTP-PAKE pairing run, §15).  Run
+messages, §14), discovery.json (PING, PONG and the stealth tag, §8),
+pake.json (a PSTP-PAKE pairing run, §15) and streams.json (the stream frames
+of exec, shell and action channels, §17.2).  Run
 ``python scripts/make_test_vectors.py`` after a deliberate wire change; the
 tests in tests/protocol/test_vectors.py and tests/discovery/test_vectors.py
 check the code against the files.
@@ -11,6 +12,7 @@ check the code against the files.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -21,10 +23,28 @@ from pstp.crypto.aead import Aead
 from pstp.crypto.kdf import hkdf_expand_sha256, hkdf_sha256
 from pstp.discovery.packets import Caps, Ping, Pong
 from pstp.discovery.protocol import discovery_tag
+from pstp.exceptions import RemoteProtocolError
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import InitiatorHandshake, KeyRing, PeerKey, ResponderHandshake
 from pstp.protocol.pake import PakeInitiator, PakeProver, PakeResponder, PakeVerifier
 from pstp.protocol.record import RecordSender, cipher_for_suite
+from pstp.protocol.streams import (
+    FRAME_HEADER_LEN,
+    MAX_FRAME,
+    RESIZE,
+    SIGNAL,
+    SIGNALS,
+    STDERR,
+    STDIN,
+    STDOUT,
+    Direction,
+    FrameDecoder,
+    decode_resize,
+    decode_signal,
+    encode_frame,
+    encode_resize,
+    encode_signal,
+)
 from pstp.wire.frames import PAIR_FLAG_PAIRING, FrameType, HsInit, InnerType, Suite
 from pstp.wire.messages import (
     INITIAL_WINDOW,
@@ -461,6 +481,237 @@ def build_pake() -> dict[str, object]:
     }
 
 
+#: Stream frame type names per direction (§17.2).
+STREAM_TYPES = {
+    Direction.TO_SERVER: {STDIN: "STDIN", RESIZE: "RESIZE", SIGNAL: "SIGNAL"},
+    Direction.TO_CLIENT: {STDOUT: "STDOUT", STDERR: "STDERR"},
+}
+
+
+def _stream_frame(
+    note: str,
+    direction: Direction,
+    frame_type: int,
+    payload: bytes,
+    frame: bytes | None = None,
+    **fields: object,
+) -> dict[str, object]:
+    """One valid frame: what encode_* emits, checked to decode back in one piece."""
+    whole = encode_frame(frame_type, payload)
+    assert frame is None or frame == whole
+    got = FrameDecoder(direction).feed(whole)
+    assert [(f.type, f.payload) for f in got] == [(frame_type, payload)]
+    return {
+        "name": STREAM_TYPES[direction][frame_type],
+        "note": note,
+        "direction": direction.value,
+        "type": frame_type,
+        "length": len(payload),
+        "payload": payload.hex(),
+        **fields,
+        "frame": whole.hex(),
+    }
+
+
+def _resize_case(note: str, rows: int, cols: int) -> dict[str, object]:
+    frame = encode_resize(rows, cols)
+    assert decode_resize(frame[FRAME_HEADER_LEN:]) == (rows, cols)
+    return _stream_frame(
+        note, Direction.TO_SERVER, RESIZE, frame[FRAME_HEADER_LEN:], frame, rows=rows, cols=cols
+    )
+
+
+def _signal_case(name: str) -> dict[str, object]:
+    frame = encode_signal(name)
+    assert decode_signal(frame[FRAME_HEADER_LEN:]) == name
+    return _stream_frame(
+        f"SIG{name}",
+        Direction.TO_SERVER,
+        SIGNAL,
+        frame[FRAME_HEADER_LEN:],
+        frame,
+        signal=name,
+        index=SIGNALS.index(name),
+    )
+
+
+def _split_case(
+    note: str, direction: Direction, frames: list[tuple[int, bytes]], cuts: list[int]
+) -> dict[str, object]:
+    """Frames back to back, fed to a decoder in the pieces ``cuts`` make."""
+    stream = b"".join(encode_frame(t, p) for t, p in frames)
+    points = [0, *cuts, len(stream)]
+    assert points == sorted(set(points))
+    decoder = FrameDecoder(direction)
+    pieces, done = [], 0
+    for a, b in itertools.pairwise(points):
+        got = decoder.feed(stream[a:b])
+        assert [(f.type, f.payload) for f in got] == frames[done : done + len(got)]
+        pieces.append(
+            {
+                "data": stream[a:b].hex(),
+                "completes": list(range(done, done + len(got))),
+                "pending": decoder.pending,
+            }
+        )
+        done += len(got)
+    decoder.eof()
+    assert done == len(frames)
+    return {
+        "note": note,
+        "direction": direction.value,
+        "frames": [
+            {"name": STREAM_TYPES[direction][t], "type": t, "payload": p.hex()} for t, p in frames
+        ],
+        "stream": stream.hex(),
+        "pieces": pieces,
+    }
+
+
+def _reject_case(note: str, direction: Direction, stream: bytes) -> dict[str, object]:
+    """A stream the decoder refuses: fed one byte at a time, where and how it fails."""
+    decoder = FrameDecoder(direction)
+    delivered = []
+    fails_after: int | None = None
+    pending: int | None = None
+    try:
+        for i in range(len(stream)):
+            fails_after = i + 1
+            delivered += decoder.feed(stream[i : i + 1])
+        fails_after, pending = None, decoder.pending
+        decoder.eof()
+    except RemoteProtocolError as exc:
+        error = type(exc).__name__
+    else:
+        raise AssertionError(f"{note}: accepted")
+    # Fed whole, the stream fails the same way.
+    whole = FrameDecoder(direction)
+    try:
+        whole.feed(stream)
+        whole.eof()
+    except RemoteProtocolError as exc:
+        assert type(exc).__name__ == error
+    else:
+        raise AssertionError(f"{note}: accepted whole")
+    assert fails_after is None or not delivered  # frames before a bad one: none here
+    return {
+        "note": note,
+        "direction": direction.value,
+        "stream": stream.hex(),
+        "error": error,
+        "fails_after": fails_after,
+        "pending_at_eof": pending,
+        "frames": [
+            {"name": STREAM_TYPES[direction][f.type], "type": f.type, "payload": f.payload.hex()}
+            for f in delivered
+        ],
+    }
+
+
+def _header(frame_type: int, length: int) -> bytes:
+    return frame_type.to_bytes(1, "big") + length.to_bytes(4, "big")
+
+
+def build_streams() -> dict[str, object]:
+    """streams.json: stream frames of exec, shell and action channels (§17.2)."""
+    up, down = Direction.TO_SERVER, Direction.TO_CLIENT
+    text_in = "grüße, 世界 ✓\n"
+    text_out = "total 0\n"
+    text_err = "ls: /nope: No such file or directory\n"
+    frames = [
+        _stream_frame("empty (a receiver ignores it)", up, STDIN, b""),
+        _stream_frame("64 bytes 0x00..0x3f", up, STDIN, bytes(range(64))),
+        _stream_frame("UTF-8 text", up, STDIN, text_in.encode(), text=text_in),
+        _resize_case("a 24x80 terminal", 24, 80),
+        _resize_case("largest rows, one column", 0xFFFF, 1),
+        _resize_case("zero rows and columns (any u16 is accepted)", 0, 0),
+        *(_signal_case(name) for name in SIGNALS),
+        _stream_frame("UTF-8 text", down, STDOUT, text_out.encode(), text=text_out),
+        _stream_frame("64 bytes 0xc0..0xff", down, STDOUT, bytes(range(0xC0, 0x100))),
+        _stream_frame("UTF-8 text", down, STDERR, text_err.encode(), text=text_err),
+    ]
+    split = [
+        _split_case(
+            "client to device: STDIN, RESIZE, SIGNAL INT, empty STDIN, STDIN",
+            up,
+            [
+                (STDIN, b"ls -l\n"),
+                (RESIZE, bytes.fromhex("00180050")),
+                (SIGNAL, bytes([SIGNALS.index("INT")])),
+                (STDIN, b""),
+                (STDIN, text_in.encode()),
+            ],
+            [1, 4, 12, 31, 33, 40],
+        ),
+        _split_case(
+            "device to client: STDOUT, STDERR, STDOUT",
+            down,
+            [
+                (STDOUT, text_out.encode()),
+                (STDERR, text_err.encode()),
+                (STDOUT, bytes(range(0xC0, 0x100))),
+            ],
+            [5, 13, 14, 30, 60],
+        ),
+    ]
+    reject = [
+        _reject_case("unknown type 0x03, refused from the header", up, _header(3, 3) + b"abc"),
+        _reject_case("unknown type 0xff", up, _header(0xFF, 0)),
+        _reject_case(
+            "length 1 MiB + 1, refused from the header", up, _header(STDIN, MAX_FRAME + 1)
+        ),
+        _reject_case("length 2^32 - 1", up, _header(RESIZE, 0xFFFFFFFF)),
+        _reject_case("RESIZE payload of 3 bytes", up, _header(RESIZE, 3) + b"\x00\x18\x00"),
+        _reject_case(
+            "RESIZE payload of 5 bytes", up, _header(RESIZE, 5) + bytes.fromhex("0018005000")
+        ),
+        _reject_case("RESIZE with no payload", up, _header(RESIZE, 0)),
+        _reject_case("SIGNAL index 8 (past WINCH)", up, _header(SIGNAL, 1) + b"\x08"),
+        _reject_case("SIGNAL index 255", up, _header(SIGNAL, 1) + b"\xff"),
+        _reject_case("SIGNAL with no payload", up, _header(SIGNAL, 0)),
+        _reject_case("SIGNAL payload of 2 bytes", up, _header(SIGNAL, 2) + b"\x00\x00"),
+        _reject_case("stream ends inside a header", up, _header(STDIN, 5)[:3]),
+        _reject_case("stream ends inside a payload", up, _header(STDIN, 5) + b"ab"),
+        _reject_case(
+            "header announcing exactly 1 MiB is accepted; the stream then ends",
+            up,
+            _header(STDIN, MAX_FRAME),
+        ),
+        _reject_case("type 0x02 (SIGNAL) is client to device only", down, _header(2, 1) + b"\x01"),
+        _reject_case("unknown type 0xff", down, _header(0xFF, 0)),
+        _reject_case("length 1 MiB + 1", down, _header(STDOUT, MAX_FRAME + 1)),
+        _reject_case("length 2^32 - 1", down, _header(STDERR, 0xFFFFFFFF)),
+        _reject_case(
+            "a whole STDOUT frame, then the stream ends inside a header",
+            down,
+            encode_frame(STDOUT, text_out.encode()) + _header(STDERR, 4)[:3],
+        ),
+        _reject_case(
+            "stream ends inside a payload", down, _header(STDERR, 10) + text_err.encode()[:4]
+        ),
+    ]
+    return {
+        "description": (
+            "Stream frame known-answer vectors for action, exec and shell channels "
+            "(docs/protocol.md §17.2). Hex strings. 'frames': single frames, 'frame' being "
+            "the exact bytes a sender emits. 'split': frames back to back fed to a decoder "
+            "in the given pieces; 'completes' lists the indexes of the frames a piece "
+            "completes, 'pending' the bytes then left buffered. 'reject': streams a "
+            "receiver refuses; 'error' is this implementation's exception (FrameTooLarge "
+            "is a kind of RemoteProtocolError), 'fails_after' the number of bytes fed, one "
+            "at a time, when it is raised (null: at the end of the stream, with "
+            "'pending_at_eof' bytes left over), 'frames' those delivered before."
+        ),
+        "header_len": FRAME_HEADER_LEN,
+        "max_frame": MAX_FRAME,
+        "types": {d.value: {n: t for t, n in STREAM_TYPES[d].items()} for d in Direction},
+        "signals": list(SIGNALS),
+        "frames": frames,
+        "split": split,
+        "reject": reject,
+    }
+
+
 def main() -> None:
     """Write the files."""
     hs, rec = build()
@@ -470,6 +721,7 @@ def main() -> None:
     (OUT / "channels.json").write_text(json.dumps(build_channels(), indent=2) + "\n")
     (OUT / "discovery.json").write_text(json.dumps(build_discovery(), indent=2) + "\n")
     (OUT / "pake.json").write_text(json.dumps(build_pake(), indent=2) + "\n")
+    (OUT / "streams.json").write_text(json.dumps(build_streams(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import re
+import struct
 
 import msgspec
 import pytest
@@ -16,12 +18,26 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from ecdsa import NIST256p
 from ecdsa.ellipticcurve import PointJacobi
 
+from pstp.exceptions import FrameTooLarge, RemoteProtocolError
 from pstp.protocol.channels import CHANNEL_TRANSITIONS
 from pstp.protocol.config import Config
 from pstp.protocol.connection import TRANSITIONS
 from pstp.protocol.handshake import InitiatorHandshake, KeyRing, ResponderHandshake
 from pstp.protocol.pake import PakeInitiator, PakeProver, PakeResponder, PakeVerifier
 from pstp.protocol.record import RecordReceiver, RecordSender, cipher_for_suite
+from pstp.protocol.streams import (
+    FRAME_HEADER_LEN,
+    MAX_FRAME,
+    SIGNALS,
+    Direction,
+    Frame,
+    FrameDecoder,
+    decode_resize,
+    decode_signal,
+    encode_frame,
+    encode_resize,
+    encode_signal,
+)
 from pstp.wire.frames import InnerType, Suite
 from pstp.wire.messages import (
     INITIAL_WINDOW,
@@ -44,6 +60,7 @@ HS = json.loads((OUR_VECTORS / "pstp-hs.json").read_text())
 REC = json.loads((OUR_VECTORS / "records.json").read_text())
 CHAN = json.loads((OUR_VECTORS / "channels.json").read_text())
 PAKE = json.loads((OUR_VECTORS / "pake.json").read_text())
+STREAMS = json.loads((OUR_VECTORS / "streams.json").read_text())
 
 #: Control message classes and their MessagePack tags (docs/protocol.md §14.4, table 2).
 CONTROL = {
@@ -422,3 +439,182 @@ def test_pake_vectors_reproduce() -> None:
     assert pkeys.responder_id == vkeys.responder_id == inp["verifier_id"]
     responder.release(success=True)
     assert (verifier.successes, verifier.failures, verifier.closed) == (1, 0, True)
+
+
+# -- Stream frames of action, exec and shell channels (docs/protocol.md §17.2) --------
+
+#: §17.2, written out here: frame types per direction, and the signal table.
+STREAM_TYPES = {
+    "to_server": {"STDIN": 0x00, "RESIZE": 0x01, "SIGNAL": 0x02},
+    "to_client": {"STDOUT": 0x00, "STDERR": 0x01},
+}
+SIGNAL_TABLE = ["INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "WINCH"]
+#: Error classes named by streams.json's reject cases.
+STREAM_ERRORS: dict[str, type[RemoteProtocolError]] = {
+    "RemoteProtocolError": RemoteProtocolError,
+    "FrameTooLarge": FrameTooLarge,
+}
+
+
+def _frame(frame_type: int, payload: bytes) -> bytes:
+    """A stream frame built from §17.2 alone: ``type u8 | length u32 | payload``."""
+    return struct.pack(">BI", frame_type, len(payload)) + payload
+
+
+def _wire_frames(frames: list[dict]) -> list[tuple[int, bytes]]:  # type: ignore[type-arg]
+    return [(f["type"], bytes.fromhex(f["payload"])) for f in frames]
+
+
+def _decoded(frames: list[Frame]) -> list[tuple[int, bytes]]:
+    return [(f.type, f.payload) for f in frames]
+
+
+def _reference_decode(
+    direction: str, stream: bytes
+) -> tuple[list[tuple[int, bytes]], str | None, int | None, int]:
+    """§17.2 rules, applied to ``stream`` fed one byte at a time, without pstp code.
+
+    Returns:
+        The frames delivered, the error's class name (``None``: none), the bytes
+        fed when it is raised (``None``: at end of stream, or no error), and the
+        bytes left over at the end.
+    """
+    types = STREAM_TYPES[direction]
+    frames: list[tuple[int, bytes]] = []
+    pos = 0
+    while len(stream) - pos >= 5:
+        frame_type, length = struct.unpack_from(">BI", stream, pos)
+        if frame_type not in types.values():
+            return frames, "RemoteProtocolError", pos + 5, 0
+        if length > 1 << 20:
+            return frames, "FrameTooLarge", pos + 5, 0
+        end = pos + 5 + length
+        if end > len(stream):
+            break
+        payload = stream[pos + 5 : end]
+        if direction == "to_server" and (
+            (frame_type == types["RESIZE"] and len(payload) != 4)
+            or (frame_type == types["SIGNAL"] and (len(payload) != 1 or payload[0] >= 8))
+        ):
+            return frames, "RemoteProtocolError", end, 0
+        frames.append((frame_type, payload))
+        pos = end
+    left = len(stream) - pos
+    return frames, ("RemoteProtocolError" if left else None), None, left
+
+
+def test_stream_constants_match_the_vectors() -> None:
+    """Header length, MAX_FRAME, the type tables and the signal table are the published ones."""
+    assert STREAMS["header_len"] == FRAME_HEADER_LEN == 5
+    assert STREAMS["max_frame"] == MAX_FRAME == 1 << 20
+    assert STREAMS["types"] == STREAM_TYPES
+    assert STREAMS["signals"] == list(SIGNALS) == SIGNAL_TABLE
+
+
+@pytest.mark.parametrize(
+    "case", STREAMS["frames"], ids=lambda c: f"{c['direction']}-{c['name']}-{c['note']}"
+)
+def test_stream_frame_vectors_reproduce(case: dict) -> None:  # type: ignore[type-arg]
+    """Each frame is the §17.2 layout, what encode_* emits, and what FrameDecoder yields."""
+    frame_type, payload = case["type"], bytes.fromhex(case["payload"])
+    frame = bytes.fromhex(case["frame"])
+    # Independently: the layout and the payload fields, with struct only.
+    assert STREAM_TYPES[case["direction"]][case["name"]] == frame_type
+    assert len(payload) == case["length"]
+    assert _frame(frame_type, payload) == frame
+    if "text" in case:
+        assert case["text"].encode() == payload
+    if case["name"] == "RESIZE":
+        assert struct.pack(">HH", case["rows"], case["cols"]) == payload
+    if case["name"] == "SIGNAL":
+        assert SIGNAL_TABLE[case["index"]] == case["signal"]
+        assert bytes((case["index"],)) == payload
+    # Through pstp.protocol.streams.
+    assert encode_frame(frame_type, payload) == frame
+    if case["name"] == "RESIZE":
+        assert encode_resize(case["rows"], case["cols"]) == frame
+        assert decode_resize(payload) == (case["rows"], case["cols"])
+    if case["name"] == "SIGNAL":
+        assert encode_signal(case["signal"]) == encode_signal(f"SIG{case['signal']}") == frame
+        assert decode_signal(payload) == case["signal"]
+    for pieces in ([frame], [frame[i : i + 1] for i in range(len(frame))]):
+        decoder = FrameDecoder(Direction(case["direction"]))
+        got = [f for piece in pieces for f in decoder.feed(piece)]
+        decoder.eof()
+        assert got == [Frame(frame_type, payload)]
+        assert decoder.pending == 0
+
+
+@pytest.mark.parametrize("case", STREAMS["split"], ids=lambda c: c["note"])
+def test_stream_split_vectors_reproduce(case: dict) -> None:  # type: ignore[type-arg]
+    """Frames back to back split into frames the same way whatever pieces the bytes come in."""
+    frames = _wire_frames(case["frames"])
+    stream = bytes.fromhex(case["stream"])
+    pieces = [bytes.fromhex(p["data"]) for p in case["pieces"]]
+    # Independently: the stream is the frames' layouts concatenated, and each piece
+    # completes exactly the frames whose last byte it holds.
+    assert b"".join(_frame(t, p) for t, p in frames) == stream == b"".join(pieces)
+    ends = list(itertools.accumulate(5 + len(p) for _, p in frames))
+    fed = 0
+    for piece, want in zip(pieces, case["pieces"], strict=True):
+        before, fed = fed, fed + len(piece)
+        done = [i for i, end in enumerate(ends) if before < end <= fed]
+        assert want["completes"] == done
+        assert want["pending"] == fed - max([0, *(e for e in ends if e <= fed)])
+    assert _reference_decode(case["direction"], stream) == (frames, None, None, 0)
+    # Through pstp.protocol.streams: encoders, then the decoder in the published pieces.
+    assert b"".join(encode_frame(t, p) for t, p in frames) == stream
+    decoder = FrameDecoder(Direction(case["direction"]))
+    for piece, want in zip(pieces, case["pieces"], strict=True):
+        got = _decoded(decoder.feed(piece))
+        assert got == [frames[i] for i in want["completes"]]
+        assert decoder.pending == want["pending"]
+    decoder.eof()
+    # ... one byte at a time, and all at once.
+    decoder = FrameDecoder(Direction(case["direction"]))
+    assert [f for i in range(len(stream)) for f in _decoded(decoder.feed(stream[i : i + 1]))] == (
+        frames
+    )
+    decoder.eof()
+    decoder = FrameDecoder(Direction(case["direction"]))
+    assert _decoded(decoder.feed(stream)) == frames
+    decoder.eof()
+
+
+@pytest.mark.parametrize("case", STREAMS["reject"], ids=lambda c: f"{c['direction']}-{c['note']}")
+def test_stream_reject_vectors_fail(case: dict) -> None:  # type: ignore[type-arg]
+    """Bad streams fail with the named error, as soon as the bytes show it, and stay failed."""
+    stream = bytes.fromhex(case["stream"])
+    frames = _wire_frames(case["frames"])
+    error = STREAM_ERRORS[case["error"]]
+    # Independently, from the §17.2 rules.
+    assert _reference_decode(case["direction"], stream) == (
+        frames,
+        case["error"],
+        case["fails_after"],
+        case["pending_at_eof"] or 0,
+    )
+    # Through pstp.protocol.streams, one byte at a time: nothing fails before the bytes show it.
+    decoder = FrameDecoder(Direction(case["direction"]))
+    fail_at = case["fails_after"] or len(stream) + 1
+    got = [f for i in range(fail_at - 1) for f in _decoded(decoder.feed(stream[i : i + 1]))]
+    assert got == frames
+    if case["fails_after"] is None:
+        assert decoder.pending == case["pending_at_eof"]
+    with pytest.raises(error) as caught:
+        if case["fails_after"] is None:
+            decoder.eof()
+        else:
+            decoder.feed(stream[fail_at - 1 : fail_at])
+    assert type(caught.value) is error
+    # The decoder stays failed.
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(stream[fail_at:] or b"\x00")
+    with pytest.raises(RemoteProtocolError):
+        decoder.eof()
+    # All at once: the same error.
+    decoder = FrameDecoder(Direction(case["direction"]))
+    with pytest.raises(error) as caught:
+        decoder.feed(stream)
+        decoder.eof()
+    assert type(caught.value) is error
