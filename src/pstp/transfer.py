@@ -93,6 +93,8 @@ _PART_SUFFIX = ".pstp-part"
 _META_SUFFIX = ".pstp-meta"
 _META_MAGIC = b"PSTPMETA"
 _META_LEN = struct.Struct(">H")
+#: The most of a sidecar worth reading: magic, header, and MAX_OFFER_DIGESTS digests.
+_META_READ_MAX = len(_META_MAGIC) + _META_LEN.size + 0xFFFF + MAX_OFFER_DIGESTS * 32
 _DIGEST_LABEL = b"PSTP file v1"
 _SIZES = struct.Struct(">QI")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -459,14 +461,16 @@ def _hash_chunks(fd: int, size: int, chunk_size: int, count: int) -> list[bytes]
 def _read_meta(dir_fd: int, name: str) -> tuple[_PartMeta, list[bytes]] | None:
     """A sidecar's header and whole digests, or None if missing or unreadable."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        # O_NONBLOCK: a FIFO planted under the sidecar's name must not block us.
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         data = b""
-        while chunk := os.read(fd, 1 << 20):
+        # Only the first MAX_OFFER_DIGESTS digests are ever used: read no further.
+        while len(data) < _META_READ_MAX and (chunk := os.read(fd, 1 << 20)):
             data += chunk
     finally:
         os.close(fd)
@@ -486,6 +490,30 @@ def _read_meta(dir_fd: int, name: str) -> tuple[_PartMeta, list[bytes]] | None:
 def _meta_bytes(meta: _PartMeta, digests: Sequence[bytes]) -> bytes:
     head = _ENCODER.encode(meta)
     return _META_MAGIC + _META_LEN.pack(len(head)) + head + b"".join(digests)
+
+
+def _remove_stale(dir_fd: int, part: str, meta_name: str) -> None:
+    """Remove a stale part and its sidecar, unless a transfer is writing the part.
+
+    Raises:
+        _Refused: another transfer holds the part's lock (it is not stale).
+    """
+    try:
+        fd = os.open(part, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        _unlink_quietly(dir_fd, meta_name)
+        return
+    except OSError:  # a symlink (ELOOP) or worse under the part's name: not ours
+        _unlink_quietly(dir_fd, part, meta_name)
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _Refused("another transfer is writing this file") from None
+        _unlink_quietly(dir_fd, part, meta_name)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(dir_fd: int, *names: str) -> None:
@@ -1341,15 +1369,15 @@ class _Receiver:
         found = _read_meta(parent, meta_name)
         c, size = self.chunk_size, entry.size
         if found is None:
-            _unlink_quietly(parent, part, meta_name)
+            _remove_stale(parent, part, meta_name)
             return 0, []
         meta, digests = found
         if (meta.size, meta.mtime_ns, meta.chunk_size) != (size, entry.mtime_ns, c):
-            _unlink_quietly(parent, part, meta_name)
+            _remove_stale(parent, part, meta_name)
             return 0, []
         digests = digests[: min(-(-size // c), MAX_OFFER_DIGESTS)]
         try:
-            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(part, _READ_FLAGS, dir_fd=parent)
         except OSError:
             _unlink_quietly(parent, meta_name)
             return 0, []
@@ -1550,6 +1578,15 @@ class _Receiver:
             os.fchmod(fd, entry.mode & 0o777)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             os.fsync(fd)
+            # Renaming goes by name: make sure the name is still the file we wrote
+            # and verified (someone may have replaced it meanwhile).
+            ours = os.fstat(fd)
+            try:
+                there = os.stat(part, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                there = None
+            if there is None or (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino):
+                raise _Refused(f"{part} was removed or replaced during the transfer")
             if planned.offer.replace:
                 os.rename(part, name, src_dir_fd=parent, dst_dir_fd=parent)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import signal
@@ -370,6 +371,74 @@ def test_no_file_appears_under_its_final_name_before_it_is_complete(
     assert len(parts) > 20 and 0 < max(parts) <= 6 * MiB  # the .part grew in the meantime
     assert all(size == 6 * MiB for size in sizes)  # the final name only ever held it all
     assert sha256(final) == sha256(src)
+
+
+def test_a_part_replaced_during_the_transfer_never_gets_the_final_name(
+    served: Served, tmp_path: Path
+) -> None:
+    """If the .part name is swapped for another file mid-transfer, the commit notices (it
+    checks the inode it wrote) and refuses: the stranger's file is not renamed into place."""
+    src = tmp_path / "swap.bin"
+    src.write_bytes(os.urandom(4 * MiB))
+    final = served.rw / "swap.bin"
+    part = served.rw / part_names("swap.bin")[0]
+    swapped = threading.Event()
+
+    def swap() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and not swapped.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_size > 0:
+                    part.unlink()
+                    part.write_bytes(b"not what was sent")
+                    swapped.set()
+            time.sleep(0.002)
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        summary = run_put(served, [src], final, limit=8 * MiB)
+    finally:
+        swapped.set()
+        swapper.join()
+    assert not summary.ok
+    assert [(p, "replaced" in e) for p, e in summary.failed] == [("swap.bin", True)]
+    assert not final.exists()
+    assert part.read_bytes() == b"not what was sent"
+    part.unlink()
+
+
+def test_a_part_locked_by_another_transfer_is_not_removed_as_stale(
+    served: Served, tmp_path: Path
+) -> None:
+    """Planning removes a stale .part only if no transfer holds its lock."""
+    src = tmp_path / "busy.bin"
+    src.write_bytes(b"new content")
+    part, meta = (served.rw / n for n in part_names("busy.bin"))
+    part.write_bytes(b"someone else's bytes")  # no sidecar: looks stale
+    with part.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        summary = run_put(served, [src], served.rw / "busy.bin")
+        assert summary.failed == [("busy.bin", "another transfer is writing this file")]
+        assert part.read_bytes() == b"someone else's bytes"
+    summary = run_put(served, [src], served.rw / "busy.bin")  # lock released: stale now
+    assert summary.ok and (served.rw / "busy.bin").read_bytes() == b"new content"
+    assert not part.exists() and not meta.exists()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["part", "sidecar"])
+def test_a_fifo_under_a_part_or_sidecar_name_does_not_block_the_receiver(
+    served: Served, tmp_path: Path, which: int
+) -> None:
+    """A FIFO planted where the .part or its sidecar go is removed, never opened blocking."""
+    src = tmp_path / f"fifo{which}.bin"
+    src.write_bytes(b"x" * 1000)
+    planted = served.rw / part_names(src.name)[which]
+    os.mkfifo(planted)
+    summary = run_put(served, [src], served.rw / src.name)
+    assert summary.ok, summary.failed
+    assert (served.rw / src.name).read_bytes() == src.read_bytes()
+    assert not planted.exists()
 
 
 # -- confinement ------------------------------------------------------------------------
