@@ -37,6 +37,7 @@ __all__ = [
     "MAX_CONTROL",
     "MAX_ENTRIES",
     "MAX_ERROR",
+    "MAX_LEFT_OUT",
     "MAX_NAME",
     "MAX_OFFER_DIGESTS",
     "MAX_PATH",
@@ -52,6 +53,7 @@ __all__ = [
     "FileStart",
     "FrameType",
     "Hello",
+    "LeftOut",
     "Offer",
     "OfferAction",
     "PlanEnd",
@@ -136,6 +138,8 @@ _Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
 _Time = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 _Digest = Annotated[bytes, msgspec.Meta(min_length=DIGEST_SIZE, max_length=DIGEST_SIZE)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_ERROR)]
+#: Left-out entries a DONE lists one by one; the rest are only counted.
+MAX_LEFT_OUT = 1000
 
 
 #: The offer a sender never accepts for an entry kind (a file is not a DIR, and so on).
@@ -222,8 +226,20 @@ class Summary(_Message):
     bytes: _Count
 
 
+class LeftOut(_Message):
+    """One thing below a source that the sender left out of the manifest, and why."""
+
+    path: _Text
+    reason: _Text
+
+
 class Done(_Message):
-    """DONE: the sender has no more files."""
+    """DONE: the sender has no more files; what it left out (at most
+    :data:`MAX_LEFT_OUT` listed, ``more`` not listed) so the receiver can tell
+    its user."""
+
+    left_out: list[LeftOut] = msgspec.field(default_factory=list)
+    more: _Count = 0
 
 
 class Error(_Message):
@@ -936,7 +952,9 @@ class _Sender:
                     await self._send_file(i, entry, tree, parts, offer)
                 if self.error is not None:
                     raise TransferFailed(self.error)
-            await self.frames.send(FrameType.DONE, Done())
+            left_out = [LeftOut(p[:MAX_ERROR], r[:MAX_ERROR]) for p, r in skipped[:MAX_LEFT_OUT]]
+            done = Done(left_out, max(0, len(skipped) - MAX_LEFT_OUT))
+            await self.frames.send(FrameType.DONE, done)
             await replies
             if self.error is None and not self._summary:
                 raise self._lost or RemoteProtocolError("the receiver sent no SUMMARY")
@@ -1242,6 +1260,12 @@ class _Receiver:
             elif ftype is FrameType.FILE_ABORT:
                 self._not_sent(msg)
             elif ftype is FrameType.DONE:
+                # What the sender left out (symlinks, devices, unreadable entries) is
+                # reported as failed here too: the user of either end must know.
+                for item in msg.left_out[:MAX_LEFT_OUT]:
+                    self.result.failed.append((item.path, f"left out: {item.reason}"))
+                if msg.more:
+                    self.result.failed.append(("...", f"{msg.more} more left out"))
                 break
             elif ftype is FrameType.ERROR:
                 raise TransferFailed(msg.error)

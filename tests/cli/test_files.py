@@ -176,6 +176,25 @@ def test_refusals_and_failed_entries_exit_1_and_say_why(served: Served, tmp_path
     assert (served.rw / "f.txt").read_text() == "new"
 
 
+def test_get_of_a_tree_says_what_the_device_left_out(served: Served, tmp_path: Path) -> None:
+    """Symlinks and FIFOs in a remote tree are not copied, and `pstp get` says so (exit 1),
+    as `pstp put` does for local ones: a copy that looks complete but is not never exits 0."""
+    tree = served.rw / "mixed"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    (tree / "link").symlink_to("a.txt")
+    os.mkfifo(tree / "pipe")
+    code, out, err = cli(served, "get", "home", str(tree), str(tmp_path / "got"), "--json")
+    assert code == 1, err
+    result = summary(out)
+    assert result["files"] == 1 and not result["ok"]
+    assert sorted((f["path"], f["error"]) for f in result["failed"]) == [
+        ("mixed/link", "left out: symlink (not followed)"),
+        ("mixed/pipe", "left out: not a regular file or directory"),
+    ]
+    assert sorted(p.name for p in (tmp_path / "got").rglob("*")) == ["a.txt"]
+
+
 def test_usage_errors_exit_2(served: Served, tmp_path: Path) -> None:
     """Too few paths, a bad --limit, an unknown peer: exit 2 with a message."""
     assert cli(served, "put", "home", "/only-one")[0] == 2

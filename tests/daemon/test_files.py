@@ -32,6 +32,7 @@ from pstp.exceptions import ChannelError, TransferFailed
 from pstp.settings import add_peer, create
 from pstp.transfer import (
     CHUNK_SIZE,
+    MAX_LEFT_OUT,
     Entry,
     FrameType,
     Hello,
@@ -523,9 +524,11 @@ def test_symlink_escapes_are_refused_and_audited(served: Served, tmp_path: Path)
     with pytest.raises(TransferFailed, match="symlink leads outside the root"):
         run_get(served, [served.rw / "abs_out" / "passwd"], tmp_path / "got")
     assert not (outside / "x.txt").exists() and not (tmp_path / "got").exists()
-    # A tree holding a symlink: the link is not followed (nothing from outside arrives).
+    # A tree holding a symlink: the link is not followed (nothing from outside arrives),
+    # and the client is told what was left out.
     tree = run_get(served, [served.rw / "tree"], tmp_path / "t")
-    assert tree.ok and sorted(p.name for p in (tmp_path / "t").rglob("*")) == ["ok.txt"]
+    assert tree.failed == [("tree/out", "left out: symlink (not followed)")]
+    assert sorted(p.name for p in (tmp_path / "t").rglob("*")) == ["ok.txt"]
     # A put whose tree meets an existing symlink below the target: that part is refused.
     up = tmp_path / "tree"
     (up / "out").mkdir(parents=True)
@@ -589,6 +592,21 @@ def test_put_into_a_new_directory_under_a_read_only_root_creates_nothing(
     assert not (served.rw / "ro" / "new").exists()
     denied = served.audit("deny")[before:]
     assert [r.args["path"] for r in denied] == [f"{served.rw}/ro/new"]
+
+
+def test_left_out_entries_are_listed_up_to_a_bound_then_counted(
+    served: Served, tmp_path: Path
+) -> None:
+    """A tree of many symlinks: DONE names the first MAX_LEFT_OUT and counts the rest."""
+    tree = served.rw / "links"
+    tree.mkdir()
+    for i in range(MAX_LEFT_OUT + 5):
+        (tree / f"l{i:05}").symlink_to("nowhere")
+    result = run_get(served, [tree], tmp_path / "links")
+    assert len(result.failed) == MAX_LEFT_OUT + 1
+    assert result.failed[0] == ("links/l00000", "left out: symlink (not followed)")
+    assert result.failed[-1] == ("...", "5 more left out")
+    assert list((tmp_path / "links").iterdir()) == []
 
 
 def test_device_files_are_neither_read_nor_replaced(served: Served, tmp_path: Path) -> None:
