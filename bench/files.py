@@ -358,19 +358,6 @@ def _pstp(
     return rate, daemon_cpu / gb, r["cpu"] / gb
 
 
-@contextlib.contextmanager
-def _sftp_sshd() -> Iterator[Any]:
-    """bench.sshpeer's private sshd with an SFTP subsystem, which scp (OpenSSH 9 copies
-    over SFTP) and asyncssh's SFTP client need and its configuration does not declare."""
-    from unittest import mock
-
-    from bench import sshpeer
-
-    config = sshpeer._SSHD_CONFIG + "Subsystem sftp internal-sftp\n"
-    with mock.patch.object(sshpeer, "_SSHD_CONFIG", config), sshpeer.Sshd() as sshd:
-        yield sshd
-
-
 def _cli(config: Path, keys: dict[str, bytes], src: Path, dst: Path, reps: int, size: int) -> Row:
     """`pstp put` / `pstp get` as fresh processes (their own event loop choice: uvloop if
     installed) against a daemon with `pstp serve`'s default limits."""
@@ -599,7 +586,7 @@ def _workdir(disk: bool) -> Iterator[Path]:
 
 def orchestrate(args: argparse.Namespace) -> int:
     """Run every method in this one run and print the table."""
-    from bench.sshpeer import openssh_missing
+    from bench.sshpeer import Sshd, openssh_missing
 
     size, reps = args.size, args.reps
     key = os.urandom(32)
@@ -652,7 +639,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         if missing:
             rows.append(Row("scp / cat | ssh / asyncssh SFTP", note=f"skipped: {missing}"))
         else:
-            with _sftp_sshd() as sshd:
+            with Sshd() as sshd:
                 ssh_rows = _ssh_rows(sshd, src, dst, size, reps, args.disk, digest)
             rows += ssh_rows
             scp = ssh_rows[0]

@@ -49,6 +49,7 @@ MaxStartups 1000
 MaxSessions 1000
 LogLevel ERROR
 SetEnv HOME={dir}/home
+Subsystem sftp internal-sftp
 """
 
 
