@@ -41,6 +41,8 @@ _log = logging.getLogger("pstp.control")
 
 #: The longest request line accepted (a pairing request is far shorter).
 _MAX_LINE = 4096
+#: Seconds a client has to send its request line.
+_REQUEST_TIMEOUT = 10.0
 #: Longest pairing window a request may ask for, in seconds.
 _MAX_WINDOW = 3600.0
 
@@ -100,7 +102,7 @@ class ControlServer:
                 _log.warning("control socket: refused a client of uid %d", uid)
                 await _send(writer, {"event": "error", "message": "not allowed"})
                 return
-            line = await reader.readline()
+            line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT)
             if len(line) > _MAX_LINE:
                 await _send(writer, {"event": "error", "message": "request too long"})
                 return
@@ -112,7 +114,7 @@ class ControlServer:
                 await _send(writer, {"event": "error", "message": "unknown request"})
                 return
             await self._pair(request, reader, writer)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             _log.info("control client went away: %s", exc)
         finally:
             writer.close()
