@@ -16,10 +16,10 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
+from pstp.clock import next_timestamp
 from pstp.exceptions import (
     ChannelError,
     ConnectionClosed,
@@ -60,15 +60,6 @@ ChannelHandler = Callable[["Channel"], Awaitable[int | None]]
 #: Decides, before a channel is accepted, whether the peer may open it: returns
 #: ``None`` to allow, or the reason for refusing (sent to the peer with REFUSED).
 Authorizer = Callable[[Connection, str, Params], str | None]
-
-_last_timestamp = 0
-
-
-def next_timestamp() -> int:
-    """Wall-clock nanoseconds for HS_INIT, strictly increasing within this process."""
-    global _last_timestamp
-    _last_timestamp = max(time.time_ns(), _last_timestamp + 1)
-    return _last_timestamp
 
 
 class Channel:

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 
+from pstp.clock import next_timestamp
 from pstp.exceptions import (
     ChannelError,
     ConnectionClosed,
@@ -86,21 +87,6 @@ _LINGER = 2.0
 # because calling threads use sendall on it.  (Windows has no such flag.)
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _NONBLOCKING_SEND_MAX = _READ_SIZE if _DONTWAIT else 16 * 1024
-
-_timestamp_lock = threading.Lock()
-_last_timestamp = 0
-
-
-def next_timestamp() -> int:
-    """Wall-clock nanoseconds for HS_INIT, strictly increasing within this process.
-
-    Thread-safe: two handshakes started at once still get distinct timestamps
-    (the responder refuses a timestamp it has already seen, §5.1).
-    """
-    global _last_timestamp
-    with _timestamp_lock:
-        _last_timestamp = max(time.time_ns(), _last_timestamp + 1)
-        return _last_timestamp
 
 
 def _deadline(timeout: float | None) -> float | None:
