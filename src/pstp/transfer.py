@@ -21,6 +21,7 @@ import hmac
 import os
 import stat
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar
@@ -95,6 +96,8 @@ _PART_SUFFIX = ".pstp-part"
 _META_SUFFIX = ".pstp-meta"
 _META_MAGIC = b"PSTPMETA"
 _META_LEN = struct.Struct(">H")
+#: Seconds to wait for the lock of a part that another transfer, perhaps ending, holds.
+_LOCK_WAIT = 5.0
 #: The most of a sidecar worth reading: magic, header, and MAX_OFFER_DIGESTS digests.
 _META_READ_MAX = len(_META_MAGIC) + _META_LEN.size + 0xFFFF + MAX_OFFER_DIGESTS * 32
 _DIGEST_LABEL = b"PSTP file v1"
@@ -508,11 +511,14 @@ def _meta_bytes(meta: _PartMeta, digests: Sequence[bytes]) -> bytes:
     return _META_MAGIC + _META_LEN.pack(len(head)) + head + b"".join(digests)
 
 
-def _remove_stale(dir_fd: int, part: str, meta_name: str) -> None:
+def _remove_stale(dir_fd: int, part: str, meta_name: str, wait: float = _LOCK_WAIT) -> None:
     """Remove a stale part and its sidecar, unless a transfer is writing the part.
 
+    Runs in a worker thread (planning): like :func:`_lock`, it waits a little
+    for a transfer that is ending (an interrupted one run again at once).
+
     Raises:
-        _Refused: another transfer holds the part's lock (it is not stale).
+        _Refused: another transfer still holds the part's lock (it is not stale).
     """
     try:
         fd = os.open(part, _READ_FLAGS, dir_fd=dir_fd)
@@ -523,10 +529,15 @@ def _remove_stale(dir_fd: int, part: str, meta_name: str) -> None:
         _unlink_quietly(dir_fd, part, meta_name)
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _Refused("another transfer is writing this file") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _Refused("another transfer is writing this file") from None
+                time.sleep(0.02)
         _unlink_quietly(dir_fd, part, meta_name)
     finally:
         os.close(fd)
@@ -557,7 +568,7 @@ async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
         raise
 
 
-async def _lock(fd: int, wait: float = 5.0) -> None:
+async def _lock(fd: int, wait: float = _LOCK_WAIT) -> None:
     """Lock a ``.part`` for writing, waiting a little for a transfer that is ending.
 
     Raises:

@@ -322,6 +322,7 @@ def test_changed_source_restarts_cleanly(served: Served, tmp_path: Path) -> None
         run_put(served, [src], served.rw / "c2.bin", progress=interrupt_after(6 * MiB))
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     again = run_put(served, [src], served.rw / "c2.bin")
+    assert again.ok, again.failed
     assert again.bytes_resumed == 0 and sha256(served.rw / "c2.bin") == sha256(src)
 
 
@@ -425,6 +426,23 @@ def test_a_part_locked_by_another_transfer_is_not_removed_as_stale(
     summary = run_put(served, [src], served.rw / "busy.bin")  # lock released: stale now
     assert summary.ok and (served.rw / "busy.bin").read_bytes() == b"new content"
     assert not part.exists() and not meta.exists()
+
+
+def test_a_stale_part_of_a_transfer_that_is_ending_is_waited_for(
+    served: Served, tmp_path: Path
+) -> None:
+    """Run again right after an interrupt, the old receiver may still hold the part's
+    lock for a moment: planning waits for it instead of failing the entry."""
+    src = tmp_path / "ending.bin"
+    src.write_bytes(b"fresh")
+    part = served.rw / part_names("ending.bin")[0]
+    part.write_bytes(b"old")  # no sidecar: stale once its lock is free
+    held = part.open("rb")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    threading.Timer(0.5, held.close).start()  # the ending transfer lets go
+    summary = run_put(served, [src], served.rw / "ending.bin")
+    assert summary.ok, summary.failed
+    assert (served.rw / "ending.bin").read_bytes() == b"fresh" and not part.exists()
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["part", "sidecar"])
