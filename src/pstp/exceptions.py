@@ -16,6 +16,7 @@
     ├── ChannelError               # channel_id, code
     └── DaemonError
         ├── PermissionDenied
+        ├── ChannelFailure         # code, reason: told to the peer
         ├── ExecFailed
         └── TransferFailed
 
@@ -31,6 +32,7 @@ from typing import ClassVar
 
 __all__ = [
     "ChannelError",
+    "ChannelFailure",
     "ConnectionClosed",
     "DaemonError",
     "DecryptError",
@@ -165,6 +167,24 @@ class DaemonError(PstpError):
 
 class PermissionDenied(DaemonError):
     """Policy refused the request."""
+
+
+class ChannelFailure(DaemonError):
+    """A channel handler's failure that the peer is told about.
+
+    The session core closes (or, before ACCEPT, rejects) the channel with
+    ``code`` (a ChannelCode value, docs/protocol.md §14.4) and ``reason``,
+    which is written for the peer; any other exception's text stays local.
+
+    Args:
+        code: the ChannelCode sent to the peer.
+        reason: the text sent to the peer (cut to 200 characters).
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(reason or f"channel failed with code {code}")
+        self.code = code
+        self.reason = reason[:200]
 
 
 class ExecFailed(DaemonError):
