@@ -24,6 +24,7 @@ from pstp.exceptions import (
     ChannelError,
     ConnectionClosed,
     ErrorCode,
+    ChannelFailure,
     PermissionDenied,
     PstpError,
 )
@@ -411,6 +412,8 @@ class SessionProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             await ch.close(code=ChannelCode.GOING_AWAY, reason="shutting down")
             raise
+        except ChannelFailure as exc:
+            await ch.close(code=exc.code, reason=exc.reason)
         except PermissionDenied as exc:
             # A refusal's text is written for the peer (a policy reason), unlike
             # other errors, whose text stays local (§9).
