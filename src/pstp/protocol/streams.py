@@ -38,9 +38,12 @@ __all__ = [
     "Direction",
     "Frame",
     "FrameDecoder",
+    "check_length",
+    "decode_header",
     "decode_resize",
     "decode_signal",
     "encode_frame",
+    "encode_header",
     "encode_resize",
     "encode_signal",
     "status_for_error",
@@ -98,6 +101,30 @@ class Frame(msgspec.Struct, frozen=True):
     payload: bytes
 
 
+def encode_header(frame_type: int, length: int) -> bytes:
+    """The ``type u8 | length u32`` header, shared by the stream frames and the file
+    frames (docs/protocol.md §17.2, §18.2)."""
+    return _HEADER.pack(frame_type, length)
+
+
+def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """``(type, length)`` from the first 5 bytes of ``data``; None if it is shorter."""
+    if len(data) < FRAME_HEADER_LEN:
+        return None
+    frame_type, length = _HEADER.unpack_from(data)
+    return int(frame_type), int(length)
+
+
+def check_length(length: int, limit: int, what: str = "stream frame") -> None:
+    """Judge a header's length before buffering the payload (docs/protocol.md §17.2, §18.2).
+
+    Raises:
+        FrameTooLarge: ``length`` exceeds ``limit``.
+    """
+    if length > limit:
+        raise FrameTooLarge(f"{what} of {length} bytes (max {limit})")
+
+
 def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
     """Serialize one frame.
 
@@ -108,7 +135,7 @@ def encode_frame(frame_type: int, payload: bytes | bytearray | memoryview = b"")
         raise ValueError(f"frame type {frame_type} is not a byte")
     if len(payload) > MAX_FRAME:
         raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_FRAME}")
-    return _HEADER.pack(frame_type, len(payload)) + bytes(payload)
+    return encode_header(frame_type, len(payload)) + bytes(payload)
 
 
 def encode_resize(rows: int, cols: int) -> bytes:
@@ -194,13 +221,12 @@ class FrameDecoder:
         self._buf += data
         frames: list[Frame] = []
         try:
-            while len(self._buf) >= FRAME_HEADER_LEN:
-                frame_type, length = _HEADER.unpack_from(self._buf)
+            while (header := decode_header(self._buf)) is not None:
+                frame_type, length = header
                 # Judge the header before waiting for (and buffering) the payload.
                 if frame_type not in self._types:
                     raise RemoteProtocolError(f"unknown stream frame type {frame_type:#04x}")
-                if length > self.max_payload:
-                    raise FrameTooLarge(f"stream frame of {length} bytes (max {self.max_payload})")
+                check_length(length, self.max_payload)
                 end = FRAME_HEADER_LEN + length
                 if len(self._buf) < end:
                     break
