@@ -18,7 +18,7 @@ import pytest
 from pstp.cli.cmd_files import _progress_bar, parse_rate
 from pstp.cli.main import Console, main
 from pstp.client.files import Progress
-from pstp.daemon.files import part_names
+from pstp.files.disk import part_names
 from tests.cli.test_pair import env_for
 from tests.daemon.test_files import Served, make_tree, sha256, snapshot
 from tests.helpers import TIMEOUT

@@ -21,25 +21,22 @@ from typing import Any
 import msgspec
 import pytest
 
-import pstp.client.files as client_files
-import pstp.daemon.files as daemon_files
-from pstp import transfer
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.client.files import Progress, TransferSummary, get, put
 from pstp.daemon.audit import AuditLog, AuditRow
 from pstp.exceptions import ChannelError, TransferFailed
-from pstp.settings import add_peer, create
-from pstp.transfer import (
+from pstp.files import frames
+from pstp.files.disk import part_names
+from pstp.files.frames import (
     CHUNK_SIZE,
     MAX_LEFT_OUT,
     Entry,
     FrameType,
     Hello,
     file_digest,
-    part_names,
-    split_path,
 )
+from pstp.settings import add_peer, create
 from pstp.wire.messages import ChannelCode
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT
@@ -504,7 +501,7 @@ def test_manifest_paths_with_dotdot_or_absolute_are_refused_and_audited(
             for ftype, msg in (
                 (FrameType.HELLO, Hello(1, CHUNK_SIZE)),
                 (FrameType.ENTRIES, [Entry("a", "d"), Entry(bad, "f", 4)]),
-                (FrameType.ENTRIES_END, transfer.EntriesEnd(2, 4)),
+                (FrameType.ENTRIES_END, frames.EntriesEnd(2, 4)),
             ):
                 payload = enc(msg)
                 out += bytes([ftype]) + len(payload).to_bytes(4, "big") + payload
@@ -728,7 +725,7 @@ def raw_put(served: Served, name: str, size: int, body: bytes) -> tuple[bytes, i
             ch = await s.open_channel("file", params)
             head = frame(FrameType.HELLO, Hello(1, SMALL_CHUNK))
             head += frame(FrameType.ENTRIES, [Entry(name, "f", size, 0o644, 1)])
-            head += frame(FrameType.ENTRIES_END, transfer.EntriesEnd(1, size))
+            head += frame(FrameType.ENTRIES_END, frames.EntriesEnd(1, size))
             await ch.write(head + body)
             await ch.write_eof()
             reply = await ch.read_all()
@@ -738,20 +735,20 @@ def raw_put(served: Served, name: str, size: int, body: bytes) -> tuple[bytes, i
 
 
 A, B = os.urandom(SMALL_CHUNK), os.urandom(1000)
-START = frame(FrameType.FILE, transfer.FileStart(0, 0))
+START = frame(FrameType.FILE, frames.FileStart(0, 0))
 GOOD_END = frame(
     FrameType.FILE_END,
-    transfer.FileEnd(
+    frames.FileEnd(
         0,
         file_digest(
             len(A) + len(B), SMALL_CHUNK, [hashlib.sha256(A).digest(), hashlib.sha256(B).digest()]
         ),
     ),
 )
-DONE = frame(FrameType.DONE, transfer.Done())
+DONE = frame(FrameType.DONE, frames.Done())
 
 
-BAD_END = frame(FrameType.FILE_END, transfer.FileEnd(0, b"x" * 32))
+BAD_END = frame(FrameType.FILE_END, frames.FileEnd(0, b"x" * 32))
 SHORT_END = frame(FrameType.FILE_END, [0, b"x" * 31])
 TAMPERED = {
     "corrupt chunk": (START + chunk(A) + chunk(B, b"\0" * 32) + GOOD_END, "chunk 1 failed", True),
@@ -760,9 +757,9 @@ TAMPERED = {
     "reordered": (START + chunk(B) + chunk(A), "CHUNK of 1000 bytes at 0", True),
     "last chunk missing": (START + chunk(A) + DONE, "unexpected DONE inside a file", True),
     "truncated": (START + chunk(A), "ended inside a file", True),
-    "foreign index": (frame(FrameType.FILE, transfer.FileStart(3, 0)), "entry 3 of 1", False),
+    "foreign index": (frame(FrameType.FILE, frames.FileStart(3, 0)), "entry 3 of 1", False),
     "unoffered offset": (
-        frame(FrameType.FILE, transfer.FileStart(0, SMALL_CHUNK)),
+        frame(FrameType.FILE, frames.FileStart(0, SMALL_CHUNK)),
         "was not offered",
         False,
     ),
@@ -788,42 +785,3 @@ def test_tampered_or_truncated_streams_are_refused_and_nothing_is_committed(
     honest = START + chunk(A) + chunk(B) + GOOD_END + DONE
     _, status = raw_put(served, "x.bin", len(A) + len(B), honest)
     assert status == 0 and target.read_bytes() == A + B
-
-
-# -- protocol units ---------------------------------------------------------------------
-
-
-def test_the_client_and_the_daemon_share_one_engine() -> None:
-    """Both ends run the same transfer engine (pstp.transfer), not copies of it."""
-    assert daemon_files.file_digest is transfer.file_digest
-    assert client_files.TransferResult is daemon_files.TransferResult is transfer.TransferResult
-
-
-def test_split_path_accepts_clean_relative_paths_only() -> None:
-    """Entry paths: relative, no empty, `.` or `..` component, bounded lengths."""
-    assert split_path("a/b c/ü.txt") == ("a", "b c", "ü.txt")
-    for bad in ("", "/a", "a/", "a//b", "./a", "a/..", "a\x00b", "x" * 256, "a/" * 2100 + "a"):
-        with pytest.raises(ValueError):
-            split_path(bad)
-
-
-def test_part_names_stay_within_name_max_and_are_hidden() -> None:
-    """Parts sit beside the target under a hidden name, hashed when the name is long."""
-    assert part_names("a.txt") == (".a.txt.pstp-part", ".a.txt.pstp-meta")
-    long_part, long_meta = part_names("é" * 127)
-    assert len(long_part.encode()) <= 255 and long_part.startswith(".pstp-")
-    assert long_meta.endswith(".pstp-meta")
-
-
-def test_file_digest_covers_size_chunk_size_and_every_chunk() -> None:
-    """The file digest changes with the size, the chunk size and any chunk digest."""
-    d = [hashlib.sha256(b"x").digest(), hashlib.sha256(b"y").digest()]
-    base = file_digest(2, CHUNK_SIZE, d)
-    assert (
-        base
-        == hashlib.sha256(
-            b"PSTP file v1" + (2).to_bytes(8, "big") + CHUNK_SIZE.to_bytes(4, "big") + b"".join(d)
-        ).digest()
-    )
-    assert len({base, file_digest(3, CHUNK_SIZE, d), file_digest(2, 1 << 16, d)}) == 3
-    assert file_digest(2, CHUNK_SIZE, d[::-1]) != base

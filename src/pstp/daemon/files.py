@@ -1,182 +1,8 @@
-"""File transfer: the ``file`` channel (put and get), streamed, resumable, verified, atomic.
+"""The device's side of the ``file`` channel: confinement to the peer's roots, policy and
+audit (docs/protocol.md §18.10), around the engine of :mod:`pstp.files.engine`.
 
-Channel ``file``
-================
-
-The client opens a ``file`` channel with these OPEN params:
-
-========== ============== ===================================================
-Param      Type           Meaning
-========== ============== ===================================================
-``op``     str            ``"put"`` (client sends) or ``"get"`` (daemon sends)
-``path``   str            absolute path on the daemon: the target of a put,
-                          the source of a get
-``force``  bool           put: replace files that exist (default false)
-``into``   bool           put: ``path`` is a directory to put the sources
-                          into (several sources, or a trailing ``/``)
-``reason`` str | nil      why (policy, audit)
-========== ============== ===================================================
-
-The policy decides the OPEN as a ``FileRequest(path, write=op == "put")``
-(:mod:`pstp.daemon.policy`: lexical checks, the most specific root wins).
-Then one side is the **sender** (the client for put, the daemon for get)
-and the other the **receiver**; the protocol below is the same both ways.
-
-Frames
-------
-
-Both directions of the channel carry frames back to back (a frame may span
-CHANNEL_DATA messages and one message may hold several)::
-
-    type u8 | length u32 (big-endian) | payload (length bytes)
-
-Every payload is a MessagePack array (a ``msgspec`` struct encoded
-``array_like``, fields in the order listed) except CHUNK's.  Control
-payloads are at most 4 MiB (:data:`MAX_CONTROL`); a receiver checks type and
-length from the 5-byte header before buffering anything.
-
-Sender → receiver:
-
-===== ============ ===========================================================
-Type  Name         Payload
-===== ============ ===========================================================
-0x01  HELLO        ``[version=1, chunk_size]``: chunk_size a power of two,
-                   64 KiB .. 4 MiB (1 MiB by default)
-0x02  ENTRIES      ``[[path, kind, size, mode, mtime_ns], ...]``: the next
-                   entries of the manifest (indexes count on from 0)
-0x03  ENTRIES_END  ``[count, total]``: the manifest is complete (``count``
-                   entries, ``total`` bytes of files)
-0x04  FILE         ``[index, offset]``: the data of file ``index`` follows,
-                   starting at ``offset``
-0x05  CHUNK        raw bytes: ``data || SHA-256(data)``; ``length`` counts
-                   both, so data is ``length - 32`` bytes
-0x06  FILE_END     ``[index, digest]``: the file digest (below)
-0x07  FILE_ABORT   ``[index, error]``: the sender gives up on file ``index``
-                   (inside it, or between files: it will not be sent)
-0x08  DONE         ``[]``: no more files
-===== ============ ===========================================================
-
-Receiver → sender:
-
-===== ============ ===========================================================
-Type  Name         Payload
-===== ============ ===========================================================
-0x11  PLAN         ``[[action, offset, digests, have, replace, error], ...]``:
-                   one offer per manifest entry, in order
-0x12  PLAN_END     ``[need]``: all offers sent; ``need`` bytes will be written
-0x13  FILE_OK      ``[index]``: file ``index`` is complete under its final name
-0x14  FILE_FAILED  ``[index, error]``: file ``index`` could not be committed
-0x15  SUMMARY      ``[files, failed, bytes]``: the receiver is done
-0x1F  ERROR        ``[error]``: fatal; the channel closes after it
-===== ============ ===========================================================
-
-ERROR may also go from the sender to the receiver, and either side may send
-it at any point (for example in place of PLAN or HELLO).  Error texts are
-for people and at most 1000 characters.
-
-Manifest entries
-----------------
-
-``path`` is relative and ``/``-separated; its first component is the name
-of the source (a put into an existing directory lands under it).  No
-component may be empty, ``.`` or ``..``, or longer than 255 bytes; the
-whole path is at most 4096 bytes; an entry's parent must be a directory
-entry listed before it; paths are unique.  ``kind`` is ``"f"`` (regular
-file) or ``"d"`` (directory); ``mode`` is the permission bits (the receiver
-applies ``mode & 0o777``: never setuid, setgid or sticky); ``mtime_ns`` is
-applied to files on commit and to directories at the end.  Symlinks,
-devices, FIFOs and sockets are never listed (the sender reports them as
-skipped), and the sender never follows a symlink below the source it was
-given.  At most 2**20 entries.
-
-Offers
-------
-
-``action`` is 0 SEND, 1 FAIL (``error`` says why: exists, refused by
-policy, not a regular file, ...) or 2 DIR (directory created or present).
-For a file, ``offset`` is where a resumable ``.part`` ends (a multiple of
-chunk_size, or the size) and ``digests`` the SHA-256 of each of its chunks
-(at most 65 536: longer prefixes are offered shorter).  ``have`` is set
-when a file of the same size already exists under the final name: the
-digests of all its chunks.  ``replace`` says whether the receiver may
-replace an existing file (``force``).
-
-The sender then, for each SEND offer:
-
-* with ``have``: hashes its file; equal digests → the file is skipped (no
-  FILE); different and not ``replace`` → a failure, not sent;
-* with ``offset > 0``: hashes its first chunks and resumes after the
-  longest prefix whose digests match (so a changed source restarts from
-  its first changed chunk, or from 0);
-* sends FILE ``[index, offset]`` (``offset`` ≤ the offered one, a multiple of
-  chunk_size or the size), the CHUNKs from there (every chunk is exactly
-  chunk_size bytes but the file's last), then FILE_END.
-
-Every SEND offer is answered, before DONE, by FILE or FILE_ABORT, except a
-skip (which needs ``have``).  A source that cannot be opened, that exists
-with different content on the receiver without ``replace``, or whose size
-or mtime changed since it was listed, gets FILE_ABORT instead of FILE; one
-that changes while being read is ended with FILE_ABORT (the receiver then
-removes its ``.part``).
-
-Digests
--------
-
-Chunk digest: ``SHA-256(data)``.  File digest::
-
-    SHA-256("PSTP file v1" || size u64 || chunk_size u32 || d_0 || d_1 || ... || d_n-1)
-
-over the digests of all the file's chunks (a hash list, as Dropbox's
-content hash: every byte is hashed once on each side, and a resumed file's
-digest needs no second pass over the part already there).  The receiver
-checks each chunk's digest before it counts as verified and the file
-digest before the commit; any mismatch is fatal (ERROR), and running the
-transfer again resumes from the last verified chunk.
-
-Receiving: atomic, resumable, confined
---------------------------------------
-
-A file is written to ``.NAME.pstp-part`` in its target directory (locked
-with ``flock``; long names use ``.pstp-<hash>.pstp-part``), beside a sidecar
-``.NAME.pstp-meta``::
-
-    "PSTPMETA" | length u16 | [size, mtime_ns, chunk_size, boot_id] | d_0 | d_1 | ...
-
-to which each chunk's digest is appended once the chunk is written and
-verified.  Each chunk's writeback starts as soon as it is written
-(``POSIX_FADV_DONTNEED`` on dirty pages), so the disk works during the
-transfer rather than all at the final ``fsync``.  Completion: ``fsync`` the
-part, set mode and mtime, rename it to the final name (without ``force``:
-``link`` + ``unlink``, so an existing file is never replaced), remove the
-sidecar, and ``fsync`` each directory touched before SUMMARY.  A file never
-appears under its final name incomplete.
-
-On the next transfer of the same entry the receiver offers the verified
-prefix if the sidecar's size, mtime and chunk size match the new entry;
-otherwise it restarts.  If the machine rebooted since (the sidecar's
-``boot_id`` differs: page cache lost) the prefix is hashed again first.
-Before writing, the receiver checks the free space (``need`` bytes, and
-again before each file) and fails with a clear error; a write that still
-fails (ENOSPC) keeps the ``.part`` for a later resume and leaves any
-existing file untouched.
-
-Below the target directory every path is opened relative to a directory
-descriptor with ``O_NOFOLLOW``: a symlink there is refused, never followed.
-The daemon resolves the OPEN path itself inside its policy root: symlinks
-are followed only while they stay inside that root (each component opened
-with ``O_NOFOLLOW``, link targets resolved by hand and compared with the
-root), device files, FIFOs and sockets are refused, and each entry of a
-put is checked against the policy again (a read-only root nested in a
-writable one stays read-only).  Refusals are written to the audit log.
-
-Order and end
--------------
-
-The sender sends no FILE before PLAN_END, and the receiver no PLAN before
-ENTRIES_END; FILE_OK and FILE_FAILED may come while later files are being
-sent.  A sender reports success only after SUMMARY; the daemon then ends
-the channel with CLOSE and its exit status: 0 when every entry went
-through, 1 otherwise (some entries failed, or ERROR ended the transfer).
+The OPEN params are §18.1; the frames, messages and the end of a transfer
+(DONE included) are §18.2 to §18.9.
 """
 
 from __future__ import annotations
@@ -193,50 +19,10 @@ from typing import Any, Protocol
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.daemon.policy import FileRequest, FileRoot, Policy
 from pstp.exceptions import RemoteProtocolError, TransferFailed
-from pstp.transfer import (
-    _DIR_FLAGS,
-    CHUNK_SIZE,
-    MAX_CHUNK_SIZE,
-    MAX_CONTROL,
-    MAX_ENTRIES,
-    MIN_CHUNK_SIZE,
-    VERSION,
-    Entry,
-    FrameType,
-    Offer,
-    OfferAction,
-    Progress,
-    TransferResult,
-    _Frames,
-    _in_thread,
-    _Receiver,
-    _Refused,
-    _Sender,
-    _Tree,
-    file_digest,
-    part_names,
-    split_path,
-)
+from pstp.files.disk import DIR_FLAGS, RefusedError, Tree
+from pstp.files.engine import FrameStream, Receiver, Sender, TransferResult, in_thread
 
-__all__ = [
-    "CHUNK_SIZE",
-    "MAX_CHUNK_SIZE",
-    "MAX_CONTROL",
-    "MAX_ENTRIES",
-    "MIN_CHUNK_SIZE",
-    "VERSION",
-    "Entry",
-    "FrameType",
-    "Offer",
-    "OfferAction",
-    "Progress",
-    "Recorder",
-    "TransferResult",
-    "file_digest",
-    "file_handler",
-    "part_names",
-    "split_path",
-]
+__all__ = ["Recorder", "file_handler"]
 
 _log = logging.getLogger("pstp.daemon.files")
 
@@ -267,7 +53,7 @@ class _Jail:
         try:
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            raise _Refused(f"the root {self.root} cannot be opened: {exc.strerror}") from None
+            raise RefusedError(f"the root {self.root} cannot be opened: {exc.strerror}") from None
 
     def _link(self, done: list[str], target: str) -> list[str]:
         """The components below the root that a symlink in ``done`` leads to."""
@@ -278,14 +64,14 @@ class _Jail:
                     parts = list(path.relative_to(base).parts)
                     break
             else:
-                raise _Refused(f"a symlink leads outside the root ({target})")
+                raise RefusedError(f"a symlink leads outside the root ({target})")
         else:
             parts = [*done, *PurePosixPath(target).parts]
         out: list[str] = []
         for part in parts:
             if part == "..":
                 if not out:
-                    raise _Refused(f"a symlink leads outside the root ({target})")
+                    raise RefusedError(f"a symlink leads outside the root ({target})")
                 out.pop()
             elif part not in ("", "."):
                 out.append(part)
@@ -303,7 +89,7 @@ class _Jail:
             itself; it may not exist), and the real path resolved to.
 
         Raises:
-            _Refused: a symlink leads outside the root, a directory is missing
+            RefusedError: a symlink leads outside the root, a directory is missing
                 or is not one, or there are too many symlinks.
         """
         todo = collections.deque(parts)
@@ -319,11 +105,11 @@ class _Jail:
                 except FileNotFoundError:
                     if not todo:
                         return fd, name, where
-                    raise _Refused(f"{where}: no such directory") from None
+                    raise RefusedError(f"{where}: no such directory") from None
                 if stat.S_ISLNK(st.st_mode):
                     hops += 1
                     if hops > self.MAX_HOPS:
-                        raise _Refused(f"{where}: too many levels of symbolic links")
+                        raise RefusedError(f"{where}: too many levels of symbolic links")
                     todo.extendleft(reversed(self._link(done, os.readlink(name, dir_fd=fd))))
                     done = []
                     os.close(fd)
@@ -332,9 +118,9 @@ class _Jail:
                 if not todo:
                     return fd, name, where
                 try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError:
-                    raise _Refused(f"{where}: not a directory") from None
+                    raise RefusedError(f"{where}: not a directory") from None
                 os.close(fd)
                 fd = child
                 done.append(name)
@@ -412,7 +198,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
         reason = params.get("reason")
         reason = reason if isinstance(reason, str) else ""
         peer = ch.connection.peer_id or "?"
-        frames = _Frames(ch)
+        frames = FrameStream(ch)
         refusals = _Refusals(record, peer, op, reason)
 
         def allowed(where: PurePosixPath, write: bool) -> str | None:
@@ -448,7 +234,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
                     into=_flag(params, "into"),
                     allowed=lambda where: allowed(where, True),
                 )
-        except _Refused as exc:
+        except RefusedError as exc:
             refusals.add(str(exc), path)
             await frames.fail(f"refused: {exc}")
             return 1
@@ -477,7 +263,7 @@ async def _serve_get(
     ch: Channel, jail: _Jail, rel: tuple[str, ...], lexical: PurePosixPath
 ) -> TransferResult:
     """Send the file or directory at ``rel`` below the jail's root."""
-    fd, name, real = await _in_thread(jail.resolve, rel)
+    fd, name, real = await in_thread(jail.resolve, rel)
     try:
         if name is None:  # the root itself: reach it from its parent
             parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
@@ -486,15 +272,15 @@ async def _serve_get(
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise _Refused(f"{real}: no such file or directory") from None
+            raise RefusedError(f"{real}: no such file or directory") from None
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise _Refused(f"{real}: not a regular file or directory")
+            raise RefusedError(f"{real}: not a regular file or directory")
     except BaseException:
         os.close(fd)
         raise
-    tree = _Tree(fd, name, lexical.name or name)
+    tree = Tree(fd, name, lexical.name or name)
     try:
-        return await _Sender(ch, [tree]).run()
+        return await Sender(ch, [tree]).run()
     finally:
         tree.close()
 
@@ -518,7 +304,7 @@ async def _serve_put(
     (it is then created); otherwise the single source is written under the
     target's name in its parent directory.
     """
-    fd, name, real = await _in_thread(jail.resolve, rel)
+    fd, name, real = await in_thread(jail.resolve, rel)
     try:
         base_path, rename = real, None
         if name is not None:
@@ -527,22 +313,22 @@ async def _serve_put(
             except FileNotFoundError:
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
-                base = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                base = os.open(name, DIR_FLAGS, dir_fd=fd)
             elif into:
                 if st is not None:
-                    raise _Refused(f"{real}: not a directory")
+                    raise RefusedError(f"{real}: not a directory")
                 # The directory is itself a write: the policy judges its real path
                 # (a nested read-only root reached through a symlink stays untouched).
                 refusal = allowed(real)
                 if refusal is not None:
                     raise _PolicyRefused(refusal)
                 os.mkdir(name, 0o755, dir_fd=fd)
-                base = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                base = os.open(name, DIR_FLAGS, dir_fd=fd)
             else:
                 base, rename, base_path = os.dup(fd), name, real.parent
             os.close(fd)
             fd = base
-        receiver = _Receiver(
+        receiver = Receiver(
             ch,
             fd,
             rename_top=rename,

@@ -1,11 +1,11 @@
-"""Unit checks of the file engine's control messages (docs/protocol.md §18.3)."""
+"""File frames, their messages and the sans-I/O decoder (docs/protocol.md §18.2-§18.4, §18.7)."""
 
 from __future__ import annotations
 
 import msgspec
 import pytest
 
-from pstp.transfer import Done, LeftOut
+from pstp.files.frames import Done, LeftOut
 
 ENCODER = msgspec.msgpack.Encoder()
 

@@ -1,0 +1,227 @@
+"""The client side of file transfer: :func:`put` and :func:`get` over a ``file`` channel
+(docs/protocol.md §18.11).
+
+Example::
+
+    async with await connect_peer(settings, "home") as session:
+        summary = await put(session, ["photos"], "/srv/share/", progress=print)
+        summary = await get(session, ["/srv/share/notes.txt"], ".")
+
+What a local path may be, where the sources land and what is left out is
+§18.11; what :func:`get` writes goes through the receiver of §18.8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pstp.asyncio.connection import Channel, Session
+from pstp.exceptions import ChannelError, ConnectionClosed
+from pstp.files.disk import Tree, is_utf8
+from pstp.files.engine import ProgressCallback, Receiver, Sender, TransferResult
+from pstp.files.frames import CHUNK_SIZE, valid_chunk_size
+from pstp.wire.messages import ChannelCode, ParamValue
+
+__all__ = ["TransferSummary", "get", "put"]
+
+
+@dataclass
+class TransferSummary(TransferResult):
+    """What a :func:`put` or :func:`get` did (see :class:`TransferResult`), and how long it took.
+
+    Attributes:
+        seconds: wall time from opening the first channel to the last close.
+    """
+
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True if every entry went through."""
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (``failed`` as ``[{"path", "error"}]``)."""
+        out = asdict(self)
+        out["failed"] = [{"path": p, "error": e} for p, e in self.failed]
+        out["ok"] = self.ok
+        return out
+
+
+def _local_tree(path: str) -> Tree:
+    """A local path to send: followed if it is a symlink, named as given.
+
+    Raises:
+        FileNotFoundError: it does not exist.
+        ValueError: it is ``/``, or neither a regular file nor a directory.
+    """
+    given = os.path.abspath(path)
+    top = os.path.basename(given.rstrip("/"))
+    real = os.path.realpath(given)
+    st = os.stat(real)
+    if not top or real == "/":
+        raise ValueError(f"cannot send {path!r} as a whole; name what is in it")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ValueError(f"{path}: not a regular file or directory")
+    if not is_utf8(top):
+        raise ValueError(f"{path}: the name is not valid UTF-8")
+    parent = os.open(os.path.dirname(real), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return Tree(parent, os.path.basename(real), top)
+
+
+async def _cancel(ch: Channel) -> None:
+    with contextlib.suppress(ChannelError, ConnectionClosed):
+        await ch.close(code=ChannelCode.CANCELLED)
+
+
+async def put(
+    session: Session,
+    local_paths: Sequence[str],
+    remote: str,
+    *,
+    progress: ProgressCallback | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    limit: float | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> TransferSummary:
+    """Send local files and directories (recursively, with modes and mtimes) to the peer.
+
+    As with ``cp``: with several sources, a ``remote`` ending in ``/``, or a
+    ``remote`` that is a directory, each source lands under ``remote`` by its
+    name; otherwise the single source is written as ``remote``.  Running the
+    same put again after an interruption resumes where the peer's verified
+    ``.part`` files end, and skips files it already has with the same digests.
+
+    Args:
+        session: an established session to the peer.
+        local_paths: files or directories to send.
+        remote: an absolute path on the peer, under one of its file roots.
+        progress: called with a :class:`Progress` after each chunk.
+        force: replace files that exist on the peer with different content.
+        reason: why, for the peer's policy and audit log.
+        limit: at most this many bytes per second.
+        chunk_size: bytes per verified chunk (a power of two, 64 KiB to 4 MiB).
+
+    Returns:
+        What was sent, skipped, resumed and refused (``failed``).
+
+    Raises:
+        ValueError: no sources, a relative ``remote``, or a source that cannot be sent.
+        FileNotFoundError: a source does not exist.
+        ChannelError: the peer's policy refused the transfer (code REFUSED).
+        TransferFailed: the transfer could not go on (the message says why,
+            for example not enough space); run it again to resume.
+        ConnectionClosed: the session ended (run it again to resume).
+        RemoteProtocolError: the peer broke the file protocol.
+    """
+    if not local_paths:
+        raise ValueError("nothing to send")
+    if not remote.startswith("/"):
+        raise ValueError(f"the remote path {remote!r} must be absolute")
+    if not valid_chunk_size(chunk_size):
+        raise ValueError(f"chunk size {chunk_size} is not a power of two in 64 KiB..4 MiB")
+    trees: list[Tree] = []
+    started = time.monotonic()
+    try:
+        for path in local_paths:
+            trees.append(_local_tree(path))
+        into = len(local_paths) > 1 or remote.endswith("/")
+        params: dict[str, ParamValue] = {
+            "op": "put",
+            "path": remote,
+            "force": force,
+            "into": into,
+            "reason": reason,
+        }
+        ch = await session.open_channel("file", params)
+        sender = Sender(ch, trees, chunk_size=chunk_size, progress=progress, limit=limit)
+        try:
+            result = await sender.run()
+            await ch.wait_closed()
+        except BaseException:
+            await _cancel(ch)
+            raise
+    finally:
+        for tree in trees:
+            tree.close()
+    summary = TransferSummary(**vars(result), seconds=time.monotonic() - started)
+    return summary
+
+
+async def get(
+    session: Session,
+    remote_paths: Sequence[str],
+    local: str,
+    *,
+    progress: ProgressCallback | None = None,
+    force: bool = False,
+    reason: str | None = None,
+    limit: float | None = None,
+) -> TransferSummary:
+    """Fetch files and directories from the peer (recursively, with modes and mtimes).
+
+    As with ``cp``: with several sources, a ``local`` ending in ``/`` (created
+    if missing) or a ``local`` directory, each source lands under ``local`` by
+    its name; otherwise the single source is written as ``local``.  Files are
+    written to a ``.part`` beside their target, verified, and renamed when
+    complete; an interrupted get resumes when run again.
+
+    Args:
+        session: an established session to the peer.
+        remote_paths: absolute paths on the peer, under its file roots.
+        local: where to write.
+        progress: called with a :class:`Progress` after each chunk.
+        force: replace local files that exist with different content.
+        reason: why, for the peer's policy and audit log.
+        limit: at most this many bytes per second.
+
+    Returns:
+        What was received, skipped, resumed and refused (``failed``).
+
+    Raises:
+        ValueError: no sources, or a relative remote path.
+        OSError: ``local`` (or its parent) is missing or not a directory.
+        ChannelError: the peer's policy refused a source (code REFUSED).
+        TransferFailed: the transfer could not go on (the message says why,
+            for example not enough space); run it again to resume.
+        ConnectionClosed: the session ended (run it again to resume).
+        RemoteProtocolError: the peer broke the file protocol.
+    """
+    if not remote_paths:
+        raise ValueError("nothing to fetch")
+    for remote in remote_paths:
+        if not remote.startswith("/"):
+            raise ValueError(f"the remote path {remote!r} must be absolute")
+    into = len(remote_paths) > 1 or local.endswith("/") or os.path.isdir(local)
+    if into and not os.path.isdir(local):
+        os.mkdir(local)
+    target = os.path.abspath(local)
+    directory, rename = (target, None) if into else os.path.split(target)
+    summary = TransferSummary()
+    started = time.monotonic()
+    for remote in remote_paths:
+        base = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            params: dict[str, ParamValue] = {"op": "get", "path": remote, "reason": reason}
+            ch = await session.open_channel("file", params)
+            receiver = Receiver(
+                ch, base, rename_top=rename, force=force, progress=progress, limit=limit
+            )
+            try:
+                result = await receiver.run()
+                await ch.wait_closed()
+            except BaseException:
+                await _cancel(ch)
+                raise
+        finally:
+            os.close(base)
+        summary.add(result)
+    summary.seconds = time.monotonic() - started
+    return summary
