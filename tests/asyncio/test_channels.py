@@ -119,7 +119,7 @@ async def test_stalled_reader_bounds_buffered_bytes() -> None:
 
             task = asyncio.create_task(flood())
             await asyncio.sleep(0.5)
-            buffered = sum(len(b) for b in held[0]._inbox)
+            buffered = sum(len(b) for b in held[0]._core.inbox)
             assert not task.done()
             assert buffered <= window  # measured bound: never more than the window
             assert sent <= window + 65536  # the writer was stopped by flow control
@@ -257,7 +257,7 @@ async def test_locally_closed_channels_are_forgotten() -> None:
                 ch = await s.open_channel("echo")
                 await ch.close()
             assert await s.request("echo", b"x") == b"x"
-            assert s._protocol.channels == {}
+            assert s._protocol.core.channels == {}
 
 
 async def test_authorizer_refuses_before_accept_and_sees_params() -> None:

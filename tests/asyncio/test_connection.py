@@ -136,7 +136,7 @@ async def test_slow_reader_pauses_the_socket() -> None:
             await asyncio.wait_for(flood(), 1.0)
         proto = holding[0]._protocol
         assert proto._reading_paused
-        assert proto._inbox_bytes <= (1 << 20) + 2 * 65536
+        assert proto.core.inbox_bytes <= (1 << 20) + 2 * 65536
         release.set()
         await client.close()
 

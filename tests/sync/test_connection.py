@@ -319,7 +319,7 @@ def test_stalled_reader_bounds_buffered_bytes_to_the_window(
         peer = held[0]
 
         def buffered() -> int:
-            return sum(len(b) for b in peer._inbox)
+            return sum(len(b) for b in peer._core.inbox)
 
         with peer._cond:
             assert peer._cond.wait_for(lambda: buffered() >= window, TIMEOUT)
@@ -338,22 +338,22 @@ def test_stalled_reader_bounds_buffered_bytes_to_the_window(
 def test_slow_session_reader_pauses_the_socket(make_pair: Callable[..., Pair]) -> None:
     """Unread session DATA is bounded near high water: the I/O thread stops reading."""
     client, server = make_pair()
-    high_water = server._high_water
+    high_water = server._core.high_water
     blob = os.urandom(8 << 20)
     with ThreadPoolExecutor(1) as pool:
         writer = pool.submit(client.send, blob)
         with server._cond:
-            assert server._cond.wait_for(lambda: server._reading_paused, TIMEOUT)
+            assert server._cond.wait_for(lambda: server._core.reading_paused, TIMEOUT)
         with pytest.raises(FutureTimeout):
             writer.result(SHORT)  # the sender is held back by the socket
         # At most one read's worth of records lands after crossing high water.
-        assert server._inbox_bytes <= high_water + 256 * 1024
+        assert server._core.inbox_bytes <= high_water + 256 * 1024
         got = bytearray()
         while len(got) < len(blob):
             got += server.recv(TIMEOUT)
         writer.result(TIMEOUT)
     assert bytes(got) == blob
-    assert not server._reading_paused
+    assert not server._core.reading_paused
 
 
 def test_recv_timeout_leaves_the_session_usable(make_pair: Callable[..., Pair]) -> None:

@@ -1,48 +1,32 @@
-"""asyncio driver: runs a sans-I/O :class:`~pstp.protocol.connection.Connection` over a transport.
+"""asyncio driver: runs the sans-I/O session core over an asyncio transport.
 
-The driver makes no protocol decisions.  Each callback runs the same loop:
-feed the core, drain its events, flush its output, then dispatch the events
-(wake readers and writers, resolve futures, start channel handlers).
+The driver makes no protocol decisions: :class:`~pstp.protocol.session.SessionCore`
+keeps every channel's state and decides what the peer may open.  Each callback
+runs the same loop: feed the core, apply its events, flush its output, then
+wake readers and writers and start the handlers it hands back.
+
+The transport seam: any :class:`asyncio.Transport` that delivers an ordered
+byte stream (TCP, a WebSocket read as a stream of binary messages) plugs in as
+it is; a transport of discrete messages calls :meth:`SessionProtocol.message_received`
+and takes one record per ``write`` (``messages=True``, docs/protocol.md §6.3).
 
 Nothing is buffered without bound: channel data is limited by the window the
-core grants (a channel's reader acknowledges what it consumed, which is what
-lets the peer send more), and session-level DATA pauses reading from the
-socket when the application holds more than ``high_water`` unread bytes.
+core grants (a reader acknowledges what it consumed), and session-level DATA
+pauses reading from the transport above ``high_water`` unread bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 from pstp.clock import next_timestamp
-from pstp.exceptions import (
-    ChannelError,
-    ConnectionClosed,
-    ErrorCode,
-    ChannelFailure,
-    PermissionDenied,
-    PstpError,
-)
+from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError
 from pstp.protocol.connection import Connection, ConnectionState
-from pstp.protocol.events import (
-    ChannelAccepted,
-    ChannelClosed,
-    ChannelDataReceived,
-    ChannelEofReceived,
-    ChannelOpenRequested,
-    ChannelRejected,
-    ChannelWindowUpdated,
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    HandshakeCompleted,
-    HeartbeatAcknowledged,
-)
+from pstp.protocol.session import Admitter, Authorizer, ChannelCore, SessionCore, Verdict
 from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
@@ -58,9 +42,8 @@ _log = logging.getLogger("pstp.asyncio")
 
 #: Runs for each channel of its kind that the peer opens; an int result is the exit status.
 ChannelHandler = Callable[["Channel"], Awaitable[int | None]]
-#: Decides, before a channel is accepted, whether the peer may open it: returns
-#: ``None`` to allow, or the reason for refusing (sent to the peer with REFUSED).
-Authorizer = Callable[[Connection, str, Params], str | None]
+# Bytes sealed per call into the core, so other channels interleave on one session.
+_SEND_CHUNK = 256 * 1024
 
 
 class Channel:
@@ -69,21 +52,26 @@ class Channel:
     Iterate it (``async for chunk in channel``) or call :meth:`read`; write
     with :meth:`write`; :meth:`write_eof` half-closes; :meth:`close` ends it
     with an optional exit status.  Leaving ``async with`` closes it.
+
+    Attributes:
+        id: the channel id.
+        kind: the channel kind, e.g. ``"exec"``.
+        params: the parameters it was opened with.
+        accepted: resolves when the channel is accepted (fails if rejected).
+        closed: resolves with the exit status when it ends (fails on an error).
     """
 
-    def __init__(self, proto: SessionProtocol, channel_id: int, kind: str, params: Params) -> None:
+    def __init__(self, proto: SessionProtocol, core: ChannelCore) -> None:
         self._proto = proto
-        self.id = channel_id
-        self.kind = kind
-        self.params = params
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._eof = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
+        self._core = core
+        self.id = core.id
+        self.kind = core.kind
+        self.params = core.params
+        self._changed = asyncio.Event()
         self.accepted: asyncio.Future[None] = proto.loop.create_future()
         self.closed: asyncio.Future[int | None] = proto.loop.create_future()
-        self.close_code: int | None = None
-        self.close_reason = ""
+        core.wake = self._wake
+        self._wake()
 
     def __repr__(self) -> str:
         return f"<Channel {self.id} {self.kind!r}>"
@@ -94,9 +82,30 @@ class Channel:
         return self._proto.conn
 
     @property
+    def verdict(self) -> Verdict | None:
+        """What the authorizer said when the peer opened this channel (the policy decision)."""
+        return self._core.verdict
+
+    @property
+    def close_code(self) -> int | None:
+        """The ChannelCode it ended with, once ended."""
+        return self._core.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason it ended with."""
+        return self._core.close_reason
+
+    @property
     def exit_status(self) -> int | None:
         """The exit status the channel was closed with (``None`` if none or still open)."""
-        return self.closed.result() if self.closed.done() and not self.closed.exception() else None
+        core = self._core
+        return core.exit_status if core.done and core.error is None else None
+
+    async def _wait(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self._changed.clear()
+            await self._changed.wait()
 
     # -- reading -------------------------------------------------------------
 
@@ -107,28 +116,30 @@ class Channel:
             ChannelError: the channel was rejected or closed with an error code.
             ConnectionClosed: the session ended.
         """
-        while not self._inbox:
-            if self._eof or self.closed.done():
-                self._raise_if_failed()
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._inbox.popleft()
-        if 0 <= max_bytes < len(data):
-            data, rest = data[:max_bytes], data[max_bytes:]
-            self._inbox.appendleft(rest)
-        self._proto.acknowledge(self.id, len(data))
+        await self._wait(lambda: self._core.readable)
+        data = self._proto.core.read(self._core, max_bytes)
+        assert data is not None  # readable
+        if data:
+            self._proto.pump()  # the acknowledgement may grant window
         return data
 
-    async def read_all(self) -> bytes:
+    async def read_all(self, limit: int | None = None) -> bytes:
         """Read until EOF.
+
+        Args:
+            limit: the most bytes to accept; more is an error (``None``: no limit).
 
         Raises:
             ChannelError: the channel was rejected or closed with an error code.
             ConnectionClosed: the session ended.
+            ValueError: more than ``limit`` bytes arrived (the channel stays open).
         """
         parts = []
+        size = 0
         while chunk := await self.read():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise ValueError(f"channel {self.id}: more than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -144,45 +155,41 @@ class Channel:
     # -- writing -------------------------------------------------------------
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of ``data``, waiting for window and socket buffer as needed.
+        """Send all of ``data``, waiting for window and transport buffer as needed.
 
         Raises:
             ChannelError: the channel was closed or rejected meanwhile.
             ConnectionClosed: the session ended.
         """
-        view = memoryview(data)
-        if not view:
-            return
-        conn = self._proto.conn
-        while True:
-            await self._proto.writable()
-            window = conn.channel_send_window(self.id)
-            if window > 0:
-                n = min(window, len(view))
-                self._proto.call(conn.send_channel_data, self.id, view[:n])
-                view = view[n:]
-                if not view:
-                    return
-                continue
-            if self.closed.done():
-                self._raise_if_failed()
-                raise ChannelError(self.id, ChannelCode.CANCELLED, "channel closed")
-            self._writable.clear()
-            await self._writable.wait()
+        view = memoryview(data).cast("B")
+        proto, core = self._proto, self._core
+        while view:
+            await proto.writable()
+            await self._wait(lambda: proto.core.writable(core))
+            n = proto.core.write(core, view, _SEND_CHUNK)
+            proto.pump()
+            view = view[n:]
 
     async def write_eof(self) -> None:
-        """Half-close: tell the peer we send no more data."""
+        """Half-close: tell the peer we send no more data.
+
+        Does nothing if the peer already closed the channel normally.
+
+        Raises:
+            ChannelError: the channel was rejected or closed with an error code.
+            ConnectionClosed: the session ended.
+            InvalidState: EOF was already sent.
+        """
         await self._proto.writable()
-        self._proto.call(self._proto.conn.send_channel_eof, self.id)
+        self._proto.core.write_eof(self._core)
+        self._proto.pump()
 
     async def close(
         self, exit_status: int | None = None, code: int = ChannelCode.OK, reason: str = ""
     ) -> None:
         """Close the channel (does nothing if it is already closed)."""
-        if not self.closed.done():
-            self._proto.channels.pop(self.id, None)
-            self._proto.call(self._proto.conn.close_channel, self.id, code, exit_status, reason)
-            self._finish(code, exit_status, reason)
+        self._proto.core.close_channel(self._core, exit_status, code, reason)
+        self._proto.pump()
 
     async def wait_closed(self) -> int | None:
         """Wait for the channel to end and return its exit status.
@@ -199,49 +206,44 @@ class Channel:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- driven by SessionProtocol ----------------------------------------------
+    # -- woken by the core -----------------------------------------------------
 
-    def _raise_if_failed(self) -> None:
-        if self.closed.done() and self.closed.exception() is not None:
-            raise self.closed.exception()  # type: ignore[misc]
+    def _wake(self) -> None:
+        self._changed.set()
+        core = self._core
+        if core.accepted and not self.accepted.done():
+            self.accepted.set_result(None)
+        if core.done and not self.closed.done():
+            if core.error is None:
+                self.closed.set_result(core.exit_status)
+            else:
+                _set_error(self.closed, core.error)
+            if not self.accepted.done():
+                _set_error(self.accepted, core.error or ChannelError(self.id, ChannelCode.OK))
 
-    def _finish(self, code: int, exit_status: int | None, reason: str) -> None:
-        if self.closed.done():
-            return
-        self.close_code, self.close_reason = code, reason
-        if code == ChannelCode.OK:
-            self.closed.set_result(exit_status)
-        else:
-            self.closed.set_exception(ChannelError(self.id, code, reason))
-            self.closed.exception()  # mark retrieved; callers see it via read/wait_closed
-        if not self.accepted.done():
-            self.accepted.set_exception(ChannelError(self.id, code, reason))
-            self.accepted.exception()
-        self._readable.set()
-        self._writable.set()
 
-    def _fail(self, exc: BaseException) -> None:
-        if not self.closed.done():
-            self.closed.set_exception(exc)
-            self.closed.exception()
-        if not self.accepted.done():
-            self.accepted.set_exception(exc)
-            self.accepted.exception()
-        self._readable.set()
-        self._writable.set()
+def _set_error(
+    future: asyncio.Future[object] | asyncio.Future[None] | asyncio.Future[int | None],
+    exc: BaseException,
+) -> None:
+    future.set_exception(exc)
+    future.exception()  # retrieved: callers see it through read, wait_closed, accepted
 
 
 class SessionProtocol(asyncio.Protocol):
-    """An :class:`asyncio.Protocol` that drives one connection.
+    """An :class:`asyncio.Protocol` that drives one session core over a transport.
 
     Args:
         conn: the sans-I/O connection (not started).
         handlers: channel kinds this side serves, and what runs for each.
-        high_water: unread session DATA bytes above which socket reading pauses.
-        authorize: asked before any channel the peer opens is accepted (policy).
+        high_water: unread session DATA bytes above which transport reading pauses.
+        authorize: asked before any channel the peer opens is accepted (policy);
+            what it returns travels with the channel as :attr:`Channel.verdict`.
         admit: asked once, the moment the handshake completes and before any
             channel opened in the same flight is looked at; a returned reason
             closes the session with REFUSED (session policy: caps, windows).
+        messages: the transport carries discrete messages (one record each,
+            :meth:`message_received`) instead of a byte stream.
     """
 
     def __init__(
@@ -251,31 +253,34 @@ class SessionProtocol(asyncio.Protocol):
         handlers: Mapping[str, ChannelHandler] | None = None,
         high_water: int = 1 << 20,
         authorize: Authorizer | None = None,
-        admit: Callable[[Connection], str | None] | None = None,
+        admit: Admitter | None = None,
+        messages: bool = False,
     ) -> None:
         self.conn = conn
-        self.authorize = authorize
-        self.admit = admit
+        self.core: SessionCore[ChannelHandler] = SessionCore(
+            conn, handlers=handlers, authorize=authorize, admit=admit, high_water=high_water
+        )
+        self.core.wake = self._wake
+        self._messages = messages
         #: "host:port" of the other end, once connected (for logs and audit).
         self.peer_address = "?"
         self.loop = asyncio.get_running_loop()
-        self.handlers: dict[str, ChannelHandler] = dict(handlers or {})
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.handshake: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
-        self.channels: dict[int, Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._inbox_bytes = 0
-        self._high_water = high_water
         self._reading_paused = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
-        self.last_rtt: float | None = None
 
-    # -- asyncio callbacks ---------------------------------------------------
+    @property
+    def last_rtt(self) -> float | None:
+        """Round-trip time of the last answered heartbeat, in seconds."""
+        return self.core.last_rtt
+
+    # -- transport callbacks ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
@@ -284,22 +289,27 @@ class SessionProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer_address = f"{peer[0]}:{peer[1]}"
         self.conn.start(self.loop.time())
-        self._pump()
+        self.pump()
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data, self.loop.time())
-        self._pump()
+        self.pump()
+
+    def message_received(self, message: bytes) -> None:
+        """A message transport delivered one record (or handshake frame)."""
+        self.conn.receive_message(message, self.loop.time())
+        self.pump()
 
     def eof_received(self) -> bool:
         self.conn.receive_eof(self.loop.time())
-        self._pump()
+        self.pump()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.conn.state is not ConnectionState.CLOSED:
             self.conn.receive_eof(self.loop.time())
         self._transport = None
-        self._pump()
+        self.pump()
         if self._timer is not None:
             self._timer.cancel()
         self._writable.set()
@@ -310,98 +320,41 @@ class SessionProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writable.set()
 
-    # -- the loop: feed (done by the caller), drain, flush, dispatch ----------
+    # -- the loop: feed (done by the caller), apply events, flush, dispatch ----
 
-    def call(self, verb: Callable[..., object], *args: object) -> None:
-        """Run a core verb, then flush and dispatch (the driver loop for local actions)."""
-        verb(*args)
-        self._pump()
-
-    def acknowledge(self, channel_id: int, size: int) -> None:
-        """The application consumed ``size`` bytes of a channel."""
-        self.call(self.conn.acknowledge_channel_data, channel_id, size)
-
-    def _pump(self) -> None:
-        events = self.conn.events_received()
+    def pump(self) -> None:
+        """Apply the core's events, flush its output, then wake and start what they call for."""
+        started = self.core.pump()
         self._flush()
-        for event in events:
-            self._dispatch(event)
-        # Dispatching may have acted on the core (accept or reject a channel).
-        self._flush()
-        if (
-            self._transport is not None
-            and not self._reading_paused
-            and self._inbox_bytes > self._high_water
-        ):
-            self._reading_paused = True
-            self._transport.pause_reading()
+        core = self.core
+        if core.established and not self.handshake.done():
+            self.handshake.set_result(None)
+        if core.terminated:
+            if not self.closed.done():
+                self._on_terminated()
+            return
+        for ch, handler in started:
+            self._start_handler(handler, Channel(self, ch))
+        if self._transport is not None and core.reading_paused != self._reading_paused:
+            self._reading_paused = core.reading_paused
+            if self._reading_paused:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
         self._schedule_timer()
 
     def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out)
-
-    def _dispatch(self, event: Event) -> None:
-        if isinstance(event, ChannelDataReceived):
-            ch = self.channels.get(event.channel_id)
-            if ch is not None:
-                ch._inbox.append(event.data)
-                ch._readable.set()
-        elif isinstance(event, ChannelWindowUpdated):
-            ch = self.channels.get(event.channel_id)
-            if ch is not None:
-                ch._writable.set()
-        elif isinstance(event, ChannelEofReceived):
-            ch = self.channels.get(event.channel_id)
-            if ch is not None:
-                ch._eof = True
-                ch._readable.set()
-        elif isinstance(event, ChannelAccepted):
-            ch = self.channels.get(event.channel_id)
-            if ch is not None and not ch.accepted.done():
-                ch.accepted.set_result(None)
-        elif isinstance(event, (ChannelRejected, ChannelClosed)):
-            ch = self.channels.pop(event.channel_id, None)
-            if ch is not None:
-                status = event.exit_status if isinstance(event, ChannelClosed) else None
-                ch._finish(event.code, status, event.reason)
-        elif isinstance(event, ChannelOpenRequested):
-            self._on_open_requested(event)
-        elif isinstance(event, DataReceived):
-            self._inbox.append(event.data)
-            self._inbox_bytes += len(event.data)
-            self._readable.set()
-        elif isinstance(event, HeartbeatAcknowledged):
-            self.last_rtt = event.rtt
-        elif isinstance(event, HandshakeCompleted):
-            if self.admit is not None:
-                refusal = self.admit(self.conn)
-                if refusal is not None:
-                    self.conn.close(ErrorCode.REFUSED, refusal[:200])
-            if not self.handshake.done():
-                self.handshake.set_result(None)
-        elif isinstance(event, ConnectionTerminated):
-            self._on_terminated(event)
-
-    def _on_open_requested(self, event: ChannelOpenRequested) -> None:
-        if self.conn.state is not ConnectionState.ESTABLISHED:
-            return  # the session was refused or ended in this same batch of events
-        handler = self.handlers.get(event.kind)
-        if handler is None:
-            self.conn.reject_channel(
-                event.channel_id, ChannelCode.UNKNOWN_KIND, f"no handler for {event.kind!r}"
-            )
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self.conn.data_to_send()  # nowhere to go: drop it
             return
-        if self.authorize is not None:
-            refusal = self.authorize(self.conn, event.kind, event.params)
-            if refusal is not None:
-                self.conn.reject_channel(event.channel_id, ChannelCode.REFUSED, refusal)
-                return
-        ch = Channel(self, event.channel_id, event.kind, event.params)
-        self.channels[ch.id] = ch
-        self.conn.accept_channel(ch.id)
-        ch.accepted.set_result(None)
+        if self._messages:
+            for message in self.conn.messages_to_send():
+                transport.write(message)
+        elif out := self.conn.data_to_send():
+            transport.write(out)
+
+    def _start_handler(self, handler: ChannelHandler, ch: Channel) -> None:
         task = self.loop.create_task(self._run_handler(handler, ch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -412,36 +365,30 @@ class SessionProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             await ch.close(code=ChannelCode.GOING_AWAY, reason="shutting down")
             raise
-        except ChannelFailure as exc:
-            await ch.close(code=exc.code, reason=exc.reason)
-        except PermissionDenied as exc:
-            # A refusal's text is written for the peer (a policy reason), unlike
-            # other errors, whose text stays local (§9).
-            await ch.close(code=ChannelCode.REFUSED, reason=str(exc)[:200])
-        except PstpError as exc:
-            _log.info("channel %s (%s) ended: %s", ch.id, ch.kind, exc)
-            await ch.close(code=ChannelCode.APPLICATION_ERROR)
-        except Exception:
-            _log.exception("handler for channel kind %r failed", ch.kind)
-            await ch.close(code=ChannelCode.APPLICATION_ERROR, reason="handler failed")
+        except Exception as exc:
+            if isinstance(exc, PstpError):
+                _log.info("channel %s (%s) ended: %s", ch.id, ch.kind, exc)
+            else:
+                _log.exception("handler for channel kind %r failed", ch.kind)
+            self.core.handler_done(ch._core, exc=exc)
         else:
-            await ch.close(exit_status=status)
+            self.core.handler_done(ch._core, status)
+        self.pump()
 
-    def _on_terminated(self, event: ConnectionTerminated) -> None:
-        exc = self.conn.close_exc or ConnectionClosed(event.code, event.reason)
+    def _wake(self) -> None:
+        self._readable.set()
+
+    def _on_terminated(self) -> None:
         if not self.handshake.done():
-            self.handshake.set_exception(exc)
+            self.handshake.set_exception(self.conn.close_exc or self.core.closed_error())
             self.handshake.exception()  # retrieved: a failed handshake is reported elsewhere
-        closed = self._closed_error()
-        for ch in list(self.channels.values()):
-            ch._fail(closed)
-        self.channels.clear()
         for task in list(self._tasks):
             task.cancel()
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._readable.set()
+        self.closed.set_result(None)
         self._writable.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.close()
 
@@ -469,19 +416,18 @@ class SessionProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         self.conn.handle_timer(self.loop.time())
-        self._pump()
+        self.pump()
 
     # -- used by Session and Channel ----------------------------------------------
 
     async def writable(self) -> None:
-        """Wait while the socket's write buffer is full.
+        """Wait while the transport's write buffer is full.
 
         Raises:
             ConnectionClosed: the session has ended.
         """
         await self._writable.wait()
-        if self.conn.state is not ConnectionState.ESTABLISHED:
-            raise self._closed_error()
+        self.core.check_open()
 
     async def read(self) -> bytes:
         """Wait for the next chunk of session-level data.
@@ -489,53 +435,37 @@ class SessionProtocol(asyncio.Protocol):
         Raises:
             ConnectionClosed: the connection ended (``code`` says how).
         """
-        while not self._inbox:
-            if self.conn.state is ConnectionState.CLOSED:
-                raise self._closed_error()
+        while (data := self.core.recv_data()) is None:
             self._readable.clear()
             await self._readable.wait()
-        data = self._inbox.popleft()
-        self._inbox_bytes -= len(data)
-        if (
-            self._reading_paused
-            and self._inbox_bytes <= self._high_water // 2
-            and self._transport is not None
-        ):
-            self._reading_paused = False
-            self._transport.resume_reading()
-            self._schedule_timer()
+        if self._reading_paused and not self.core.reading_paused:
+            self.pump()  # resumes reading
         return data
 
     async def write(self, data: bytes) -> None:
-        """Send session-level data, waiting while the socket buffer is full.
+        """Send session-level data, waiting while the transport buffer is full.
 
         Raises:
             ConnectionClosed: the connection ended.
         """
         await self.writable()
-        self.call(self.conn.send_data, data)
+        self.core.send_data(data)
+        self.pump()
 
     def open_channel(self, kind: str, params: Params | None) -> Channel:
-        """Open a channel now; the caller may write before it is accepted."""
-        cid = self.conn.open_channel(kind, params)
-        ch = Channel(self, cid, kind, params or {})
-        self.channels[cid] = ch
-        self._pump()
+        """Open a channel now; the caller may write before it is accepted.
+
+        Raises:
+            ConnectionClosed: the session has ended.
+        """
+        ch = Channel(self, self.core.open_channel(kind, params))
+        self.pump()
         return ch
 
     def close(self, code: ErrorCode | int = ErrorCode.NORMAL, reason: str = "") -> None:
         """Send CLOSE and close the transport."""
         self.conn.close(code, reason)
-        self._pump()
-
-    def _closed_error(self) -> ConnectionClosed:
-        exc = self.conn.close_exc
-        if isinstance(exc, ConnectionClosed):
-            return exc
-        code = self.conn.close_code
-        return ConnectionClosed(
-            code if code is not None else ErrorCode.INTERNAL_ERROR, str(exc) if exc else ""
-        )
+        self.pump()
 
 
 class Session:
@@ -567,7 +497,7 @@ class Session:
     @property
     def last_rtt(self) -> float | None:
         """Round-trip time of the last answered heartbeat, in seconds."""
-        return self._protocol.last_rtt
+        return self._protocol.core.last_rtt
 
     @property
     def is_closed(self) -> bool:
@@ -576,10 +506,11 @@ class Session:
 
     def set_handler(self, kind: str, handler: ChannelHandler | None) -> None:
         """Serve (or stop serving) channels of ``kind`` that the peer opens."""
+        handlers = self._protocol.core.handlers
         if handler is None:
-            self._protocol.handlers.pop(kind, None)
+            handlers.pop(kind, None)
         else:
-            self._protocol.handlers[kind] = handler
+            handlers[kind] = handler
 
     async def open_channel(
         self, kind: str, params: Params | None = None, *, wait_accepted: bool = True

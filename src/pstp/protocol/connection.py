@@ -579,6 +579,33 @@ class Connection:
         except ProtocolError as exc:
             self._fail(exc)
 
+    def receive_message(self, message: bytes, now: float) -> None:
+        """Feed one message of a message transport: exactly one frame.  Never raises for bad peer input.
+
+        A transport of discrete messages (docs/protocol.md §6.3, window mode)
+        carries one frame per message.  A message that is not exactly one
+        frame ends the session, except in window mode once established, where
+        it is dropped like any record that fails its checks (anyone who can
+        publish to the transport can send it).  Flush with `data_to_send()`
+        or `messages_to_send()` afterwards.
+        """
+        self._now = now
+        if self._state is ConnectionState.CLOSED:
+            return
+        if self._state is ConnectionState.IDLE:
+            raise InvalidState("receive_message before start")
+        try:
+            length = int.from_bytes(message[1:FRAME_HEADER_LEN], "big")
+            if len(message) != FRAME_HEADER_LEN + length:
+                if not self.config.ordered and self._state is ConnectionState.ESTABLISHED:
+                    self.dropped_records += 1
+                    return
+                raise RemoteProtocolError("a message must hold exactly one frame")
+            self._check_frame_size(message[0], length)
+            self._handle_frame(message[0], bytes(message))
+        except ProtocolError as exc:
+            self._fail(exc)
+
     def receive_eof(self, now: float) -> None:
         """The transport ended.  Without a CLOSE record first, that is truncation.
 
@@ -809,6 +836,11 @@ class Connection:
             return b""
         out = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
+        return out
+
+    def messages_to_send(self) -> list[bytes]:
+        """Return and forget the frames queued for a message transport, one per message."""
+        out, self._out = self._out, []
         return out
 
     def events_received(self) -> list[Event]:

@@ -1,12 +1,14 @@
-"""Blocking driver: runs a sans-I/O :class:`~pstp.protocol.connection.Connection` with threads.
+"""Blocking driver: runs the sans-I/O session core with threads.
 
-The driver makes no protocol decisions.  Each session has one background I/O
-thread that waits on the socket (with a timeout equal to the core's next
-deadline, then calls ``handle_timer``), feeds what arrives to the core, and
-dispatches the events into per-channel state.  Callers block in ordinary
-threads; there is no hidden event loop.
+The driver makes no protocol decisions: :class:`~pstp.protocol.session.SessionCore`
+keeps every channel's state and decides what the peer may open.  Each session
+has one background I/O thread that waits on the socket (with a timeout equal
+to the core's next deadline, then calls ``handle_timer``), feeds what arrives
+to the core and wakes the waiters.  Channel handlers run on a small pool of
+worker threads that is reused from channel to channel.  Callers block in
+ordinary threads; there is no hidden event loop.
 
-Locking (STYLE §3: in ``sync/`` one lock guards every call into the core):
+Locking (one lock guards every call into the core):
 
 * ``_lock`` guards the core and every piece of session and channel state.
   Waiters sleep on :class:`threading.Condition` objects built on it, so a wait
@@ -30,6 +32,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import queue
 import selectors
 import socket
 import threading
@@ -37,28 +40,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from pstp.clock import next_timestamp
-from pstp.exceptions import (
-    ChannelError,
-    ConnectionClosed,
-    ErrorCode,
-    HandshakeFailed,
-    PstpError,
-)
+from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, HandshakeFailed, PstpError
 from pstp.protocol.connection import Connection, ConnectionState
-from pstp.protocol.events import (
-    ChannelAccepted,
-    ChannelClosed,
-    ChannelDataReceived,
-    ChannelEofReceived,
-    ChannelOpenRequested,
-    ChannelRejected,
-    ChannelWindowUpdated,
-    ConnectionTerminated,
-    DataReceived,
-    Event,
-    HandshakeCompleted,
-    HeartbeatAcknowledged,
-)
+from pstp.protocol.session import Admitter, Authorizer, ChannelCore, SessionCore, Verdict
 from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
@@ -109,33 +93,41 @@ class SyncChannel:
         id: the channel id.
         kind: the channel kind, e.g. ``"exec"``.
         params: the parameters it was opened with.
-        close_code: the code it ended with (a ChannelCode value), once ended.
-        close_reason: the reason it ended with.
     """
 
-    def __init__(self, session: SyncSession, channel_id: int, kind: str, params: Params) -> None:
+    def __init__(self, session: SyncSession, core: ChannelCore) -> None:
         self._session = session
-        self.id = channel_id
-        self.kind = kind
-        self.params = params
+        self._core = core
+        self.id = core.id
+        self.kind = core.kind
+        self.params = core.params
         self._cond = threading.Condition(session._lock)
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._eof = False
-        self._accepted = False
-        self._done = False
-        self._status: int | None = None
-        self._exc: PstpError | None = None
-        self.close_code: int | None = None
-        self.close_reason = ""
+        core.wake = self._cond.notify_all
 
     def __repr__(self) -> str:
         return f"<SyncChannel {self.id} {self.kind!r}>"
 
     @property
+    def verdict(self) -> Verdict | None:
+        """What the authorizer said when the peer opened this channel (the policy decision)."""
+        return self._core.verdict
+
+    @property
+    def close_code(self) -> int | None:
+        """The ChannelCode it ended with, once ended."""
+        return self._core.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason it ended with."""
+        return self._core.close_reason
+
+    @property
     def exit_status(self) -> int | None:
         """The exit status the channel was closed with (``None`` if none or still open)."""
         with self._cond:
-            return self._status if self._done and self._exc is None else None
+            core = self._core
+            return core.exit_status if core.done and core.error is None else None
 
     # -- reading -------------------------------------------------------------
 
@@ -155,34 +147,34 @@ class SyncChannel:
         """
         s = self._session
         with self._cond:
-            if not self._cond.wait_for(lambda: self._inbox or self._eof or self._done, timeout):
+            if not self._cond.wait_for(lambda: self._core.readable, timeout):
                 raise TimeoutError(f"no data on channel {self.id} within {timeout} s")
-            if not self._inbox:
-                self._raise_if_failed()
-                return b""
-            data = self._inbox.popleft()
-            if 0 <= max_bytes < len(data):
-                data, rest = data[:max_bytes], data[max_bytes:]
-                self._inbox.appendleft(rest)
-            s._conn.acknowledge_channel_data(self.id, len(data))
+            data = s._core.read(self._core, max_bytes)
+            assert data is not None  # readable
             s._pump_locked()
         s._flush()
         return data
 
-    def read_all(self, *, timeout: float | None = None) -> bytes:
+    def read_all(self, *, timeout: float | None = None, limit: int | None = None) -> bytes:
         """Read until EOF.
 
         Args:
             timeout: seconds for the whole read; ``None`` waits as long as it takes.
+            limit: the most bytes to accept; more is an error (``None``: no limit).
 
         Raises:
             ChannelError: the channel was rejected or closed with an error code.
             ConnectionClosed: the session ended.
             TimeoutError: EOF did not come in time (what was read is lost).
+            ValueError: more than ``limit`` bytes arrived (the channel stays open).
         """
         deadline = _deadline(timeout)
         parts = []
+        size = 0
         while chunk := self.read(timeout=_remaining(deadline)):
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise ValueError(f"channel {self.id}: more than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -216,16 +208,11 @@ class SyncChannel:
         while view:
             with self._cond:
                 ready = self._cond.wait_for(
-                    lambda: self._done or s._conn.channel_send_window(self.id) > 0,
-                    _remaining(deadline),
+                    lambda: s._core.writable(self._core), _remaining(deadline)
                 )
                 if not ready:
                     raise TimeoutError(f"channel {self.id}: the peer's window stayed closed")
-                if self._done:
-                    self._raise_if_failed()
-                    raise ChannelError(self.id, ChannelCode.CANCELLED, "channel closed")
-                n = min(s._conn.channel_send_window(self.id), len(view), _SEND_CHUNK)
-                s._conn.send_channel_data(self.id, view[:n])
+                n = s._core.write(self._core, view, _SEND_CHUNK)
                 s._pump_locked()
             view = view[n:]
             s._flush()
@@ -242,10 +229,7 @@ class SyncChannel:
         """
         s = self._session
         with self._cond:
-            if self._done:
-                self._raise_if_failed()
-                return
-            s._conn.send_channel_eof(self.id)
+            s._core.write_eof(self._core)
             s._pump_locked()
         s._flush()
 
@@ -261,11 +245,7 @@ class SyncChannel:
         """
         s = self._session
         with self._cond:
-            if self._done:
-                return
-            s._conn.close_channel(self.id, code, exit_status, reason)
-            s._channels.pop(self.id, None)
-            self._finish(code, exit_status, reason)
+            s._core.close_channel(self._core, exit_status, code, reason)
             s._pump_locked()
         s._flush()
 
@@ -281,10 +261,10 @@ class SyncChannel:
             TimeoutError: it did not end in time.
         """
         with self._cond:
-            if not self._cond.wait_for(lambda: self._done, timeout):
+            if not self._cond.wait_for(lambda: self._core.done, timeout):
                 raise TimeoutError(f"channel {self.id} still open after {timeout} s")
-            self._raise_if_failed()
-            return self._status
+            self._core.raise_if_failed()
+            return self._core.exit_status
 
     def __enter__(self) -> SyncChannel:
         return self
@@ -292,36 +272,61 @@ class SyncChannel:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- driven by SyncSession (the session lock is held) --------------------------
+    # -- used by SyncSession ---------------------------------------------------
 
     def _wait_accepted(self, timeout: float | None) -> None:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._accepted or self._done, timeout):
+            core = self._core
+            if not self._cond.wait_for(lambda: core.accepted or core.done, timeout):
                 raise TimeoutError(f"channel {self.id} not accepted within {timeout} s")
-            if not self._accepted:
-                self._raise_if_failed()
+            if not core.accepted:
+                core.raise_if_failed()
                 raise ChannelError(self.id, ChannelCode.CANCELLED, "channel closed")
 
-    def _raise_if_failed(self) -> None:
-        if self._exc is not None:
-            raise self._exc
 
-    def _finish(self, code: int, exit_status: int | None, reason: str) -> None:
-        if self._done:
-            return
-        self._done = True
-        self.close_code, self.close_reason = code, reason
-        if code == ChannelCode.OK:
-            self._status = exit_status
-        else:
-            self._exc = ChannelError(self.id, code, reason)
-        self._cond.notify_all()
+class _Workers:
+    """Daemon worker threads for channel handlers, reused from channel to channel.
 
-    def _fail(self, exc: PstpError) -> None:
-        if not self._done:
-            self._done = True
-            self._exc = exc
-        self._cond.notify_all()
+    A thread is started only when no idle one is waiting, so a session runs as
+    many threads as it has handlers running at once (at most ``max_channels``),
+    not one per channel it ever served.  Daemon threads: a handler stuck in
+    application code never holds up the process's exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            start = self._idle == 0
+            if start:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(
+                target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+            ).start()
+
+    def stop(self) -> None:
+        """Let every worker end once it has nothing to do."""
+        with self._lock:
+            threads = self._threads
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+            with self._lock:
+                self._idle += 1
+        with self._lock:
+            self._threads -= 1
 
 
 class SyncSession:
@@ -338,6 +343,10 @@ class SyncSession:
         sock: a connected stream socket; the session owns it from now on.
         handlers: channel kinds this side serves, and what runs for each.
         high_water: unread session DATA bytes above which socket reading pauses.
+        authorize: asked before any channel the peer opens is accepted (policy);
+            what it returns travels with the channel as :attr:`SyncChannel.verdict`.
+        admit: asked once when the handshake completes; a returned reason
+            closes the session with REFUSED.
     """
 
     def __init__(
@@ -347,8 +356,13 @@ class SyncSession:
         *,
         handlers: Mapping[str, ChannelHandler] | None = None,
         high_water: int = 1 << 20,
+        authorize: Authorizer | None = None,
+        admit: Admitter | None = None,
     ) -> None:
         self._conn = conn
+        self._core: SessionCore[ChannelHandler] = SessionCore(
+            conn, handlers=handlers, authorize=authorize, admit=admit, high_water=high_water
+        )
         self._sock = sock
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -358,18 +372,9 @@ class SyncSession:
         self._sock_closed = False  # guarded by _send_lock
         self._pending = memoryview(b"")  # I/O thread only
         self._io_sending = False  # I/O thread only: it holds _send_lock
-        self._handlers: dict[str, ChannelHandler] = dict(handlers or {})
-        self._channels: dict[int, SyncChannel] = {}
-        self._inbox: collections.deque[bytes] = collections.deque()
-        self._inbox_bytes = 0
-        self._high_water = high_water
-        self._reading_paused = False
-        self._established = False
-        self._terminated = False
-        self._close_code: int | None = None
-        self._linger_for_eof = False
+        self._core.wake = self._cond.notify_all
+        self._workers = _Workers(f"pstp-channel-{conn.role.value}")
         self._finished = threading.Event()
-        self.last_rtt: float | None = None
         sock.setblocking(True)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # small records must not wait for Nagle
@@ -407,21 +412,26 @@ class SyncSession:
         return self._conn
 
     @property
+    def last_rtt(self) -> float | None:
+        """Round-trip time of the last answered heartbeat, in seconds."""
+        return self._core.last_rtt
+
+    @property
     def is_closed(self) -> bool:
         """True once the session has ended."""
-        return self._terminated
+        return self._core.terminated
 
     def set_handler(self, kind: str, handler: ChannelHandler | None) -> None:
         """Serve (or stop serving) channels of ``kind`` that the peer opens.
 
-        The handler runs in a new thread for each channel; when it returns the
-        channel is closed, with its int result as the exit status.
+        The handler runs on a worker thread for each channel; when it returns
+        the channel is closed, with its int result as the exit status.
         """
         with self._lock:
             if handler is None:
-                self._handlers.pop(kind, None)
+                self._core.handlers.pop(kind, None)
             else:
-                self._handlers[kind] = handler
+                self._core.handlers[kind] = handler
 
     # -- channels ------------------------------------------------------------
 
@@ -449,10 +459,7 @@ class SyncSession:
             TimeoutError: no ACCEPT in time.
         """
         with self._lock:
-            self._check_open()
-            cid = self._conn.open_channel(kind, params)
-            ch = SyncChannel(self, cid, kind, params or {})
-            self._channels[cid] = ch
+            ch = SyncChannel(self, self._core.open_channel(kind, params))
             self._pump_locked()
         self._flush()
         if wait_accepted:
@@ -515,8 +522,7 @@ class SyncSession:
         with self._stream_lock:
             for off in range(0, max(len(view), 1), _SEND_CHUNK):
                 with self._lock:
-                    self._check_open()
-                    self._conn.send_data(bytes(view[off : off + _SEND_CHUNK]))
+                    self._core.send_data(bytes(view[off : off + _SEND_CHUNK]))
                     self._pump_locked()
                 self._flush()
 
@@ -530,15 +536,14 @@ class SyncSession:
             ConnectionClosed: the session has ended (``code`` says how).
             TimeoutError: nothing arrived in time (the session stays usable).
         """
+        core = self._core
         with self._cond:
-            if not self._cond.wait_for(lambda: self._inbox or self._terminated, timeout):
+            if not self._cond.wait_for(lambda: core.inbox or core.terminated, timeout):
                 raise TimeoutError(f"no session data within {timeout} s")
-            if not self._inbox:
-                raise self._closed_error()
-            data = self._inbox.popleft()
-            self._inbox_bytes -= len(data)
-            if self._reading_paused and self._inbox_bytes <= self._high_water // 2:
-                self._reading_paused = False
+            paused = core.reading_paused
+            data = core.recv_data()
+            assert data is not None  # data or the end is there
+            if paused and not core.reading_paused:
                 self._wake()
             return data
 
@@ -612,8 +617,9 @@ class SyncSession:
             TimeoutError: ``timeout`` passed first.
         """
         with self._cond:
-            done = self._cond.wait_for(lambda: self._established or self._terminated, timeout)
-            established = self._established
+            core = self._core
+            done = self._cond.wait_for(lambda: core.established or core.terminated, timeout)
+            established = core.established and not core.terminated
         if established:
             return
         self.close()
@@ -626,20 +632,15 @@ class SyncSession:
 
     # -- the loop: feed, drain events, flush, dispatch (STYLE §3) ------------------
 
-    def _check_open(self) -> None:
-        if self._conn.state is not ConnectionState.ESTABLISHED:
-            raise self._closed_error()
-
     def _pump_locked(self) -> None:
-        """Drain events, queue output, dispatch.  ``_lock`` is held; call ``_flush`` after."""
-        events = self._conn.events_received()
+        """Apply the core's events, queue output, start handlers.  ``_lock`` is held."""
+        started = self._core.pump()
         self._queue_output()
-        for event in events:
-            self._dispatch(event)
-        # Dispatching may have acted on the core (accept or reject a channel).
-        self._queue_output()
-        if not self._reading_paused and self._inbox_bytes > self._high_water:
-            self._reading_paused = True
+        for core, handler in started:
+            ch = SyncChannel(self, core)
+            self._workers.submit(lambda h=handler, c=ch: self._run_handler(h, c))  # type: ignore[misc]
+        if self._core.terminated:
+            self._wake()
 
     def _queue_output(self) -> None:
         out = self._conn.data_to_send()
@@ -677,101 +678,21 @@ class SyncSession:
             with contextlib.suppress(OSError):  # a full pipe already wakes it
                 self._wake_w.send(b"\0")
 
-    def _dispatch(self, event: Event) -> None:
-        match event:
-            case ChannelDataReceived(channel_id=cid, data=data):
-                ch = self._channels.get(cid)
-                if ch is not None:
-                    ch._inbox.append(data)
-                    ch._cond.notify_all()
-            case ChannelWindowUpdated(channel_id=cid) | ChannelAccepted(channel_id=cid):
-                ch = self._channels.get(cid)
-                if ch is not None:
-                    ch._accepted = ch._accepted or isinstance(event, ChannelAccepted)
-                    ch._cond.notify_all()
-            case ChannelEofReceived(channel_id=cid):
-                ch = self._channels.get(cid)
-                if ch is not None:
-                    ch._eof = True
-                    ch._cond.notify_all()
-            case ChannelRejected(channel_id=cid, code=code, reason=reason):
-                ch = self._channels.pop(cid, None)
-                if ch is not None:
-                    ch._finish(code or ChannelCode.REFUSED, None, reason)
-            case ChannelClosed(channel_id=cid, code=code, exit_status=status, reason=reason):
-                ch = self._channels.pop(cid, None)
-                if ch is not None:
-                    ch._finish(code, status, reason)
-            case ChannelOpenRequested():
-                self._on_open_requested(event)
-            case DataReceived(data=data):
-                self._inbox.append(data)
-                self._inbox_bytes += len(data)
-                self._cond.notify_all()
-            case HeartbeatAcknowledged(rtt=rtt):
-                self.last_rtt = rtt
-            case HandshakeCompleted():
-                self._established = True
-                self._cond.notify_all()
-            case ConnectionTerminated(code=code, by_peer=by_peer):
-                # Only a CLOSE record we sent needs the linger: it must not be
-                # destroyed by a reset (a failed handshake or a truncation sent nothing).
-                self._linger_for_eof = (
-                    self._established and not by_peer and code != ErrorCode.TRUNCATED
-                )
-                self._on_terminated(code)
-            case _:
-                _log.debug("ignored event %r", event)
-
-    def _on_open_requested(self, event: ChannelOpenRequested) -> None:
-        handler = self._handlers.get(event.kind)
-        if handler is None:
-            self._conn.reject_channel(
-                event.channel_id, ChannelCode.UNKNOWN_KIND, f"no handler for {event.kind!r}"
-            )
-            return
-        ch = SyncChannel(self, event.channel_id, event.kind, event.params)
-        ch._accepted = True
-        self._channels[ch.id] = ch
-        self._conn.accept_channel(ch.id)
-        threading.Thread(
-            target=self._run_handler,
-            args=(handler, ch),
-            name=f"pstp-channel-{ch.id}-{ch.kind}",
-            daemon=True,
-        ).start()
-
     def _run_handler(self, handler: ChannelHandler, ch: SyncChannel) -> None:
         try:
             status = handler(ch)
-        except PstpError as exc:
-            _log.info("channel %s (%s) ended: %s", ch.id, ch.kind, exc)
-            ch.close(code=ChannelCode.APPLICATION_ERROR)
-        except Exception:
-            _log.exception("handler for channel kind %r failed", ch.kind)
-            ch.close(code=ChannelCode.APPLICATION_ERROR, reason="handler failed")
+        except Exception as exc:
+            if isinstance(exc, PstpError):
+                _log.info("channel %s (%s) ended: %s", ch.id, ch.kind, exc)
+            else:
+                _log.exception("handler for channel kind %r failed", ch.kind)
+            outcome: tuple[object, BaseException | None] = (None, exc)
         else:
-            ch.close(exit_status=status if isinstance(status, int) else None)
-
-    def _on_terminated(self, code: int) -> None:
-        self._terminated = True
-        self._close_code = code
-        closed = self._closed_error()
-        for ch in self._channels.values():
-            ch._fail(closed)
-        self._channels.clear()
-        self._cond.notify_all()
-        self._wake()
-
-    def _closed_error(self) -> ConnectionClosed:
-        exc = self._conn.close_exc
-        if isinstance(exc, ConnectionClosed):
-            return exc
-        # Fall back on the ConnectionTerminated event's code if the core left close_code unset.
-        code = self._conn.close_code if self._conn.close_code is not None else self._close_code
-        return ConnectionClosed(
-            code if code is not None else ErrorCode.INTERNAL_ERROR, str(exc) if exc else ""
-        )
+            outcome = (status, None)
+        with self._lock:
+            self._core.handler_done(ch._core, *outcome)
+            self._pump_locked()
+        self._flush()
 
     # -- the I/O thread ------------------------------------------------------
 
@@ -782,9 +703,9 @@ class SyncSession:
             mask = 0
             while True:
                 with self._lock:
-                    if self._terminated:
+                    if self._core.terminated:
                         break
-                    reading = not self._reading_paused
+                    reading = not self._core.reading_paused
                     # While paused, input waits in the socket: the peer is not
                     # silent, so heartbeat deadlines must not run (§6.5).
                     deadline = self._conn.next_deadline() if reading else None
@@ -900,7 +821,7 @@ class SyncSession:
                 self._io_sending = True
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_WR)
-            if self._linger_for_eof:
+            if self._core.linger_for_eof:
                 self._linger(end, selectors.EVENT_READ)
         except Exception:
             _log.exception("closing the socket of %r failed", self)
@@ -910,6 +831,7 @@ class SyncSession:
             self._sock_closed = True
             self._sock.close()
             self._release_send()
+            self._workers.stop()
             with self._lock:
                 self._finished.set()
                 self._wake_r.close()
