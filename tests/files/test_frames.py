@@ -2,12 +2,125 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pstp.files.frames import Done, LeftOut
+from pstp.exceptions import FrameTooLarge, RemoteProtocolError
+from pstp.files.frames import (
+    BATCH_BYTES,
+    CHUNK_SIZE,
+    MAX_CONTROL,
+    NEED_DATA,
+    Chunk,
+    Control,
+    Done,
+    EntriesEnd,
+    Entry,
+    Error,
+    FileEnd,
+    FileError,
+    FileOk,
+    FileStart,
+    FrameDecoder,
+    FrameType,
+    Hello,
+    LeftOut,
+    Message,
+    Offer,
+    OfferAction,
+    PlanEnd,
+    Summary,
+    batch_frames,
+    chunk_header,
+    encode_message,
+    file_digest,
+    split_path,
+    valid_chunk_size,
+)
+from pstp.protocol.streams import encode_header
 
 ENCODER = msgspec.msgpack.Encoder()
+SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
+C = 1 << 16  # the smallest chunk size, to keep chunks small here
+
+Decoded = tuple[str, object]
+
+
+def chunk_frame(data: bytes, digest: bytes | None = None) -> bytes:
+    """A whole CHUNK frame: data and its SHA-256 (or the given digest)."""
+    return chunk_header(len(data)) + data + (digest or hashlib.sha256(data).digest())
+
+
+def drain(decoder: FrameDecoder, out: list[Decoded] | None = None) -> list[Decoded]:
+    """Every frame the decoder has whole, as comparable values, up to NEED_DATA or the end
+    (appended to ``out`` as they come, so that they survive an error)."""
+    out = [] if out is None else out
+    while True:
+        frame = decoder.next_frame()
+        if frame is NEED_DATA:
+            return out
+        if frame is None:
+            out.append(("end", None))
+            return out
+        if isinstance(frame, Chunk):
+            out.append(("chunk", (b"".join(frame.data), frame.digest, frame.offset)))
+        else:
+            assert isinstance(frame, Control)
+            out.append((frame.type.name, frame.message))
+
+
+def decode_all_ways(data: bytes, file: tuple[int, int, int] | None = None) -> dict[str, object]:
+    """Decode ``data`` fed whole, byte by byte, and with trailing data (a partial header,
+    then garbage): each way's frames, or the error that ended them."""
+    results: dict[str, object] = {}
+    for way in ("whole", "bytewise", "trailing", "garbage"):
+        decoder = FrameDecoder()
+        if file is not None:
+            decoder.start_file(*file)
+        frames: list[Decoded] = []
+        try:
+            if way == "bytewise":
+                for i in range(len(data)):
+                    decoder.feed(data[i : i + 1])
+                    drain(decoder, frames)
+            else:
+                extra = {"whole": b"", "trailing": b"\x01\x00", "garbage": b"\xee" * 5}[way]
+                decoder.feed(data + extra)
+                drain(decoder, frames)
+        except RemoteProtocolError as exc:
+            frames.append(("error", str(exc)))
+        results[way] = frames
+    return results
+
+
+MESSAGES: list[tuple[FrameType, Message | list[Entry] | list[Offer]]] = [
+    (FrameType.HELLO, Hello(1, CHUNK_SIZE)),
+    (FrameType.ENTRIES, [Entry("d", "d", 0, 0o755, 1), Entry("d/ü.txt", "f", 3, 0o600, -5)]),
+    (FrameType.ENTRIES_END, EntriesEnd(2, 3)),
+    (FrameType.FILE, FileStart(1, 0)),
+    (FrameType.FILE_END, FileEnd(1, b"\x01" * 32)),
+    (FrameType.FILE_ABORT, FileError(1, "changed since it was listed")),
+    (FrameType.DONE, Done([LeftOut("d/l", "symlink (not followed)")], 2)),
+    (FrameType.PLAN, [Offer(OfferAction.DIR), Offer(OfferAction.SEND, C, [b"\x02" * 32])]),
+    (FrameType.PLAN_END, PlanEnd(7)),
+    (FrameType.FILE_OK, FileOk(1)),
+    (FrameType.FILE_FAILED, FileError(1, "exists")),
+    (FrameType.SUMMARY, Summary(1, 0, 3)),
+    (FrameType.ERROR, Error("refused")),
+]
+
+
+def encode(ftype: FrameType, message: object) -> bytes:
+    """One control frame, whatever the message (lists for ENTRIES and PLAN)."""
+    payload = ENCODER.encode(message)
+    return encode_header(ftype, len(payload)) + payload
+
+
+# -- messages (§18.3) ---------------------------------------------------------------------
 
 
 def test_done_encodes_as_the_spec_example_and_accepts_the_old_empty_array() -> None:
@@ -32,3 +145,267 @@ def test_malformed_done_is_refused(raw: bytes) -> None:
     """A DONE that breaks the §18.3 receiver rules does not decode."""
     with pytest.raises(msgspec.ValidationError):  # valid MessagePack, invalid DONE
         msgspec.msgpack.decode(raw, type=Done)
+
+
+def test_the_spec_examples_encode_byte_for_byte() -> None:
+    """The complete frames of §18.3's examples are what the encoder writes."""
+    t = 1_700_000_000_000_000_000
+    entries = [Entry("docs", "d", 0, 0o755, t), Entry("docs/a.txt", "f", 3, 0o644, t)]
+    assert encode_message(FrameType.HELLO, Hello(1, 65536)).hex() == "010000000792" + "01ce00010000"
+    assert next(batch_frames(FrameType.ENTRIES, entries, (FrameType.DONE, Done())))[:5].hex() == (
+        "0200000031"
+    )
+    assert encode_message(FrameType.FILE, FileStart(1, 0)).hex() == "0400000003920100"
+    plan = next(batch_frames(FrameType.PLAN, [Offer(OfferAction.SEND)], (FrameType.DONE, Done())))
+    assert plan.startswith(bytes.fromhex("1100000008 91 96 00 00 90 c0 c2 a0"))
+    assert encode_message(FrameType.DONE, Done()).hex() == "0800000003929000"
+
+
+def test_batches_are_cut_near_256_kib_and_end_with_the_end_frame() -> None:
+    """A long list goes out in several ENTRIES frames that decode to the same entries."""
+    entries = [Entry(f"f{i:06}", "f", i) for i in range(40_000)]
+    writes = list(
+        batch_frames(FrameType.ENTRIES, entries, (FrameType.ENTRIES_END, EntriesEnd(1, 1)))
+    )
+    decoder = FrameDecoder()
+    for w in writes:
+        decoder.feed(w)
+    frames = drain(decoder)
+    assert len(frames) > 3 and frames[-1] == ("ENTRIES_END", EntriesEnd(1, 1))
+    assert [e for name, batch in frames[:-1] if name == "ENTRIES" for e in batch] == entries
+    assert all(len(w) < 3 * BATCH_BYTES for w in writes)
+
+
+def test_valid_chunk_sizes_are_powers_of_two_from_64_kib_to_4_mib() -> None:
+    """HELLO's chunk size rule (§18.3)."""
+    assert [valid_chunk_size(c) for c in (1 << 16, 1 << 20, 1 << 22)] == [True] * 3
+    assert [valid_chunk_size(c) for c in (1 << 15, 1 << 23, 3 << 16, 0)] == [False] * 4
+
+
+def test_split_path_accepts_clean_relative_paths_only() -> None:
+    """Entry paths: relative, no empty, `.` or `..` component, bounded lengths."""
+    assert split_path("a/b c/ü.txt") == ("a", "b c", "ü.txt")
+    for bad in ("", "/a", "a/", "a//b", "./a", "a/..", "a\x00b", "x" * 256, "a/" * 2100 + "a"):
+        with pytest.raises(ValueError):
+            split_path(bad)
+
+
+def test_file_digest_matches_the_spec_vectors() -> None:
+    """§18.7's vectors: an empty file, "abc", and two chunks (and the same two swapped)."""
+    assert file_digest(0, CHUNK_SIZE, []).hex().startswith("b5ba4cab178d6beb")
+    abc = hashlib.sha256(b"abc").digest()
+    assert file_digest(3, CHUNK_SIZE, [abc]).hex().startswith("5a8544c955c6207a")
+    d = [hashlib.sha256(b"\0" * C).digest(), hashlib.sha256(b"\1" * 1000).digest()]
+    assert file_digest(C + 1000, C, d).hex().startswith("0c48be216f476c24")
+    assert file_digest(C + 1000, C, d[::-1]).hex().startswith("f2e2f1d5bf523615")
+
+
+def test_file_digest_covers_size_chunk_size_and_every_chunk() -> None:
+    """The file digest changes with the size, the chunk size and any chunk digest."""
+    d = [hashlib.sha256(b"x").digest(), hashlib.sha256(b"y").digest()]
+    base = file_digest(2, CHUNK_SIZE, d)
+    assert (
+        base
+        == hashlib.sha256(
+            b"PSTP file v1" + (2).to_bytes(8, "big") + CHUNK_SIZE.to_bytes(4, "big") + b"".join(d)
+        ).digest()
+    )
+    assert len({base, file_digest(3, CHUNK_SIZE, d), file_digest(2, 1 << 16, d)}) == 3
+    assert file_digest(2, CHUNK_SIZE, d[::-1]) != base
+
+
+# -- the decoder (§18.2) ------------------------------------------------------------------
+
+
+def test_every_message_decodes_the_same_fed_whole_bytewise_and_with_trailing_data() -> None:
+    """All control frames in one stream: the same frames however the bytes arrive."""
+    data = b"".join(encode(t, m) for t, m in MESSAGES)
+    expected = [(t.name, m) for t, m in MESSAGES]
+    ways = decode_all_ways(data)
+    assert ways["whole"] == ways["bytewise"] == ways["trailing"] == expected
+    assert ways["garbage"] == [*expected, ("error", "unknown file frame type 0xee")]
+
+
+def test_chunks_decode_whole_bytewise_and_with_trailing_data_without_copying() -> None:
+    """Inside a file, CHUNKs come back with their data, digest and offset."""
+    a, b = b"\x07" * C, b"\x08" * 1000
+    data = chunk_frame(a) + chunk_frame(b) + encode(FrameType.FILE_END, FileEnd(0, b"\0" * 32))
+    ways = decode_all_ways(data, file=(C + 1000, 0, C))
+    expected = [
+        ("chunk", (a, hashlib.sha256(a).digest(), 0)),
+        ("chunk", (b, hashlib.sha256(b).digest(), C)),
+        ("FILE_END", FileEnd(0, b"\0" * 32)),
+    ]
+    assert ways["whole"] == ways["bytewise"] == ways["trailing"] == expected
+    decoder = FrameDecoder()
+    decoder.start_file(C, 0, C)
+    received = bytearray(chunk_frame(a))
+    decoder.feed(received)
+    frame = decoder.next_frame()
+    assert isinstance(frame, Chunk) and frame.size == C
+    assert frame.data[0].obj is received  # a view of what was fed, not a copy
+
+
+def test_the_end_of_the_stream_is_clean_only_at_a_frame_boundary() -> None:
+    """EOF between frames: None; inside a header or a payload: an error."""
+    whole = encode(FrameType.FILE_OK, FileOk(3))
+    decoder = FrameDecoder()
+    decoder.feed(whole)
+    decoder.eof()
+    assert drain(decoder) == [("FILE_OK", FileOk(3)), ("end", None)]
+    for cut in (2, len(whole) - 1):
+        decoder = FrameDecoder()
+        decoder.feed(whole[:cut])
+        decoder.eof()
+        with pytest.raises(RemoteProtocolError, match="file stream ended inside a frame"):
+            decoder.next_frame()
+    decoder = FrameDecoder()
+    decoder.eof()
+    with pytest.raises(RemoteProtocolError, match="after the end"):
+        decoder.feed(b"x")
+
+
+@pytest.mark.parametrize(
+    ("data", "file", "error"),
+    [
+        (b"\x09\x00\x00\x00\x00", None, "unknown file frame type 0x09"),
+        (chunk_frame(b"x"), None, "CHUNK outside a file"),
+        (chunk_frame(b"x" * 10), (C, 0, C), "CHUNK of 10 bytes at 0 of 65536"),
+        (chunk_header(C) + b"x", (C + 5, C, C), "CHUNK of 65536 bytes at 65536 of 65541"),
+        (encode_header(FrameType.CHUNK, 3), (C, 0, C), "CHUNK of -29 bytes at 0 of 65536"),
+        (chunk_header(0), (C, C, C), "CHUNK of 0 bytes at 65536 of 65536"),
+        (encode_header(FrameType.HELLO, 3) + b"\x91\x01\x02", None, "malformed HELLO frame"),
+        (encode(FrameType.HELLO, [1, 2, 3]), None, "malformed HELLO frame"),
+        (encode(FrameType.PLAN, [[7]]), None, "malformed PLAN frame"),
+        (encode(FrameType.ENTRIES, [["a", "x"]]), None, "malformed ENTRIES frame"),
+    ],
+    ids=[
+        "unknown-type",
+        "chunk-outside",
+        "short-chunk",
+        "past-the-end",
+        "shorter-than-digest",
+        "empty-chunk",
+        "trailing-bytes",
+        "extra-field",
+        "bad-action",
+        "bad-kind",
+    ],
+)
+def test_bad_frames_are_errors_judged_as_early_as_possible(
+    data: bytes, file: tuple[int, int, int] | None, error: str
+) -> None:
+    """Unknown types, misplaced or mis-sized CHUNKs and malformed messages are errors."""
+    for way, frames in decode_all_ways(data, file).items():
+        assert frames == [("error", error)], way
+
+
+def test_a_header_is_judged_before_its_payload_is_buffered() -> None:
+    """An oversized control frame or a wrong CHUNK length fails on the 5-byte header alone."""
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(FrameType.PLAN, MAX_CONTROL + 1))
+    with pytest.raises(FrameTooLarge, match=f"file frame of {MAX_CONTROL + 1} bytes"):
+        decoder.next_frame()
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(FrameType.PLAN, MAX_CONTROL))
+    assert decoder.next_frame() is NEED_DATA  # at the limit: waits for the payload
+
+
+def test_a_failed_decoder_stays_failed() -> None:
+    """After an error every call raises again, even with good input."""
+    decoder = FrameDecoder()
+    decoder.feed(b"\xee\x00\x00\x00\x00")
+    with pytest.raises(RemoteProtocolError):
+        decoder.next_frame()
+    for call in (lambda: decoder.feed(encode(FrameType.FILE_OK, FileOk(1))), decoder.next_frame):
+        with pytest.raises(RemoteProtocolError, match="failed earlier"):
+            call()
+    assert decoder.pending == 0
+
+
+def test_end_file_makes_a_chunk_an_error_again() -> None:
+    """A CHUNK is legal only between start_file and end_file (§18.2 rule 4)."""
+    decoder = FrameDecoder()
+    decoder.start_file(C, 0, C)
+    assert decoder.in_file and decoder.position == 0
+    decoder.end_file()
+    decoder.feed(chunk_frame(b"x" * C))
+    with pytest.raises(RemoteProtocolError, match="CHUNK outside a file"):
+        decoder.next_frame()
+
+
+_counts = st.integers(0, (1 << 63) - 1)
+_text = st.text(max_size=40)
+_digest = st.binary(min_size=32, max_size=32)
+_entry = st.builds(
+    Entry,
+    st.text(min_size=1, max_size=20),
+    st.sampled_from(["f", "d"]),
+    _counts,
+    st.integers(0, 0o7777),
+    st.integers(-(1 << 63), (1 << 63) - 1),
+)
+_offer = st.builds(
+    Offer,
+    st.sampled_from(list(OfferAction)),
+    _counts,
+    st.lists(_digest, max_size=3),
+    st.none() | st.lists(_digest, max_size=3),
+    st.booleans(),
+    _text,
+)
+_message = st.one_of(
+    st.tuples(st.just(FrameType.HELLO), st.builds(Hello, _counts, _counts)),
+    st.tuples(st.just(FrameType.ENTRIES), st.lists(_entry, max_size=4)),
+    st.tuples(st.just(FrameType.ENTRIES_END), st.builds(EntriesEnd, _counts, _counts)),
+    st.tuples(st.just(FrameType.FILE), st.builds(FileStart, _counts, _counts)),
+    st.tuples(st.just(FrameType.FILE_END), st.builds(FileEnd, _counts, _digest)),
+    st.tuples(
+        st.sampled_from([FrameType.FILE_ABORT, FrameType.FILE_FAILED]),
+        st.builds(FileError, _counts, _text),
+    ),
+    st.tuples(
+        st.just(FrameType.DONE),
+        st.builds(Done, st.lists(st.builds(LeftOut, _text, _text), max_size=3), _counts),
+    ),
+    st.tuples(st.just(FrameType.PLAN), st.lists(_offer, max_size=4)),
+    st.tuples(st.just(FrameType.PLAN_END), st.builds(PlanEnd, _counts)),
+    st.tuples(st.just(FrameType.FILE_OK), st.builds(FileOk, _counts)),
+    st.tuples(st.just(FrameType.SUMMARY), st.builds(Summary, _counts, _counts, _counts)),
+    st.tuples(st.just(FrameType.ERROR), st.builds(Error, _text)),
+)
+
+
+@SLOW
+@given(st.lists(_message, max_size=6), st.data())
+def test_any_messages_round_trip_however_the_stream_is_cut(
+    messages: list[tuple[FrameType, object]], data: st.DataObject
+) -> None:
+    """decode(encode(m)) == m for every control message, with the stream cut anywhere."""
+    stream = b"".join(encode(t, m) for t, m in messages)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = FrameDecoder()
+    got: list[Decoded] = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        decoder.feed(stream[a:b])
+        got += drain(decoder)
+    decoder.eof()
+    assert got + drain(decoder) == [*((t.name, m) for t, m in messages), ("end", None)]
+
+
+@SLOW
+@given(st.binary(max_size=300), st.none() | st.tuples(st.integers(1, 3 * C), st.just(0)))
+def test_arbitrary_bytes_raise_only_remote_protocol_errors(
+    raw: bytes, file: tuple[int, int] | None
+) -> None:
+    """Whatever the bytes, the decoder returns frames or raises RemoteProtocolError."""
+    decoder = FrameDecoder()
+    if file is not None:
+        decoder.start_file(file[0], file[1], C)
+    try:
+        decoder.feed(raw)
+        drain(decoder)
+        decoder.eof()
+        drain(decoder)
+    except RemoteProtocolError:
+        pass
