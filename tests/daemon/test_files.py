@@ -768,6 +768,20 @@ TAMPERED = {
 }
 
 
+def test_a_put_cut_after_a_whole_chunk_resumes_after_that_chunk(served: Served) -> None:
+    """The device keeps the last chunk that arrived whole before the stream ended: the next
+    put may resume after it (docs/protocol.md §18.8), not one chunk earlier."""
+    target = served.rw / "raw" / "x.bin"
+    for leftover in (served.rw / "raw").glob("*"):
+        leftover.unlink()
+    reply, status = raw_put(served, "x.bin", len(A) + len(B), START + chunk(A))
+    assert status == 1 and b"ended inside a file" in reply
+    rest = frame(FrameType.FILE, frames.FileStart(0, SMALL_CHUNK)) + chunk(B) + GOOD_END + DONE
+    reply, status = raw_put(served, "x.bin", len(A) + len(B), rest)
+    assert status == 0, reply[-200:]
+    assert target.read_bytes() == A + B
+
+
 @pytest.mark.parametrize(("body", "error", "part_kept"), TAMPERED.values(), ids=TAMPERED.keys())
 def test_tampered_or_truncated_streams_are_refused_and_nothing_is_committed(
     served: Served, body: bytes, error: str, part_kept: bool

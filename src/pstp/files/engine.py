@@ -181,6 +181,16 @@ async def _settle(fut: asyncio.Future[_T]) -> None:
         fut.exception()  # retrieved: the caller reports errors its own way
 
 
+def _keep(meta_fd: int, job: asyncio.Future[bytes], expected: bytes) -> None:
+    """Append a written chunk's digest to the sidecar if its write succeeded and it
+    matched (best effort: the transfer is ending anyway)."""
+    if job.cancelled() or job.exception() is not None:
+        return
+    if hmac.compare_digest(job.result(), expected):
+        with contextlib.suppress(OSError):
+            os.write(meta_fd, expected)
+
+
 async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
     """Run ``fn`` in a worker thread; if cancelled, still wait for it to finish."""
     fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -990,7 +1000,12 @@ class Receiver:
         finally:
             self.frames.decoder.end_file()
             if pending is not None:
-                await _settle(pending[0])
+                # The stream ended (or broke) while the last chunk was being written: it
+                # was received whole, so verify it and keep it like the others; a resume
+                # then starts after the last chunk verified, not one before (§18.8).
+                job, expected, _ = pending
+                await _settle(job)
+                _keep(meta_fd, job, expected)
 
     def _commit(self, parent: int, fd: int, name: str, planned: _Planned) -> None:
         """Make the verified part durable and give it its final name (a worker thread).
