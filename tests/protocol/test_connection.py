@@ -1166,3 +1166,93 @@ def test_session_id_outlives_the_session_but_not_a_failed_handshake() -> None:
     pair.server.receive_eof(1.0)  # keys installed, confirm never came
     with pytest.raises(InvalidState):
         _ = pair.server.session_id
+
+
+# -- message transports (one frame per message, docs/protocol.md §6.3) ------------
+
+
+def _message_pair(ordered: bool) -> tuple[Connection, Connection, FakeClock]:
+    """A client and server that exchange whole messages until established."""
+    config = Config(ordered=ordered)
+    clock = FakeClock()
+    client, server = make_client(config), make_server(config)
+    server.start(clock.now)
+    client.start(clock.now)
+    for _ in range(5):
+        for src, dst in ((client, server), (server, client)):
+            for message in src.messages_to_send():
+                dst.receive_message(message, clock.now)
+    assert client.state is ConnectionState.ESTABLISHED
+    assert server.state is ConnectionState.ESTABLISHED
+    client.events_received()
+    server.events_received()
+    return client, server, clock
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_messages_carry_one_frame_each(ordered: bool) -> None:
+    """Handshake and records travel as one frame per message, in either receive mode."""
+    client, server, clock = _message_pair(ordered)
+    client.send_data(b"one")
+    client.send_data(b"two")
+    messages = client.messages_to_send()
+    assert len(messages) == 2
+    if not ordered:
+        messages.reverse()  # window mode accepts reordering
+    for message in messages:
+        server.receive_message(message, clock.now)
+    got = sorted(e.data for e in server.events_received() if isinstance(e, DataReceived))
+    assert got == [b"one", b"two"]
+    assert client.messages_to_send() == []
+
+
+def test_a_message_of_two_frames_ends_an_ordered_session() -> None:
+    """On an ordered message transport, a message that is not exactly one frame is fatal."""
+    client, server, clock = _message_pair(True)
+    client.send_data(b"a")
+    client.send_data(b"b")
+    server.receive_message(b"".join(client.messages_to_send()), clock.now)
+    assert server.state is ConnectionState.CLOSED
+    assert server.close_code == ErrorCode.PROTOCOL_ERROR
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x10", b"\x10\x00\x00\x09short", b"\x10\x00\x00\x00xx"])
+def test_a_malformed_message_is_dropped_in_window_mode(junk: bytes) -> None:
+    """In window mode, once established, a message that is not one frame is dropped and counted."""
+    client, server, clock = _message_pair(False)
+    server.receive_message(junk, clock.now)
+    assert server.state is ConnectionState.ESTABLISHED
+    assert server.dropped_records == 1
+    client.send_data(b"still here")
+    for message in client.messages_to_send():
+        server.receive_message(message, clock.now)
+    assert DataReceived(data=b"still here") in server.events_received()
+
+
+def test_a_malformed_message_before_the_handshake_ends_it() -> None:
+    """Before ESTABLISHED every bad message is fatal, in window mode too."""
+    server = make_server(Config(ordered=False))
+    server.start(1.0)
+    server.receive_message(b"\x01\x00\x00\x05abc", 1.0)
+    assert server.state is ConnectionState.CLOSED
+
+
+def test_an_oversized_message_frame_is_refused_from_its_header() -> None:
+    """A message whose frame header exceeds the limit ends the session (FRAME_TOO_LARGE)."""
+    _client, server, clock = _message_pair(True)
+    big = 1 << 23
+    server.receive_message(
+        bytes([FrameType.RECORD]) + big.to_bytes(3, "big") + bytes(big), clock.now
+    )
+    assert server.close_code == ErrorCode.FRAME_TOO_LARGE
+
+
+def test_receive_message_before_start_and_after_close() -> None:
+    """Feeding a message before start is misuse; after close it is ignored."""
+    server = make_server()
+    with pytest.raises(InvalidState):
+        server.receive_message(b"\x01\x00\x00\x00", 1.0)
+    server.start(1.0)
+    server.close()
+    server.receive_message(b"\x01\x00\x00\x00", 1.0)
+    assert server.state is ConnectionState.CLOSED
