@@ -26,7 +26,14 @@ from typing import cast
 from pstp.clock import next_timestamp
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError
 from pstp.protocol.connection import Connection, ConnectionState
-from pstp.protocol.session import Admitter, Authorizer, ChannelCore, SessionCore, Verdict
+from pstp.protocol.session import (
+    Admitter,
+    Authorizer,
+    ChannelCore,
+    ChannelFacts,
+    SessionCore,
+    SessionFacts,
+)
 from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
@@ -46,7 +53,7 @@ ChannelHandler = Callable[["Channel"], Awaitable[int | None]]
 _SEND_CHUNK = 256 * 1024
 
 
-class Channel:
+class Channel(ChannelFacts):
     """One channel of a session: a flow-controlled, half-closable byte stream.
 
     Iterate it (``async for chunk in channel``) or call :meth:`read`; write
@@ -54,9 +61,6 @@ class Channel:
     with an optional exit status.  Leaving ``async with`` closes it.
 
     Attributes:
-        id: the channel id.
-        kind: the channel kind, e.g. ``"exec"``.
-        params: the parameters it was opened with.
         accepted: resolves when the channel is accepted (fails if rejected).
         closed: resolves with the exit status when it ends (fails on an error).
     """
@@ -64,37 +68,16 @@ class Channel:
     def __init__(self, proto: SessionProtocol, core: ChannelCore) -> None:
         self._proto = proto
         self._core = core
-        self.id = core.id
-        self.kind = core.kind
-        self.params = core.params
         self._changed = asyncio.Event()
         self.accepted: asyncio.Future[None] = proto.loop.create_future()
         self.closed: asyncio.Future[int | None] = proto.loop.create_future()
         core.wake = self._wake
         self._wake()
 
-    def __repr__(self) -> str:
-        return f"<Channel {self.id} {self.kind!r}>"
-
     @property
     def connection(self) -> Connection:
         """The session's sans-I/O connection (peer id, how it was keyed, exporter)."""
         return self._proto.conn
-
-    @property
-    def verdict(self) -> Verdict | None:
-        """What the authorizer said when the peer opened this channel (the policy decision)."""
-        return self._core.verdict
-
-    @property
-    def close_code(self) -> int | None:
-        """The ChannelCode it ended with, once ended."""
-        return self._core.close_code
-
-    @property
-    def close_reason(self) -> str:
-        """The reason it ended with."""
-        return self._core.close_reason
 
     @property
     def exit_status(self) -> int | None:
@@ -468,7 +451,7 @@ class SessionProtocol(asyncio.Protocol):
         self.pump()
 
 
-class Session:
+class Session(SessionFacts[ChannelHandler]):
     """An established PSTP/2 session over asyncio.
 
     Use it as an async context manager.  Channels carry the real work
@@ -478,39 +461,7 @@ class Session:
 
     def __init__(self, protocol: SessionProtocol) -> None:
         self._protocol = protocol
-
-    @property
-    def peer_id(self) -> str:
-        """The peer's device id."""
-        return self._protocol.conn.peer_id or ""
-
-    @property
-    def session_id(self) -> bytes:
-        """The handshake hash, unique to this session."""
-        return self._protocol.conn.session_id
-
-    @property
-    def connection(self) -> Connection:
-        """The sans-I/O connection underneath (for inspection)."""
-        return self._protocol.conn
-
-    @property
-    def last_rtt(self) -> float | None:
-        """Round-trip time of the last answered heartbeat, in seconds."""
-        return self._protocol.core.last_rtt
-
-    @property
-    def is_closed(self) -> bool:
-        """True once the session has ended."""
-        return self._protocol.closed.done()
-
-    def set_handler(self, kind: str, handler: ChannelHandler | None) -> None:
-        """Serve (or stop serving) channels of ``kind`` that the peer opens."""
-        handlers = self._protocol.core.handlers
-        if handler is None:
-            handlers.pop(kind, None)
-        else:
-            handlers[kind] = handler
+        self._core = protocol.core
 
     async def open_channel(
         self, kind: str, params: Params | None = None, *, wait_accepted: bool = True

@@ -53,7 +53,9 @@ __all__ = [
     "Admitter",
     "Authorizer",
     "ChannelCore",
+    "ChannelFacts",
     "SessionCore",
+    "SessionFacts",
     "Verdict",
     "outcome_of",
 ]
@@ -500,6 +502,91 @@ class SessionCore(Generic[H]):
         if self.reading_paused and self.inbox_bytes <= self.high_water // 2:
             self.reading_paused = False
         return data
+
+
+class ChannelFacts:
+    """What a driver's channel tells about itself; both drivers' channels subclass it."""
+
+    _core: ChannelCore
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._core.id} {self._core.kind!r}>"
+
+    @property
+    def id(self) -> int:
+        """The channel id."""
+        return self._core.id
+
+    @property
+    def kind(self) -> str:
+        """The channel kind, e.g. ``"exec"``."""
+        return self._core.kind
+
+    @property
+    def params(self) -> Params:
+        """The parameters it was opened with."""
+        return self._core.params
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """What the authorizer said when the peer opened this channel (the policy decision)."""
+        return self._core.verdict
+
+    @property
+    def close_code(self) -> int | None:
+        """The ChannelCode it ended with, once ended."""
+        return self._core.close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason it ended with."""
+        return self._core.close_reason
+
+
+class SessionFacts(Generic[H]):
+    """What a driver's session tells about itself; both drivers' sessions subclass it."""
+
+    _core: SessionCore[H]
+
+    @property
+    def peer_id(self) -> str:
+        """The peer's device id."""
+        return self._core.conn.peer_id or ""
+
+    @property
+    def session_id(self) -> bytes:
+        """The handshake hash, unique to this session.
+
+        Raises:
+            InvalidState: the session has ended.
+        """
+        return self._core.conn.session_id
+
+    @property
+    def connection(self) -> Connection:
+        """The sans-I/O connection underneath (for inspection; do not drive it)."""
+        return self._core.conn
+
+    @property
+    def last_rtt(self) -> float | None:
+        """Round-trip time of the last answered heartbeat, in seconds."""
+        return self._core.last_rtt
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the session has ended."""
+        return self._core.terminated
+
+    def set_handler(self, kind: str, handler: H | None) -> None:
+        """Serve (or stop serving) channels of ``kind`` that the peer opens.
+
+        When the handler returns, the channel is closed with its int result as
+        the exit status.
+        """
+        if handler is None:
+            self._core.handlers.pop(kind, None)
+        else:
+            self._core.handlers[kind] = handler
 
 
 #: Channel states in which a peer's OPEN still waits for our decision (§14.5).

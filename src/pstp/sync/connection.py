@@ -42,7 +42,14 @@ from collections.abc import Callable, Iterator, Mapping
 from pstp.clock import next_timestamp
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, HandshakeFailed, PstpError
 from pstp.protocol.connection import Connection, ConnectionState
-from pstp.protocol.session import Admitter, Authorizer, ChannelCore, SessionCore, Verdict
+from pstp.protocol.session import (
+    Admitter,
+    Authorizer,
+    ChannelCore,
+    ChannelFacts,
+    SessionCore,
+    SessionFacts,
+)
 from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
@@ -81,46 +88,20 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-class SyncChannel:
+class SyncChannel(ChannelFacts):
     """One channel of a session: a flow-controlled, half-closable byte stream.
 
     Iterate it (``for chunk in channel``) or call :meth:`read`; write with
     :meth:`write`; :meth:`write_eof` half-closes; :meth:`close` ends it with
     an optional exit status.  Leaving ``with`` closes it.  Every method is
     safe to call from any thread.
-
-    Attributes:
-        id: the channel id.
-        kind: the channel kind, e.g. ``"exec"``.
-        params: the parameters it was opened with.
     """
 
     def __init__(self, session: SyncSession, core: ChannelCore) -> None:
         self._session = session
         self._core = core
-        self.id = core.id
-        self.kind = core.kind
-        self.params = core.params
         self._cond = threading.Condition(session._lock)
         core.wake = self._cond.notify_all
-
-    def __repr__(self) -> str:
-        return f"<SyncChannel {self.id} {self.kind!r}>"
-
-    @property
-    def verdict(self) -> Verdict | None:
-        """What the authorizer said when the peer opened this channel (the policy decision)."""
-        return self._core.verdict
-
-    @property
-    def close_code(self) -> int | None:
-        """The ChannelCode it ended with, once ended."""
-        return self._core.close_code
-
-    @property
-    def close_reason(self) -> str:
-        """The reason it ended with."""
-        return self._core.close_reason
 
     @property
     def exit_status(self) -> int | None:
@@ -329,7 +310,7 @@ class _Workers:
             self._threads -= 1
 
 
-class SyncSession:
+class SyncSession(SessionFacts[ChannelHandler]):
     """An established PSTP/2 session over a blocking socket.
 
     Made by :func:`pstp.sync.client.connect` or :func:`pstp.sync.server.accept`.
@@ -388,50 +369,6 @@ class SyncSession:
 
     def __repr__(self) -> str:
         return f"<SyncSession {self._conn.role.value} peer={self._conn.peer_id!r}>"
-
-    # -- properties ----------------------------------------------------------
-
-    @property
-    def peer_id(self) -> str:
-        """The peer's device id."""
-        return self._conn.peer_id or ""
-
-    @property
-    def session_id(self) -> bytes:
-        """The handshake hash, unique to this session.
-
-        Raises:
-            InvalidState: the session has ended.
-        """
-        with self._lock:
-            return self._conn.session_id
-
-    @property
-    def connection(self) -> Connection:
-        """The sans-I/O connection underneath (for inspection; do not drive it)."""
-        return self._conn
-
-    @property
-    def last_rtt(self) -> float | None:
-        """Round-trip time of the last answered heartbeat, in seconds."""
-        return self._core.last_rtt
-
-    @property
-    def is_closed(self) -> bool:
-        """True once the session has ended."""
-        return self._core.terminated
-
-    def set_handler(self, kind: str, handler: ChannelHandler | None) -> None:
-        """Serve (or stop serving) channels of ``kind`` that the peer opens.
-
-        The handler runs on a worker thread for each channel; when it returns
-        the channel is closed, with its int result as the exit status.
-        """
-        with self._lock:
-            if handler is None:
-                self._core.handlers.pop(kind, None)
-            else:
-                self._core.handlers[kind] = handler
 
     # -- channels ------------------------------------------------------------
 
