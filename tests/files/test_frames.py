@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pstp.exceptions import FrameTooLarge, RemoteProtocolError
+from pstp.files import frames as m
 from pstp.files.frames import (
     BATCH_BYTES,
     CHUNK_SIZE,
@@ -17,29 +18,10 @@ from pstp.files.frames import (
     NEED_DATA,
     Chunk,
     Control,
-    Done,
-    EntriesEnd,
-    Entry,
-    Error,
-    FileEnd,
-    FileError,
-    FileOk,
-    FileStart,
     FrameDecoder,
     FrameType,
-    Hello,
-    LeftOut,
     Message,
-    Offer,
     OfferAction,
-    PlanEnd,
-    Summary,
-    batch_frames,
-    chunk_header,
-    encode_message,
-    file_digest,
-    split_path,
-    valid_chunk_size,
 )
 from pstp.protocol.streams import encode_header
 
@@ -52,7 +34,7 @@ Decoded = tuple[str, object]
 
 def chunk_frame(data: bytes, digest: bytes | None = None) -> bytes:
     """A whole CHUNK frame: data and its SHA-256 (or the given digest)."""
-    return chunk_header(len(data)) + data + (digest or hashlib.sha256(data).digest())
+    return m.chunk_header(len(data)) + data + (digest or hashlib.sha256(data).digest())
 
 
 def drain(decoder: FrameDecoder, out: list[Decoded] | None = None) -> list[Decoded]:
@@ -97,20 +79,20 @@ def decode_all_ways(data: bytes, file: tuple[int, int, int] | None = None) -> di
     return results
 
 
-MESSAGES: list[tuple[FrameType, Message | list[Entry] | list[Offer]]] = [
-    (FrameType.HELLO, Hello(1, CHUNK_SIZE)),
-    (FrameType.ENTRIES, [Entry("d", "d", 0, 0o755, 1), Entry("d/ü.txt", "f", 3, 0o600, -5)]),
-    (FrameType.ENTRIES_END, EntriesEnd(2, 3)),
-    (FrameType.FILE, FileStart(1, 0)),
-    (FrameType.FILE_END, FileEnd(1, b"\x01" * 32)),
-    (FrameType.FILE_ABORT, FileError(1, "changed since it was listed")),
-    (FrameType.DONE, Done([LeftOut("d/l", "symlink (not followed)")], 2)),
-    (FrameType.PLAN, [Offer(OfferAction.DIR), Offer(OfferAction.SEND, C, [b"\x02" * 32])]),
-    (FrameType.PLAN_END, PlanEnd(7)),
-    (FrameType.FILE_OK, FileOk(1)),
-    (FrameType.FILE_FAILED, FileError(1, "exists")),
-    (FrameType.SUMMARY, Summary(1, 0, 3)),
-    (FrameType.ERROR, Error("refused")),
+MESSAGES: list[tuple[FrameType, Message | list[m.Entry] | list[m.Offer]]] = [
+    (FrameType.HELLO, m.Hello(1, CHUNK_SIZE)),
+    (FrameType.ENTRIES, [m.Entry("d", "d", 0, 0o755, 1), m.Entry("d/ü.txt", "f", 3, 0o600, -5)]),
+    (FrameType.ENTRIES_END, m.EntriesEnd(2, 3)),
+    (FrameType.FILE, m.FileStart(1, 0)),
+    (FrameType.FILE_END, m.FileEnd(1, b"\x01" * 32)),
+    (FrameType.FILE_ABORT, m.FileError(1, "changed since it was listed")),
+    (FrameType.DONE, m.Done([m.LeftOut("d/l", "symlink (not followed)")], 2)),
+    (FrameType.PLAN, [m.Offer(OfferAction.DIR), m.Offer(OfferAction.SEND, C, [b"\x02" * 32])]),
+    (FrameType.PLAN_END, m.PlanEnd(7)),
+    (FrameType.FILE_OK, m.FileOk(1)),
+    (FrameType.FILE_FAILED, m.FileError(1, "exists")),
+    (FrameType.SUMMARY, m.Summary(1, 0, 3)),
+    (FrameType.ERROR, m.Error("refused")),
 ]
 
 
@@ -125,10 +107,10 @@ def encode(ftype: FrameType, message: object) -> bytes:
 
 def test_done_encodes_as_the_spec_example_and_accepts_the_old_empty_array() -> None:
     """DONE with nothing left out is `92 90 00`; an empty array still decodes to it."""
-    assert ENCODER.encode(Done()) == bytes.fromhex("929000")
-    assert msgspec.msgpack.decode(b"\x90", type=Done) == Done()
-    done = Done([LeftOut("t/link", "symlink (not followed)")], 3)
-    assert msgspec.msgpack.decode(ENCODER.encode(done), type=Done) == done
+    assert ENCODER.encode(m.Done()) == bytes.fromhex("929000")
+    assert msgspec.msgpack.decode(b"\x90", type=m.Done) == m.Done()
+    done = m.Done([m.LeftOut("t/link", "symlink (not followed)")], 3)
+    assert msgspec.msgpack.decode(ENCODER.encode(done), type=m.Done) == done
 
 
 @pytest.mark.parametrize(
@@ -144,74 +126,84 @@ def test_done_encodes_as_the_spec_example_and_accepts_the_old_empty_array() -> N
 def test_malformed_done_is_refused(raw: bytes) -> None:
     """A DONE that breaks the §18.3 receiver rules does not decode."""
     with pytest.raises(msgspec.ValidationError):  # valid MessagePack, invalid DONE
-        msgspec.msgpack.decode(raw, type=Done)
+        msgspec.msgpack.decode(raw, type=m.Done)
 
 
 def test_the_spec_examples_encode_byte_for_byte() -> None:
     """The complete frames of §18.3's examples are what the encoder writes."""
     t = 1_700_000_000_000_000_000
-    entries = [Entry("docs", "d", 0, 0o755, t), Entry("docs/a.txt", "f", 3, 0o644, t)]
-    assert encode_message(FrameType.HELLO, Hello(1, 65536)).hex() == "010000000792" + "01ce00010000"
-    assert next(batch_frames(FrameType.ENTRIES, entries, (FrameType.DONE, Done())))[:5].hex() == (
-        "0200000031"
+    entries = [m.Entry("docs", "d", 0, 0o755, t), m.Entry("docs/a.txt", "f", 3, 0o644, t)]
+    examples = {
+        "01 00000007 92 01 ce00010000": m.encode_message(FrameType.HELLO, m.Hello(1, 65536)),
+        "02 00000031 92 95 a4646f6373 a164 00 cd01ed cf17979cfe362a0000"
+        " 95 aa646f63732f612e747874 a166 03 cd01a4 cf17979cfe362a0000": encode(
+            FrameType.ENTRIES, entries
+        ),
+        "04 00000003 92 01 00": m.encode_message(FrameType.FILE, m.FileStart(1, 0)),
+        "11 00000008 91 96 00 00 90 c0 c2 a0": encode(FrameType.PLAN, [m.Offer(OfferAction.SEND)]),
+        "08 00000003 92 90 00": m.encode_message(FrameType.DONE, m.Done()),
+    }
+    for spec, encoded in examples.items():
+        assert encoded == bytes.fromhex(spec), spec
+    batched = m.batch_frames(
+        FrameType.PLAN, [m.Offer(OfferAction.SEND)], (FrameType.DONE, m.Done())
     )
-    assert encode_message(FrameType.FILE, FileStart(1, 0)).hex() == "0400000003920100"
-    plan = next(batch_frames(FrameType.PLAN, [Offer(OfferAction.SEND)], (FrameType.DONE, Done())))
-    assert plan.startswith(bytes.fromhex("1100000008 91 96 00 00 90 c0 c2 a0"))
-    assert encode_message(FrameType.DONE, Done()).hex() == "0800000003929000"
+    assert next(batched) == bytes.fromhex(
+        "11 00000008 91 96 00 00 90 c0 c2 a0 08 00000003 92 90 00"
+    )
 
 
 def test_batches_are_cut_near_256_kib_and_end_with_the_end_frame() -> None:
     """A long list goes out in several ENTRIES frames that decode to the same entries."""
-    entries = [Entry(f"f{i:06}", "f", i) for i in range(40_000)]
+    entries = [m.Entry(f"f{i:06}", "f", i) for i in range(40_000)]
     writes = list(
-        batch_frames(FrameType.ENTRIES, entries, (FrameType.ENTRIES_END, EntriesEnd(1, 1)))
+        m.batch_frames(FrameType.ENTRIES, entries, (FrameType.ENTRIES_END, m.EntriesEnd(1, 1)))
     )
     decoder = FrameDecoder()
     for w in writes:
         decoder.feed(w)
     frames = drain(decoder)
-    assert len(frames) > 3 and frames[-1] == ("ENTRIES_END", EntriesEnd(1, 1))
+    assert len(frames) > 3 and frames[-1] == ("ENTRIES_END", m.EntriesEnd(1, 1))
     assert [e for name, batch in frames[:-1] if name == "ENTRIES" for e in batch] == entries
     assert all(len(w) < 3 * BATCH_BYTES for w in writes)
 
 
 def test_valid_chunk_sizes_are_powers_of_two_from_64_kib_to_4_mib() -> None:
     """HELLO's chunk size rule (§18.3)."""
-    assert [valid_chunk_size(c) for c in (1 << 16, 1 << 20, 1 << 22)] == [True] * 3
-    assert [valid_chunk_size(c) for c in (1 << 15, 1 << 23, 3 << 16, 0)] == [False] * 4
+    assert [m.valid_chunk_size(c) for c in (1 << 16, 1 << 20, 1 << 22)] == [True] * 3
+    assert [m.valid_chunk_size(c) for c in (1 << 15, 1 << 23, 3 << 16, 0)] == [False] * 4
 
 
 def test_split_path_accepts_clean_relative_paths_only() -> None:
     """Entry paths: relative, no empty, `.` or `..` component, bounded lengths."""
-    assert split_path("a/b c/ü.txt") == ("a", "b c", "ü.txt")
+    assert m.split_path("a/b c/ü.txt") == ("a", "b c", "ü.txt")
     for bad in ("", "/a", "a/", "a//b", "./a", "a/..", "a\x00b", "x" * 256, "a/" * 2100 + "a"):
         with pytest.raises(ValueError):
-            split_path(bad)
+            m.split_path(bad)
 
 
 def test_file_digest_matches_the_spec_vectors() -> None:
     """§18.7's vectors: an empty file, "abc", and two chunks (and the same two swapped)."""
-    assert file_digest(0, CHUNK_SIZE, []).hex().startswith("b5ba4cab178d6beb")
+    assert m.file_digest(0, CHUNK_SIZE, []).hex().startswith("b5ba4cab178d6beb")
     abc = hashlib.sha256(b"abc").digest()
-    assert file_digest(3, CHUNK_SIZE, [abc]).hex().startswith("5a8544c955c6207a")
+    assert m.file_digest(3, CHUNK_SIZE, [abc]).hex().startswith("5a8544c955c6207a")
     d = [hashlib.sha256(b"\0" * C).digest(), hashlib.sha256(b"\1" * 1000).digest()]
-    assert file_digest(C + 1000, C, d).hex().startswith("0c48be216f476c24")
-    assert file_digest(C + 1000, C, d[::-1]).hex().startswith("f2e2f1d5bf523615")
+    assert m.file_digest(C + 1000, C, d).hex().startswith("0c48be216f476c24")
+    assert m.file_digest(C + 1000, C, d[::-1]).hex().startswith("f2e2f1d5bf523615")
 
 
 def test_file_digest_covers_size_chunk_size_and_every_chunk() -> None:
     """The file digest changes with the size, the chunk size and any chunk digest."""
     d = [hashlib.sha256(b"x").digest(), hashlib.sha256(b"y").digest()]
-    base = file_digest(2, CHUNK_SIZE, d)
+    base = m.file_digest(2, CHUNK_SIZE, d)
     assert (
         base
         == hashlib.sha256(
             b"PSTP file v1" + (2).to_bytes(8, "big") + CHUNK_SIZE.to_bytes(4, "big") + b"".join(d)
         ).digest()
     )
-    assert len({base, file_digest(3, CHUNK_SIZE, d), file_digest(2, 1 << 16, d)}) == 3
-    assert file_digest(2, CHUNK_SIZE, d[::-1]) != base
+    assert len({base, m.file_digest(3, CHUNK_SIZE, d), m.file_digest(2, 1 << 16, d)}) == 3
+    assert m.file_digest(2, CHUNK_SIZE, d[::-1]) != base
 
 
 # -- the decoder (§18.2) ------------------------------------------------------------------
@@ -229,12 +221,12 @@ def test_every_message_decodes_the_same_fed_whole_bytewise_and_with_trailing_dat
 def test_chunks_decode_whole_bytewise_and_with_trailing_data_without_copying() -> None:
     """Inside a file, CHUNKs come back with their data, digest and offset."""
     a, b = b"\x07" * C, b"\x08" * 1000
-    data = chunk_frame(a) + chunk_frame(b) + encode(FrameType.FILE_END, FileEnd(0, b"\0" * 32))
+    data = chunk_frame(a) + chunk_frame(b) + encode(FrameType.FILE_END, m.FileEnd(0, b"\0" * 32))
     ways = decode_all_ways(data, file=(C + 1000, 0, C))
     expected = [
         ("chunk", (a, hashlib.sha256(a).digest(), 0)),
         ("chunk", (b, hashlib.sha256(b).digest(), C)),
-        ("FILE_END", FileEnd(0, b"\0" * 32)),
+        ("FILE_END", m.FileEnd(0, b"\0" * 32)),
     ]
     assert ways["whole"] == ways["bytewise"] == ways["trailing"] == expected
     decoder = FrameDecoder()
@@ -248,11 +240,11 @@ def test_chunks_decode_whole_bytewise_and_with_trailing_data_without_copying() -
 
 def test_the_end_of_the_stream_is_clean_only_at_a_frame_boundary() -> None:
     """EOF between frames: None; inside a header or a payload: an error."""
-    whole = encode(FrameType.FILE_OK, FileOk(3))
+    whole = encode(FrameType.FILE_OK, m.FileOk(3))
     decoder = FrameDecoder()
     decoder.feed(whole)
     decoder.eof()
-    assert drain(decoder) == [("FILE_OK", FileOk(3)), ("end", None)]
+    assert drain(decoder) == [("FILE_OK", m.FileOk(3)), ("end", None)]
     for cut in (2, len(whole) - 1):
         decoder = FrameDecoder()
         decoder.feed(whole[:cut])
@@ -271,9 +263,9 @@ def test_the_end_of_the_stream_is_clean_only_at_a_frame_boundary() -> None:
         (b"\x09\x00\x00\x00\x00", None, "unknown file frame type 0x09"),
         (chunk_frame(b"x"), None, "CHUNK outside a file"),
         (chunk_frame(b"x" * 10), (C, 0, C), "CHUNK of 10 bytes at 0 of 65536"),
-        (chunk_header(C) + b"x", (C + 5, C, C), "CHUNK of 65536 bytes at 65536 of 65541"),
+        (m.chunk_header(C) + b"x", (C + 5, C, C), "CHUNK of 65536 bytes at 65536 of 65541"),
         (encode_header(FrameType.CHUNK, 3), (C, 0, C), "CHUNK of -29 bytes at 0 of 65536"),
-        (chunk_header(0), (C, C, C), "CHUNK of 0 bytes at 65536 of 65536"),
+        (m.chunk_header(0), (C, C, C), "CHUNK of 0 bytes at 65536 of 65536"),
         (encode_header(FrameType.HELLO, 3) + b"\x91\x01\x02", None, "malformed HELLO frame"),
         (encode(FrameType.HELLO, [1, 2, 3]), None, "malformed HELLO frame"),
         (encode(FrameType.PLAN, [[7]]), None, "malformed PLAN frame"),
@@ -317,7 +309,7 @@ def test_a_failed_decoder_stays_failed() -> None:
     decoder.feed(b"\xee\x00\x00\x00\x00")
     with pytest.raises(RemoteProtocolError):
         decoder.next_frame()
-    for call in (lambda: decoder.feed(encode(FrameType.FILE_OK, FileOk(1))), decoder.next_frame):
+    for call in (lambda: decoder.feed(encode(FrameType.FILE_OK, m.FileOk(1))), decoder.next_frame):
         with pytest.raises(RemoteProtocolError, match="failed earlier"):
             call()
     assert decoder.pending == 0
@@ -338,7 +330,7 @@ _counts = st.integers(0, (1 << 63) - 1)
 _text = st.text(max_size=40)
 _digest = st.binary(min_size=32, max_size=32)
 _entry = st.builds(
-    Entry,
+    m.Entry,
     st.text(min_size=1, max_size=20),
     st.sampled_from(["f", "d"]),
     _counts,
@@ -346,7 +338,7 @@ _entry = st.builds(
     st.integers(-(1 << 63), (1 << 63) - 1),
 )
 _offer = st.builds(
-    Offer,
+    m.Offer,
     st.sampled_from(list(OfferAction)),
     _counts,
     st.lists(_digest, max_size=3),
@@ -355,24 +347,24 @@ _offer = st.builds(
     _text,
 )
 _message = st.one_of(
-    st.tuples(st.just(FrameType.HELLO), st.builds(Hello, _counts, _counts)),
+    st.tuples(st.just(FrameType.HELLO), st.builds(m.Hello, _counts, _counts)),
     st.tuples(st.just(FrameType.ENTRIES), st.lists(_entry, max_size=4)),
-    st.tuples(st.just(FrameType.ENTRIES_END), st.builds(EntriesEnd, _counts, _counts)),
-    st.tuples(st.just(FrameType.FILE), st.builds(FileStart, _counts, _counts)),
-    st.tuples(st.just(FrameType.FILE_END), st.builds(FileEnd, _counts, _digest)),
+    st.tuples(st.just(FrameType.ENTRIES_END), st.builds(m.EntriesEnd, _counts, _counts)),
+    st.tuples(st.just(FrameType.FILE), st.builds(m.FileStart, _counts, _counts)),
+    st.tuples(st.just(FrameType.FILE_END), st.builds(m.FileEnd, _counts, _digest)),
     st.tuples(
         st.sampled_from([FrameType.FILE_ABORT, FrameType.FILE_FAILED]),
-        st.builds(FileError, _counts, _text),
+        st.builds(m.FileError, _counts, _text),
     ),
     st.tuples(
         st.just(FrameType.DONE),
-        st.builds(Done, st.lists(st.builds(LeftOut, _text, _text), max_size=3), _counts),
+        st.builds(m.Done, st.lists(st.builds(m.LeftOut, _text, _text), max_size=3), _counts),
     ),
     st.tuples(st.just(FrameType.PLAN), st.lists(_offer, max_size=4)),
-    st.tuples(st.just(FrameType.PLAN_END), st.builds(PlanEnd, _counts)),
-    st.tuples(st.just(FrameType.FILE_OK), st.builds(FileOk, _counts)),
-    st.tuples(st.just(FrameType.SUMMARY), st.builds(Summary, _counts, _counts, _counts)),
-    st.tuples(st.just(FrameType.ERROR), st.builds(Error, _text)),
+    st.tuples(st.just(FrameType.PLAN_END), st.builds(m.PlanEnd, _counts)),
+    st.tuples(st.just(FrameType.FILE_OK), st.builds(m.FileOk, _counts)),
+    st.tuples(st.just(FrameType.SUMMARY), st.builds(m.Summary, _counts, _counts, _counts)),
+    st.tuples(st.just(FrameType.ERROR), st.builds(m.Error, _text)),
 )
 
 

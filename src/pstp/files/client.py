@@ -14,10 +14,11 @@ What a local path may be, where the sources land and what is left out is
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,9 +76,22 @@ def _local_tree(path: str) -> Tree:
     return Tree(parent, os.path.basename(real), top)
 
 
-async def _cancel(ch: Channel) -> None:
-    with contextlib.suppress(ChannelError, ConnectionClosed):
-        await ch.close(code=ChannelCode.CANCELLED)
+async def _transfer(
+    session: Session,
+    params: dict[str, ParamValue],
+    side: Callable[[Channel], Sender | Receiver],
+) -> TransferResult:
+    """Open a ``file`` channel, run one side of the transfer on it and wait for the
+    device's CLOSE; a client that stops closes with CANCELLED (§18.1, §18.9)."""
+    ch = await session.open_channel("file", params)
+    try:
+        result = await side(ch).run()
+        await ch.wait_closed()
+    except BaseException:
+        with contextlib.suppress(ChannelError, ConnectionClosed):
+            await ch.close(code=ChannelCode.CANCELLED)
+        raise
+    return result
 
 
 async def put(
@@ -140,14 +154,11 @@ async def put(
             "into": into,
             "reason": reason,
         }
-        ch = await session.open_channel("file", params)
-        sender = Sender(ch, trees, chunk_size=chunk_size, progress=progress, limit=limit)
-        try:
-            result = await sender.run()
-            await ch.wait_closed()
-        except BaseException:
-            await _cancel(ch)
-            raise
+        result = await _transfer(
+            session,
+            params,
+            lambda ch: Sender(ch, trees, chunk_size=chunk_size, progress=progress, limit=limit),
+        )
     finally:
         for tree in trees:
             tree.close()
@@ -210,16 +221,18 @@ async def get(
         base = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             params: dict[str, ParamValue] = {"op": "get", "path": remote, "reason": reason}
-            ch = await session.open_channel("file", params)
-            receiver = Receiver(
-                ch, base, rename_top=rename, force=force, progress=progress, limit=limit
+            result = await _transfer(
+                session,
+                params,
+                functools.partial(
+                    Receiver,
+                    base_fd=base,
+                    rename_top=rename,
+                    force=force,
+                    progress=progress,
+                    limit=limit,
+                ),
             )
-            try:
-                result = await receiver.run()
-                await ch.wait_closed()
-            except BaseException:
-                await _cancel(ch)
-                raise
         finally:
             os.close(base)
         summary.add(result)

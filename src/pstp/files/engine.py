@@ -265,6 +265,21 @@ class FrameStream:
             raise RemoteProtocolError("CHUNK outside a file")
         return frame.type, frame.message
 
+    async def expect(self, where: str) -> tuple[FrameType, Any]:
+        """The next control frame, which must come: the stream ending is an error.
+
+        Args:
+            where: where the stream would have ended, for the error (``"before DONE"``).
+
+        Raises:
+            RemoteProtocolError: a malformed frame, a CHUNK, or the stream ended.
+            ChannelError, ConnectionClosed: the channel or session ended.
+        """
+        frame = await self.next()
+        if frame is None:
+            raise RemoteProtocolError(f"file stream ended {where}")
+        return frame
+
     async def send(self, ftype: FrameType, message: Message) -> None:
         """Send one control frame.
 
@@ -291,7 +306,7 @@ class FrameStream:
 
 
 class Sender:
-    """Sends trees over a ``file`` channel (module docstring).
+    """Sends trees over a ``file`` channel (docs/protocol.md §18.4, §18.6, §18.9).
 
     Args:
         channel: the channel (either side may have opened it).
@@ -403,10 +418,7 @@ class Sender:
         offers: list[Offer] = []
         count, c = len(entries), self.chunk_size
         while True:
-            frame = await self.frames.next()
-            if frame is None:
-                raise RemoteProtocolError("file stream ended before PLAN_END")
-            ftype, msg = frame
+            ftype, msg = await self.frames.expect("before PLAN_END")
             if ftype is FrameType.PLAN:
                 for offer in msg:
                     if len(offers) == count:
@@ -579,7 +591,7 @@ class _Planned:
 
 
 class Receiver:
-    """Receives a manifest and its files into a base directory (module docstring).
+    """Receives a manifest and its files into a base directory (docs/protocol.md §18.5-§18.9).
 
     Args:
         channel: the channel.
@@ -639,9 +651,7 @@ class Receiver:
         return self.result
 
     async def _run(self) -> None:
-        frame = await self.frames.next()
-        if frame is None:
-            raise RemoteProtocolError("file stream ended before HELLO")
+        frame = await self.frames.expect("before HELLO")
         if frame[0] is FrameType.ERROR:
             raise TransferFailed(frame[1].error)
         if frame[0] is not FrameType.HELLO:
@@ -665,10 +675,7 @@ class Receiver:
             FrameType.PLAN, [p.offer for p in self.plan], (FrameType.PLAN_END, PlanEnd(need))
         )
         while True:
-            frame = await self.frames.next()
-            if frame is None:
-                raise RemoteProtocolError("file stream ended before DONE")
-            ftype, msg = frame
+            ftype, msg = await self.frames.expect("before DONE")
             if ftype is FrameType.FILE:
                 await self._receive_file(msg)
             elif ftype is FrameType.FILE_ABORT:
@@ -700,10 +707,7 @@ class Receiver:
     async def _manifest(self) -> list[Entry]:
         entries: list[Entry] = []
         while True:
-            frame = await self.frames.next()
-            if frame is None:
-                raise RemoteProtocolError("file stream ended inside the manifest")
-            ftype, msg = frame
+            ftype, msg = await self.frames.expect("inside the manifest")
             if ftype is FrameType.ENTRIES:
                 entries += msg
                 if len(entries) > MAX_ENTRIES:
