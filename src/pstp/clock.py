@@ -3,6 +3,7 @@
 One counter for the asyncio and the blocking driver alike: the responder's
 replay guard refuses a timestamp it has already accepted, so two handshakes
 started in one process, by either driver, must never carry the same value.
+:func:`initiator` and :func:`responder` build the connections both drivers run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from __future__ import annotations
 import threading
 import time
 
-__all__ = ["next_timestamp"]
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, Role
+from pstp.protocol.handshake import DiscoveryBinding, DiscoveryLookup, KeyRing
+from pstp.protocol.pake import PakeProver, PakeVerifier
+
+__all__ = ["initiator", "next_timestamp", "responder"]
 
 _lock = threading.Lock()
 _last = 0
@@ -22,3 +28,52 @@ def next_timestamp() -> int:
     with _lock:
         _last = max(time.time_ns(), _last + 1)
         return _last
+
+
+def initiator(
+    config: Config,
+    pair_key: bytes | None,
+    pake: PakeProver | None,
+    device_id: str | None,
+    discovery: DiscoveryBinding | None,
+    own_id: str,
+) -> Connection:
+    """An initiator's connection, stamped with this process's next HS_INIT timestamp.
+
+    Raises:
+        ValueError: no ``pake`` and the pair key is not 32 bytes.
+    """
+    if pake is None and (pair_key is None or len(pair_key) != _PAIR_KEY_LEN):
+        raise ValueError("a pair key is exactly 32 bytes")
+    return Connection(
+        Role.CLIENT,
+        config,
+        pair_key=pair_key,
+        timestamp=next_timestamp(),
+        responder_id=device_id,
+        discovery=discovery,
+        own_id=own_id,
+        pake=pake,
+    )
+
+
+def responder(
+    config: Config | None,
+    keyring: KeyRing,
+    own_id: str,
+    discovery_lookup: DiscoveryLookup | None,
+    pake: PakeVerifier | None,
+) -> Connection:
+    """A responder's connection for one incoming transport connection."""
+    return Connection(
+        Role.SERVER,
+        config,
+        keyring=keyring,
+        own_id=own_id,
+        discovery_lookup=discovery_lookup,
+        pake=pake,
+    )
+
+
+#: Bytes in a pair key (docs/protocol.md §5.2).
+_PAIR_KEY_LEN = 32

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol, next_timestamp
+from pstp.asyncio.connection import ChannelHandler, Session, SessionProtocol
+from pstp.clock import initiator
 from pstp.protocol.config import Config
-from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryBinding
 from pstp.protocol.pake import PakeProver
 
@@ -49,16 +49,7 @@ async def connect(
     """
     config = config or Config()
     loop = asyncio.get_running_loop()
-    conn = Connection(
-        Role.CLIENT,
-        config,
-        pair_key=pair_key,
-        timestamp=next_timestamp(),
-        responder_id=device_id,
-        discovery=discovery,
-        own_id=own_id,
-        pake=pake,
-    )
+    conn = initiator(config, pair_key, pake, device_id, discovery, own_id)
 
     async def run() -> Session:
         _, proto = await loop.create_connection(

@@ -7,9 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from pstp.asyncio.connection import Authorizer, ChannelHandler, Session, SessionProtocol
+from pstp.clock import responder
 from pstp.exceptions import ErrorCode, PstpError
 from pstp.protocol.config import Config
-from pstp.protocol.connection import Connection, Role
+from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import DiscoveryLookup, KeyRing
 from pstp.protocol.pake import PakeVerifier
 
@@ -156,14 +157,7 @@ async def serve(
                 done()
 
     def factory() -> SessionProtocol:
-        conn = Connection(
-            Role.SERVER,
-            config,
-            keyring=keyring,
-            own_id=own_id,
-            discovery_lookup=discovery_lookup,
-            pake=current_pake[0],
-        )
+        conn = responder(config, keyring, own_id, discovery_lookup, current_pake[0])
         proto = SessionProtocol(conn, handlers=handlers, authorize=authorize, admit=admit)
         task = loop.create_task(run(proto))
         tasks.add(task)

@@ -6,15 +6,13 @@ import socket
 import time
 from collections.abc import Mapping
 
+from pstp.clock import initiator
 from pstp.protocol.config import Config
-from pstp.protocol.connection import Connection, Role
 from pstp.protocol.handshake import DiscoveryBinding
 from pstp.protocol.pake import PakeProver
-from pstp.sync.connection import ChannelHandler, SyncSession, next_timestamp
+from pstp.sync.connection import ChannelHandler, SyncSession
 
 __all__ = ["connect"]
-
-_PAIR_KEY_LEN = 32
 
 
 def connect(
@@ -55,21 +53,10 @@ def connect(
         HandshakeFailed: the device did not prove the pair key, or hung up.
         TimeoutError: the handshake took too long.
     """
-    if pake is None and (pair_key is None or len(pair_key) != _PAIR_KEY_LEN):
-        raise ValueError("a pair key is exactly 32 bytes")
     config = config or Config()
+    conn = initiator(config, pair_key, pake, device_id, discovery, own_id)
     limit = timeout if timeout is not None else config.handshake_timeout
     deadline = time.monotonic() + limit
-    conn = Connection(
-        Role.CLIENT,
-        config,
-        pair_key=pair_key,
-        timestamp=next_timestamp(),
-        responder_id=device_id,
-        discovery=discovery,
-        own_id=own_id,
-        pake=pake,
-    )
     if sock is None:
         if host is None or port is None:
             raise ValueError("connect() needs host and port, or sock")
