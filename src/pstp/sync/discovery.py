@@ -110,17 +110,15 @@ def discover(
     kid_key: bytes | None = None,
     addresses: Iterable[str] | None = None,
 ) -> list[Found]:
-    """Broadcast a PING and collect the devices that answer within ``timeout``.
+    """Blocking :func:`pstp.asyncio.discovery.discover`: the same arguments and result.
 
-    Args:
-        port: the discovery (service) port.
-        timeout: seconds to wait for answers.
-        first: return as soon as one device answers.
-        kid_key: a pair key's key-id key, so stealth devices answer.
-        addresses: where to send the PING (default: :func:`broadcast_addresses`).
+    Broadcasts a PING (to ``addresses``, default :func:`broadcast_addresses`)
+    and returns the devices that answered within ``timeout``, in order of
+    arrival (only the first with ``first``); ``kid_key`` makes stealth
+    devices answer (docs/protocol.md §8.2).
 
-    Returns:
-        The devices found, in order of arrival.
+    Raises:
+        OSError: the UDP socket could not be created.
     """
     browser = Browser(kid_key=kid_key)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
