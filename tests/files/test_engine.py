@@ -15,15 +15,23 @@ from pstp.files.disk import Tree, part_names
 from pstp.files.engine import FrameStream, Progress, Receiver, Sender, TransferResult
 from pstp.files.frames import (
     DIGEST_SIZE,
+    Control,
     Done,
     EntriesEnd,
     Entry,
+    Error,
     FileEnd,
+    FileError,
+    FileOk,
     FileStart,
+    FrameDecoder,
     FrameType,
     Hello,
+    LeftOut,
     Offer,
     OfferAction,
+    PlanEnd,
+    Summary,
     chunk_header,
     encode_message,
     file_digest,
@@ -266,3 +274,238 @@ def test_sizes_around_the_chunk_size_round_trip(tmp_path: Path, size: int) -> No
     sent, _ = transfer(src, dst)
     assert isinstance(sent, TransferResult) and sent.files == 1
     assert (dst / "f").read_bytes() == src.read_bytes()
+
+
+# -- a hand-made sender: the receiver's checks (§18.4, §18.6, §18.9) ---------------------------
+
+
+def replies(data: bytes) -> list[tuple[FrameType, object]]:
+    """The control frames in ``data``."""
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    decoder.eof()
+    out: list[tuple[FrameType, object]] = []
+    while (frame := decoder.next_frame()) is not None:
+        assert isinstance(frame, Control)
+        out.append((frame.type, frame.message))
+    return out
+
+
+def receive(
+    dst: Path, stream: bytes, **kw: object
+) -> tuple[list[tuple[FrameType, object]], object]:
+    """Feed a Receiver ``stream`` then the end; its replies and its result or exception."""
+
+    async def go() -> tuple[bytes, object]:
+        a, b = pipe()
+        base = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await a.write(stream)
+            a.close()
+            job = closing(b, Receiver(b, base, **kw).run())  # type: ignore[arg-type]
+            (result,) = await asyncio.wait_for(asyncio.gather(job, return_exceptions=True), TIMEOUT)
+            got = b""
+            while data := await a.read():
+                got += data
+            return got, result
+        finally:
+            os.close(base)
+
+    got, result = asyncio.run(go())
+    return replies(got), result
+
+
+def manifest(*entries: Entry, chunk_size: int = C, version: int = 1) -> bytes:
+    """HELLO, ENTRIES and a matching ENTRIES_END."""
+    out = frame(FrameType.HELLO, Hello(version, chunk_size))
+    out += frame(FrameType.ENTRIES, list(entries))
+    total = sum(e.size for e in entries)
+    return out + frame(FrameType.ENTRIES_END, EntriesEnd(len(entries), total))
+
+
+F = Entry("f", "f", 10, 0o644, 1)
+D = Entry("d", "d")
+TEN = os.urandom(10)
+F_END = frame(FrameType.FILE_END, FileEnd(0, file_digest(10, C, [hashlib.sha256(TEN).digest()])))
+START_F = frame(FrameType.FILE, FileStart(0, 0))
+RECEIVER_ERRORS = {
+    "nothing": (b"", "file stream ended before HELLO"),
+    "error-first": (frame(FrameType.ERROR, Error("go away")), "go away"),
+    "not-hello": (frame(FrameType.DONE, Done()), "expected HELLO, got DONE"),
+    "version": (manifest(F, version=2), "unsupported file protocol version 2"),
+    "chunk-size": (manifest(F, chunk_size=3 << 16), "chunk size 196608 is not allowed"),
+    "twice": (manifest(F, F), "entry 'f' listed twice"),
+    "orphan": (manifest(Entry("x/f", "f")), "entry 'x/f' comes before its directory"),
+    "sized-dir": (manifest(Entry("d", "d", 5)), "directory 'd' with a size"),
+    "dot-dot": (manifest(Entry("..", "d")), "invalid entry path '..'"),
+    "count": (
+        frame(FrameType.HELLO, Hello(1, C)) + frame(FrameType.ENTRIES_END, EntriesEnd(1, 0)),
+        "ENTRIES_END does not match the manifest",
+    ),
+    "in-manifest": (
+        frame(FrameType.HELLO, Hello(1, C)) + START_F,
+        "unexpected FILE in the manifest",
+    ),
+    "manifest-cut": (frame(FrameType.HELLO, Hello(1, C)), "file stream ended inside the manifest"),
+    "manifest-error": (
+        frame(FrameType.HELLO, Hello(1, C)) + frame(FrameType.ERROR, Error("bye")),
+        "bye",
+    ),
+    "abort-dir": (
+        manifest(D) + frame(FrameType.FILE_ABORT, FileError(0, "x")),
+        "FILE_ABORT for entry 0, which was not offered",
+    ),
+    "abort-range": (
+        manifest(F) + frame(FrameType.FILE_ABORT, FileError(4, "x")),
+        "FILE_ABORT for entry 4 of 1",
+    ),
+    "between": (manifest(F) + frame(FrameType.PLAN_END, PlanEnd(0)), "unexpected PLAN_END between"),
+    "error-between": (manifest(F) + frame(FrameType.ERROR, Error("stop")), "stop"),
+    "cut-between": (manifest(F), "file stream ended before DONE"),
+    "file-dir": (manifest(D) + START_F, "FILE for entry 0 that was not offered"),
+    "end-index": (
+        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, FileEnd(3, b"\0" * 32)),
+        "FILE_END for 3 at 10 of 10",
+    ),
+    "early-end": (manifest(F) + START_F + F_END, "FILE_END for 0 at 0 of 10"),
+    "error-inside": (manifest(F) + START_F + frame(FrameType.ERROR, Error("oops")), "oops"),
+    "done-inside": (manifest(F) + START_F + frame(FrameType.DONE, Done()), "unexpected DONE"),
+    "bad-digest": (
+        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, FileEnd(0, b"\0" * 32)),
+        "f: the file digest does not match",
+    ),
+    "bad-chunk": (
+        manifest(F) + START_F + chunk_header(10) + TEN + b"\0" * 32 + F_END,
+        "f: chunk 0 failed verification; the partial file is kept (0 B verified)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("stream", "error"), RECEIVER_ERRORS.values(), ids=RECEIVER_ERRORS.keys())
+def test_the_receiver_refuses_what_breaks_the_protocol_and_says_why(
+    tmp_path: Path, stream: bytes, error: str
+) -> None:
+    """Each broken rule ends the transfer with an exception and, unless the sender ended it
+    with ERROR itself, an ERROR reply naming the cause; nothing reaches a final name."""
+    got, result = receive(tmp_path, stream)
+    assert isinstance(result, RemoteProtocolError | TransferFailed), result
+    assert error in str(result)
+    sent_error = [m for t, m in got if t is FrameType.ERROR]
+    if error not in ("go away", "bye", "stop", "oops"):
+        assert len(sent_error) == 1 and error in sent_error[0].error  # type: ignore[attr-defined]
+    assert not (tmp_path / "f").exists()
+
+
+def test_several_sources_need_a_directory_as_the_target(tmp_path: Path) -> None:
+    """rename_top with two tops in the manifest is fatal (§18.10)."""
+    _, result = receive(tmp_path, manifest(F, Entry("g", "f")), rename_top="x")
+    assert isinstance(result, TransferFailed)
+    assert "several sources need a directory as the target" in str(result)
+
+
+def test_a_file_abort_inside_a_file_removes_its_part_and_fails_the_entry(tmp_path: Path) -> None:
+    """FILE_ABORT in place of the next CHUNK: the part goes, the entry fails, the rest goes on."""
+    big = Entry("f", "f", 2 * C, 0o644, 1)
+    stream = manifest(big) + START_F + chunk(os.urandom(C))
+    stream += frame(FrameType.FILE_ABORT, FileError(0, "shrank while being sent"))
+    got, result = receive(tmp_path, stream + frame(FrameType.DONE, Done()))
+    assert isinstance(result, TransferResult)
+    assert result.failed == [("f", "shrank while being sent")]
+    assert not any(p.name.startswith(".f.pstp") for p in tmp_path.iterdir())
+    assert got[-1] == (FrameType.SUMMARY, Summary(0, 1, C))
+
+
+def test_a_file_that_exists_is_offered_with_its_digests_and_skipped_if_equal(
+    tmp_path: Path,
+) -> None:
+    """`have` lists the existing file's chunk digests; a FILE for it without replace is an
+    error, and DONE without FILE counts it as skipped."""
+    (tmp_path / "f").write_bytes(TEN)
+    got, result = receive(tmp_path, manifest(F) + frame(FrameType.DONE, Done()))
+    assert got[0] == (
+        FrameType.PLAN,
+        [Offer(OfferAction.SEND, have=[hashlib.sha256(TEN).digest()])],
+    )
+    assert isinstance(result, TransferResult) and result.skipped == 1
+    _, result = receive(tmp_path, manifest(F) + START_F)
+    assert isinstance(result, RemoteProtocolError) and "which exists" in str(result)
+
+
+def test_left_out_entries_are_reported_as_failed(tmp_path: Path) -> None:
+    """DONE's left_out and more become failed entries of the receiver's result (§18.3)."""
+    done = Done([LeftOut("d/l", "symlink (not followed)")], 2)
+    got, result = receive(tmp_path, manifest(D) + frame(FrameType.DONE, done))
+    assert isinstance(result, TransferResult)
+    assert result.failed == [
+        ("d/l", "left out: symlink (not followed)"),
+        ("...", "2 more left out"),
+    ]
+    assert got[-1] == (FrameType.SUMMARY, Summary(0, 2, 0))
+
+
+# -- a hand-made receiver: the sender's checks (§18.5, §18.9) ---------------------------------
+
+
+def send(src: Path, answer: bytes) -> object:
+    """Run a Sender of ``src`` against a receiver that answers ``answer`` once the manifest
+    is in, then ends the stream; the sender's result or exception."""
+
+    async def go() -> object:
+        a, b = pipe()
+        tree = tree_of(src)
+        try:
+            job = asyncio.ensure_future(closing(a, Sender(a, [tree], chunk_size=C).run()))
+            stream = FrameStream(b)
+            while (got := await stream.next()) is not None and got[0] is not FrameType.ENTRIES_END:
+                pass
+            await b.write(answer)
+            b.close()
+            (result,) = await asyncio.wait_for(asyncio.gather(job, return_exceptions=True), TIMEOUT)
+            return result
+        finally:
+            tree.close()
+
+    return asyncio.run(go())
+
+
+PLAN_SEND = frame(FrameType.PLAN, [Offer(OfferAction.SEND)])
+PLAN_FAIL = frame(FrameType.PLAN, [Offer(OfferAction.FAIL, error="no")])
+SENDER_ERRORS = {
+    "error": (frame(FrameType.ERROR, Error("no room")), "no room"),
+    "cut": (PLAN_SEND, "file stream ended before PLAN_END"),
+    "too-many": (frame(FrameType.PLAN, [Offer(OfferAction.SEND)] * 2), "more offers than entries"),
+    "dir-for-file": (frame(FrameType.PLAN, [Offer(OfferAction.DIR)]), "offer 0 does not fit"),
+    "offset": (frame(FrameType.PLAN, [Offer(OfferAction.SEND, 99)]), "offer 0 does not fit"),
+    "too-few": (frame(FrameType.PLAN_END, PlanEnd(0)), "0 offers for 1 entries"),
+    "unexpected": (frame(FrameType.FILE_OK, FileOk(0)), "unexpected FILE_OK before PLAN_END"),
+    "no-summary": (PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)), "ended the transfer early"),
+    "bad-reply": (
+        PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + PLAN_FAIL,
+        "protocol error: unexpected PLAN from the receiver",
+    ),
+    "error-reply": (
+        PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + frame(FrameType.ERROR, Error("full")),
+        "full",
+    ),
+}
+
+
+@pytest.mark.parametrize(("answer", "error"), SENDER_ERRORS.values(), ids=SENDER_ERRORS.keys())
+def test_the_sender_refuses_a_bad_plan_or_reply(tmp_path: Path, answer: bytes, error: str) -> None:
+    """A plan that does not fit the manifest, or replies out of order, end the sender."""
+    src = tmp_path / "s.bin"
+    src.write_bytes(b"0123456789")
+    result = send(src, answer)
+    assert isinstance(result, RemoteProtocolError | TransferFailed), result
+    assert error in str(result)
+
+
+def test_the_sender_counts_a_fail_offer_and_the_summary_ends_it(tmp_path: Path) -> None:
+    """FAIL offers are failed entries; SUMMARY after DONE is success; out-of-range FILE_OKs
+    are ignored."""
+    src = tmp_path / "s.bin"
+    src.write_bytes(b"0123456789")
+    answer = PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + frame(FrameType.FILE_OK, FileOk(9))
+    result = send(src, answer + frame(FrameType.SUMMARY, Summary(0, 1, 0)))
+    assert isinstance(result, TransferResult), result
+    assert (result.files, result.failed) == (0, [("s.bin", "no")])

@@ -452,10 +452,14 @@ class Sender:
                         self.error = "the receiver ended the transfer early"
                     return
                 ftype, msg = frame
-                if ftype is FrameType.FILE_OK and msg.index < len(self._paths):
-                    self.result.files += 1
-                elif ftype is FrameType.FILE_FAILED and msg.index < len(self._paths):
-                    self.result.failed.append((self._paths[msg.index], msg.error))
+                if ftype in (FrameType.FILE_OK, FrameType.FILE_FAILED):
+                    # One whose index is outside the manifest is ignored (§18.6, "Replies").
+                    if msg.index >= len(self._paths):
+                        continue
+                    if ftype is FrameType.FILE_OK:
+                        self.result.files += 1
+                    else:
+                        self.result.failed.append((self._paths[msg.index], msg.error))
                 elif ftype is FrameType.SUMMARY:
                     self._summary = True
                     return
