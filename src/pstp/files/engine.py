@@ -77,6 +77,7 @@ from pstp.files.frames import (
     split_path,
     valid_chunk_size,
 )
+from pstp.protocol.streams import FRAME_HEADER_LEN
 
 __all__ = [
     "FileChannel",
@@ -90,7 +91,6 @@ __all__ = [
 ]
 
 _PACED_SLICE = 1 << 16  # with a rate limit, chunks go out in 64 KiB writes
-_HEADER_SIZE = 5
 #: The offer a sender never accepts for an entry kind (a file is not a DIR, and so on; §18.5).
 _WRONG_ACTION = {"f": OfferAction.DIR, "d": OfferAction.SEND}
 
@@ -536,15 +536,15 @@ class Sender:
         """Send CHUNKs of ``fd`` from ``offset``: a worker thread reads and hashes the
         next chunk into the other buffer while this one is written."""
         size, c = entry.size, self.chunk_size
-        bufs = [bytearray(_HEADER_SIZE + c + DIGEST_SIZE) for _ in range(2 if size > c else 1)]
+        bufs = [bytearray(FRAME_HEADER_LEN + c + DIGEST_SIZE) for _ in range(2 if size > c else 1)]
 
         def fill(buf: bytearray, pos: int, n: int) -> bytes:
             view = memoryview(buf)
-            if pread_into(fd, view[_HEADER_SIZE : _HEADER_SIZE + n], pos) < n:
+            if pread_into(fd, view[FRAME_HEADER_LEN : FRAME_HEADER_LEN + n], pos) < n:
                 raise RefusedError("shrank while being sent")
-            digest = hashlib.sha256(view[_HEADER_SIZE : _HEADER_SIZE + n]).digest()
-            buf[:_HEADER_SIZE] = chunk_header(n)
-            view[_HEADER_SIZE + n : _HEADER_SIZE + n + DIGEST_SIZE] = digest
+            digest = hashlib.sha256(view[FRAME_HEADER_LEN : FRAME_HEADER_LEN + n]).digest()
+            buf[:FRAME_HEADER_LEN] = chunk_header(n)
+            view[FRAME_HEADER_LEN + n : FRAME_HEADER_LEN + n + DIGEST_SIZE] = digest
             return digest
 
         loop = asyncio.get_running_loop()
@@ -564,7 +564,7 @@ class Sender:
                     job = loop.run_in_executor(
                         None, fill, bufs[(k + 1) % len(bufs)], nxt, min(c, size - nxt)
                     )
-                view = memoryview(bufs[k % len(bufs)])[: _HEADER_SIZE + n + DIGEST_SIZE]
+                view = memoryview(bufs[k % len(bufs)])[: FRAME_HEADER_LEN + n + DIGEST_SIZE]
                 if self.pacer.limit is None:
                     await self.frames.channel.write(view)
                 else:
