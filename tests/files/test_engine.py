@@ -11,31 +11,10 @@ from pathlib import Path
 import pytest
 
 from pstp.exceptions import RemoteProtocolError, TransferFailed
+from pstp.files import frames as m
 from pstp.files.disk import Tree, part_names
 from pstp.files.engine import FrameStream, Progress, Receiver, Sender, TransferResult
-from pstp.files.frames import (
-    DIGEST_SIZE,
-    Control,
-    Done,
-    EntriesEnd,
-    Entry,
-    Error,
-    FileEnd,
-    FileError,
-    FileOk,
-    FileStart,
-    FrameDecoder,
-    FrameType,
-    Hello,
-    LeftOut,
-    Offer,
-    OfferAction,
-    PlanEnd,
-    Summary,
-    chunk_header,
-    encode_message,
-    file_digest,
-)
+from pstp.files.frames import DIGEST_SIZE, FrameType, OfferAction
 from tests.helpers import TIMEOUT
 
 C = 1 << 16
@@ -192,26 +171,26 @@ def test_an_interrupted_transfer_resumes_after_every_chunk_that_crossed(tmp_path
 
 def frame(ftype: FrameType, message: object) -> bytes:
     """One control frame."""
-    return encode_message(ftype, message)  # type: ignore[arg-type]
+    return m.encode_message(ftype, message)  # type: ignore[arg-type]
 
 
 def chunk(data: bytes) -> bytes:
     """A CHUNK frame with the right digest."""
-    return chunk_header(len(data)) + data + hashlib.sha256(data).digest()
+    return m.chunk_header(len(data)) + data + hashlib.sha256(data).digest()
 
 
-def by_hand(dst: Path, body: bytes, size: int) -> tuple[list[Offer], BaseException | None]:
+def by_hand(dst: Path, body: bytes, size: int) -> tuple[list[m.Offer], BaseException | None]:
     """Send a one-file manifest, read the plan, then send ``body`` and end the stream;
     the offers received and how the receiver ended."""
 
-    async def go() -> tuple[list[Offer], BaseException | None]:
+    async def go() -> tuple[list[m.Offer], BaseException | None]:
         a, b = pipe()
         base = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
         try:
             task = asyncio.create_task(closing(b, Receiver(b, base).run()))
-            head = frame(FrameType.HELLO, Hello(1, C))
-            head += frame(FrameType.ENTRIES, [Entry("x.bin", "f", size, 0o644, 1)])
-            await a.write(head + frame(FrameType.ENTRIES_END, EntriesEnd(1, size)))
+            head = frame(FrameType.HELLO, m.Hello(1, C))
+            head += frame(FrameType.ENTRIES, [m.Entry("x.bin", "f", size, 0o644, 1)])
+            await a.write(head + frame(FrameType.ENTRIES_END, m.EntriesEnd(1, size)))
             stream = FrameStream(a)
             plan = await stream.next()
             assert plan is not None and plan[0] is FrameType.PLAN
@@ -233,24 +212,24 @@ def test_a_stream_that_ends_after_a_whole_chunk_keeps_that_chunk(tmp_path: Path)
     offers it (it used to offer one chunk less than was verified, §18.8)."""
     a, b = os.urandom(C), os.urandom(1000)
     size = len(a) + len(b)
-    _, ended = by_hand(tmp_path, frame(FrameType.FILE, FileStart(0, 0)) + chunk(a), size)
+    _, ended = by_hand(tmp_path, frame(FrameType.FILE, m.FileStart(0, 0)) + chunk(a), size)
     assert isinstance(ended, RemoteProtocolError) and "ended inside a file" in str(ended)
     digests = [hashlib.sha256(a).digest(), hashlib.sha256(b).digest()]
-    rest = frame(FrameType.FILE, FileStart(0, C)) + chunk(b)
-    rest += frame(FrameType.FILE_END, FileEnd(0, file_digest(size, C, digests)))
-    offers, ended = by_hand(tmp_path, rest + frame(FrameType.DONE, Done()), size)
-    assert offers == [Offer(OfferAction.SEND, C, digests[:1])]
+    rest = frame(FrameType.FILE, m.FileStart(0, C)) + chunk(b)
+    rest += frame(FrameType.FILE_END, m.FileEnd(0, m.file_digest(size, C, digests)))
+    offers, ended = by_hand(tmp_path, rest + frame(FrameType.DONE, m.Done()), size)
+    assert offers == [m.Offer(OfferAction.SEND, C, digests[:1])]
     assert ended is None and (tmp_path / "x.bin").read_bytes() == a + b
 
 
 def test_a_corrupt_last_chunk_is_not_kept_when_the_stream_ends(tmp_path: Path) -> None:
     """A chunk whose digest does not match is never recorded, even as the stream ends."""
     a = os.urandom(C)
-    bad = chunk_header(C) + a + b"\0" * 32
-    _, ended = by_hand(tmp_path, frame(FrameType.FILE, FileStart(0, 0)) + bad, 2 * C)
+    bad = m.chunk_header(C) + a + b"\0" * 32
+    _, ended = by_hand(tmp_path, frame(FrameType.FILE, m.FileStart(0, 0)) + bad, 2 * C)
     assert isinstance(ended, RemoteProtocolError)
     offers, _ = by_hand(tmp_path, b"", 2 * C)
-    assert offers == [Offer(OfferAction.SEND, 0, [])]
+    assert offers == [m.Offer(OfferAction.SEND, 0, [])]
 
 
 def test_an_entry_the_receiver_refuses_fails_at_both_ends(tmp_path: Path) -> None:
@@ -281,12 +260,12 @@ def test_sizes_around_the_chunk_size_round_trip(tmp_path: Path, size: int) -> No
 
 def replies(data: bytes) -> list[tuple[FrameType, object]]:
     """The control frames in ``data``."""
-    decoder = FrameDecoder()
+    decoder = m.FrameDecoder()
     decoder.feed(data)
     decoder.eof()
     out: list[tuple[FrameType, object]] = []
     while (frame := decoder.next_frame()) is not None:
-        assert isinstance(frame, Control)
+        assert isinstance(frame, m.Control)
         out.append((frame.type, frame.message))
     return out
 
@@ -315,67 +294,75 @@ def receive(
     return replies(got), result
 
 
-def manifest(*entries: Entry, chunk_size: int = C, version: int = 1) -> bytes:
+def manifest(*entries: m.Entry, chunk_size: int = C, version: int = 1) -> bytes:
     """HELLO, ENTRIES and a matching ENTRIES_END."""
-    out = frame(FrameType.HELLO, Hello(version, chunk_size))
+    out = frame(FrameType.HELLO, m.Hello(version, chunk_size))
     out += frame(FrameType.ENTRIES, list(entries))
     total = sum(e.size for e in entries)
-    return out + frame(FrameType.ENTRIES_END, EntriesEnd(len(entries), total))
+    return out + frame(FrameType.ENTRIES_END, m.EntriesEnd(len(entries), total))
 
 
-F = Entry("f", "f", 10, 0o644, 1)
-D = Entry("d", "d")
+F = m.Entry("f", "f", 10, 0o644, 1)
+D = m.Entry("d", "d")
 TEN = os.urandom(10)
-F_END = frame(FrameType.FILE_END, FileEnd(0, file_digest(10, C, [hashlib.sha256(TEN).digest()])))
-START_F = frame(FrameType.FILE, FileStart(0, 0))
+F_END = frame(
+    FrameType.FILE_END, m.FileEnd(0, m.file_digest(10, C, [hashlib.sha256(TEN).digest()]))
+)
+START_F = frame(FrameType.FILE, m.FileStart(0, 0))
 RECEIVER_ERRORS = {
     "nothing": (b"", "file stream ended before HELLO"),
-    "error-first": (frame(FrameType.ERROR, Error("go away")), "go away"),
-    "not-hello": (frame(FrameType.DONE, Done()), "expected HELLO, got DONE"),
+    "error-first": (frame(FrameType.ERROR, m.Error("go away")), "go away"),
+    "not-hello": (frame(FrameType.DONE, m.Done()), "expected HELLO, got DONE"),
     "version": (manifest(F, version=2), "unsupported file protocol version 2"),
     "chunk-size": (manifest(F, chunk_size=3 << 16), "chunk size 196608 is not allowed"),
     "twice": (manifest(F, F), "entry 'f' listed twice"),
-    "orphan": (manifest(Entry("x/f", "f")), "entry 'x/f' comes before its directory"),
-    "sized-dir": (manifest(Entry("d", "d", 5)), "directory 'd' with a size"),
-    "dot-dot": (manifest(Entry("..", "d")), "invalid entry path '..'"),
+    "orphan": (manifest(m.Entry("x/f", "f")), "entry 'x/f' comes before its directory"),
+    "sized-dir": (manifest(m.Entry("d", "d", 5)), "directory 'd' with a size"),
+    "dot-dot": (manifest(m.Entry("..", "d")), "invalid entry path '..'"),
     "count": (
-        frame(FrameType.HELLO, Hello(1, C)) + frame(FrameType.ENTRIES_END, EntriesEnd(1, 0)),
+        frame(FrameType.HELLO, m.Hello(1, C)) + frame(FrameType.ENTRIES_END, m.EntriesEnd(1, 0)),
         "ENTRIES_END does not match the manifest",
     ),
     "in-manifest": (
-        frame(FrameType.HELLO, Hello(1, C)) + START_F,
+        frame(FrameType.HELLO, m.Hello(1, C)) + START_F,
         "unexpected FILE in the manifest",
     ),
-    "manifest-cut": (frame(FrameType.HELLO, Hello(1, C)), "file stream ended inside the manifest"),
+    "manifest-cut": (
+        frame(FrameType.HELLO, m.Hello(1, C)),
+        "file stream ended inside the manifest",
+    ),
     "manifest-error": (
-        frame(FrameType.HELLO, Hello(1, C)) + frame(FrameType.ERROR, Error("bye")),
+        frame(FrameType.HELLO, m.Hello(1, C)) + frame(FrameType.ERROR, m.Error("bye")),
         "bye",
     ),
     "abort-dir": (
-        manifest(D) + frame(FrameType.FILE_ABORT, FileError(0, "x")),
+        manifest(D) + frame(FrameType.FILE_ABORT, m.FileError(0, "x")),
         "FILE_ABORT for entry 0, which was not offered",
     ),
     "abort-range": (
-        manifest(F) + frame(FrameType.FILE_ABORT, FileError(4, "x")),
+        manifest(F) + frame(FrameType.FILE_ABORT, m.FileError(4, "x")),
         "FILE_ABORT for entry 4 of 1",
     ),
-    "between": (manifest(F) + frame(FrameType.PLAN_END, PlanEnd(0)), "unexpected PLAN_END between"),
-    "error-between": (manifest(F) + frame(FrameType.ERROR, Error("stop")), "stop"),
+    "between": (
+        manifest(F) + frame(FrameType.PLAN_END, m.PlanEnd(0)),
+        "unexpected PLAN_END between",
+    ),
+    "error-between": (manifest(F) + frame(FrameType.ERROR, m.Error("stop")), "stop"),
     "cut-between": (manifest(F), "file stream ended before DONE"),
     "file-dir": (manifest(D) + START_F, "FILE for entry 0 that was not offered"),
     "end-index": (
-        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, FileEnd(3, b"\0" * 32)),
+        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, m.FileEnd(3, b"\0" * 32)),
         "FILE_END for 3 at 10 of 10",
     ),
     "early-end": (manifest(F) + START_F + F_END, "FILE_END for 0 at 0 of 10"),
-    "error-inside": (manifest(F) + START_F + frame(FrameType.ERROR, Error("oops")), "oops"),
-    "done-inside": (manifest(F) + START_F + frame(FrameType.DONE, Done()), "unexpected DONE"),
+    "error-inside": (manifest(F) + START_F + frame(FrameType.ERROR, m.Error("oops")), "oops"),
+    "done-inside": (manifest(F) + START_F + frame(FrameType.DONE, m.Done()), "unexpected DONE"),
     "bad-digest": (
-        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, FileEnd(0, b"\0" * 32)),
+        manifest(F) + START_F + chunk(TEN) + frame(FrameType.FILE_END, m.FileEnd(0, b"\0" * 32)),
         "f: the file digest does not match",
     ),
     "bad-chunk": (
-        manifest(F) + START_F + chunk_header(10) + TEN + b"\0" * 32 + F_END,
+        manifest(F) + START_F + m.chunk_header(10) + TEN + b"\0" * 32 + F_END,
         "f: chunk 0 failed verification; the partial file is kept (0 B verified)",
     ),
 }
@@ -398,21 +385,21 @@ def test_the_receiver_refuses_what_breaks_the_protocol_and_says_why(
 
 def test_several_sources_need_a_directory_as_the_target(tmp_path: Path) -> None:
     """rename_top with two tops in the manifest is fatal (§18.10)."""
-    _, result = receive(tmp_path, manifest(F, Entry("g", "f")), rename_top="x")
+    _, result = receive(tmp_path, manifest(F, m.Entry("g", "f")), rename_top="x")
     assert isinstance(result, TransferFailed)
     assert "several sources need a directory as the target" in str(result)
 
 
 def test_a_file_abort_inside_a_file_removes_its_part_and_fails_the_entry(tmp_path: Path) -> None:
     """FILE_ABORT in place of the next CHUNK: the part goes, the entry fails, the rest goes on."""
-    big = Entry("f", "f", 2 * C, 0o644, 1)
+    big = m.Entry("f", "f", 2 * C, 0o644, 1)
     stream = manifest(big) + START_F + chunk(os.urandom(C))
-    stream += frame(FrameType.FILE_ABORT, FileError(0, "shrank while being sent"))
-    got, result = receive(tmp_path, stream + frame(FrameType.DONE, Done()))
+    stream += frame(FrameType.FILE_ABORT, m.FileError(0, "shrank while being sent"))
+    got, result = receive(tmp_path, stream + frame(FrameType.DONE, m.Done()))
     assert isinstance(result, TransferResult)
     assert result.failed == [("f", "shrank while being sent")]
     assert not any(p.name.startswith(".f.pstp") for p in tmp_path.iterdir())
-    assert got[-1] == (FrameType.SUMMARY, Summary(0, 1, C))
+    assert got[-1] == (FrameType.SUMMARY, m.Summary(0, 1, C))
 
 
 def test_a_file_that_exists_is_offered_with_its_digests_and_skipped_if_equal(
@@ -421,10 +408,10 @@ def test_a_file_that_exists_is_offered_with_its_digests_and_skipped_if_equal(
     """`have` lists the existing file's chunk digests; a FILE for it without replace is an
     error, and DONE without FILE counts it as skipped."""
     (tmp_path / "f").write_bytes(TEN)
-    got, result = receive(tmp_path, manifest(F) + frame(FrameType.DONE, Done()))
+    got, result = receive(tmp_path, manifest(F) + frame(FrameType.DONE, m.Done()))
     assert got[0] == (
         FrameType.PLAN,
-        [Offer(OfferAction.SEND, have=[hashlib.sha256(TEN).digest()])],
+        [m.Offer(OfferAction.SEND, have=[hashlib.sha256(TEN).digest()])],
     )
     assert isinstance(result, TransferResult) and result.skipped == 1
     _, result = receive(tmp_path, manifest(F) + START_F)
@@ -433,14 +420,14 @@ def test_a_file_that_exists_is_offered_with_its_digests_and_skipped_if_equal(
 
 def test_left_out_entries_are_reported_as_failed(tmp_path: Path) -> None:
     """DONE's left_out and more become failed entries of the receiver's result (§18.3)."""
-    done = Done([LeftOut("d/l", "symlink (not followed)")], 2)
+    done = m.Done([m.LeftOut("d/l", "symlink (not followed)")], 2)
     got, result = receive(tmp_path, manifest(D) + frame(FrameType.DONE, done))
     assert isinstance(result, TransferResult)
     assert result.failed == [
         ("d/l", "left out: symlink (not followed)"),
         ("...", "2 more left out"),
     ]
-    assert got[-1] == (FrameType.SUMMARY, Summary(0, 2, 0))
+    assert got[-1] == (FrameType.SUMMARY, m.Summary(0, 2, 0))
 
 
 # -- a hand-made receiver: the sender's checks (§18.5, §18.9) ---------------------------------
@@ -468,23 +455,28 @@ def send(src: Path, answer: bytes) -> object:
     return asyncio.run(go())
 
 
-PLAN_SEND = frame(FrameType.PLAN, [Offer(OfferAction.SEND)])
-PLAN_FAIL = frame(FrameType.PLAN, [Offer(OfferAction.FAIL, error="no")])
+PLAN_SEND = frame(FrameType.PLAN, [m.Offer(OfferAction.SEND)])
+PLAN_FAIL = frame(FrameType.PLAN, [m.Offer(OfferAction.FAIL, error="no")])
 SENDER_ERRORS = {
-    "error": (frame(FrameType.ERROR, Error("no room")), "no room"),
+    "error": (frame(FrameType.ERROR, m.Error("no room")), "no room"),
     "cut": (PLAN_SEND, "file stream ended before PLAN_END"),
-    "too-many": (frame(FrameType.PLAN, [Offer(OfferAction.SEND)] * 2), "more offers than entries"),
-    "dir-for-file": (frame(FrameType.PLAN, [Offer(OfferAction.DIR)]), "offer 0 does not fit"),
-    "offset": (frame(FrameType.PLAN, [Offer(OfferAction.SEND, 99)]), "offer 0 does not fit"),
-    "too-few": (frame(FrameType.PLAN_END, PlanEnd(0)), "0 offers for 1 entries"),
-    "unexpected": (frame(FrameType.FILE_OK, FileOk(0)), "unexpected FILE_OK before PLAN_END"),
-    "no-summary": (PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)), "ended the transfer early"),
+    "too-many": (
+        frame(FrameType.PLAN, [m.Offer(OfferAction.SEND)] * 2),
+        "more offers than entries",
+    ),
+    "dir-for-file": (frame(FrameType.PLAN, [m.Offer(OfferAction.DIR)]), "offer 0 does not fit"),
+    "offset": (frame(FrameType.PLAN, [m.Offer(OfferAction.SEND, 99)]), "offer 0 does not fit"),
+    "too-few": (frame(FrameType.PLAN_END, m.PlanEnd(0)), "0 offers for 1 entries"),
+    "unexpected": (frame(FrameType.FILE_OK, m.FileOk(0)), "unexpected FILE_OK before PLAN_END"),
+    "no-summary": (PLAN_FAIL + frame(FrameType.PLAN_END, m.PlanEnd(0)), "ended the transfer early"),
     "bad-reply": (
-        PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + PLAN_FAIL,
+        PLAN_FAIL + frame(FrameType.PLAN_END, m.PlanEnd(0)) + PLAN_FAIL,
         "protocol error: unexpected PLAN from the receiver",
     ),
     "error-reply": (
-        PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + frame(FrameType.ERROR, Error("full")),
+        PLAN_FAIL
+        + frame(FrameType.PLAN_END, m.PlanEnd(0))
+        + frame(FrameType.ERROR, m.Error("full")),
         "full",
     ),
 }
@@ -505,7 +497,9 @@ def test_the_sender_counts_a_fail_offer_and_the_summary_ends_it(tmp_path: Path) 
     are ignored."""
     src = tmp_path / "s.bin"
     src.write_bytes(b"0123456789")
-    answer = PLAN_FAIL + frame(FrameType.PLAN_END, PlanEnd(0)) + frame(FrameType.FILE_OK, FileOk(9))
-    result = send(src, answer + frame(FrameType.SUMMARY, Summary(0, 1, 0)))
+    answer = (
+        PLAN_FAIL + frame(FrameType.PLAN_END, m.PlanEnd(0)) + frame(FrameType.FILE_OK, m.FileOk(9))
+    )
+    result = send(src, answer + frame(FrameType.SUMMARY, m.Summary(0, 1, 0)))
     assert isinstance(result, TransferResult), result
     assert (result.files, result.failed) == (0, [("s.bin", "no")])

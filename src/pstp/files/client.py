@@ -87,11 +87,11 @@ async def _transfer(
     try:
         result = await side(ch).run()
         await ch.wait_closed()
+        return result
     except BaseException:
         with contextlib.suppress(ChannelError, ConnectionClosed):
             await ch.close(code=ChannelCode.CANCELLED)
         raise
-    return result
 
 
 async def put(
@@ -171,8 +171,8 @@ async def get(
     remote_paths: Sequence[str],
     local: str,
     *,
-    progress: ProgressCallback | None = None,
     force: bool = False,
+    progress: ProgressCallback | None = None,
     reason: str | None = None,
     limit: float | None = None,
 ) -> TransferSummary:
@@ -188,8 +188,8 @@ async def get(
         session: an established session to the peer.
         remote_paths: absolute paths on the peer, under its file roots.
         local: where to write.
-        progress: called with a :class:`Progress` after each chunk.
         force: replace local files that exist with different content.
+        progress: called with a :class:`Progress` after each chunk.
         reason: why, for the peer's policy and audit log.
         limit: at most this many bytes per second.
 
@@ -200,10 +200,7 @@ async def get(
         ValueError: no sources, or a relative remote path.
         OSError: ``local`` (or its parent) is missing or not a directory.
         ChannelError: the peer's policy refused a source (code REFUSED).
-        TransferFailed: the transfer could not go on (the message says why,
-            for example not enough space); run it again to resume.
-        ConnectionClosed: the session ended (run it again to resume).
-        RemoteProtocolError: the peer broke the file protocol.
+        TransferFailed, ConnectionClosed, RemoteProtocolError: as for :func:`put`.
     """
     if not remote_paths:
         raise ValueError("nothing to fetch")
