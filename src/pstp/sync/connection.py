@@ -556,7 +556,7 @@ class SyncSession(SessionFacts[ChannelHandler]):
         with self._cond:
             core = self._core
             done = self._cond.wait_for(lambda: core.established or core.terminated, timeout)
-            established = core.established and not core.terminated
+            established = core.established
         if established:
             return
         self.close()
