@@ -45,6 +45,7 @@ __all__ = [
     "control_path",
     "create",
     "format_address",
+    "line_of",
     "load",
     "parse_address",
     "peer_uid",
@@ -218,7 +219,7 @@ def _header(parts: list[str]) -> re.Pattern[str]:
     return re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in parts) + r"\s*\]")
 
 
-def _line_of(text: str, key: str) -> int | None:
+def line_of(text: str, key: str) -> int | None:
     """Best-effort line of a dotted key: its own table header, or its assignment."""
     parts = key.split(".")
     own, parent = _header(parts), _header(parts[:-1]) if len(parts) > 1 else None
@@ -251,7 +252,7 @@ def _device_id(value: object, path: Path, key: str, text: str) -> str:
             "must be 1-64 characters: letters, digits, '.', '_' or '-', not starting with "
             "a punctuation mark",
             key=key,
-            line=_line_of(text, key),
+            line=line_of(text, key),
         )
     return value
 
@@ -277,7 +278,7 @@ def load(path: Path | str) -> Settings:
         raise ConfigError(path, f"not valid TOML: {exc}", line=int(m[1]) if m else None) from exc
 
     def err(key: str, message: str) -> ConfigError:
-        return ConfigError(path, message, key=key, line=_line_of(text, key))
+        return ConfigError(path, message, key=key, line=line_of(text, key))
 
     device = data.get("device")
     if not isinstance(device, dict):

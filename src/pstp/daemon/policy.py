@@ -111,7 +111,7 @@ from datetime import date, datetime, time
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeAlias, assert_never
 
-from pstp.settings import ConfigError, Settings, _line_of
+from pstp.settings import ConfigError, Settings, line_of
 
 __all__ = [
     "DEFAULT_MAX_LEN",
@@ -1053,7 +1053,7 @@ class _Loader:
             return None
         parts = re.sub(r"\[\d+\]", "", key).split(".")
         while parts:
-            line = _line_of(self.text, ".".join(parts))
+            line = line_of(self.text, ".".join(parts))
             if line is not None:
                 return line
             parts.pop()
