@@ -27,7 +27,7 @@ def _signal_daemon(args: argparse.Namespace, console: Console) -> None:
 def add(args: argparse.Namespace, console: Console) -> int:
     """Create a peer with a fresh pair key and show what the other device needs."""
     from pstp.crypto.kdf import random_bytes
-    from pstp.settings import add_peer
+    from pstp.settings import add_peer, format_address
 
     settings = load_settings(args)
     if args.name in settings.peers and not args.replace:
@@ -45,7 +45,8 @@ def add(args: argparse.Namespace, console: Console) -> int:
     if args.address:
         console.print(f'address = "{args.address}"')
     console.print("")
-    uri = f"pstp://{args.address or f'{host}:{port}'}/peer?id={settings.device_id}&key={key.hex()}"
+    authority = args.address or format_address(host, port)  # IPv6 in brackets (RFC 3986)
+    uri = f"pstp://{authority}/peer?id={settings.device_id}&key={key.hex()}"
     console.print(f"or as a URI: {uri}")
     if args.qr:
         try:

@@ -19,12 +19,13 @@ here unchanged apart from the import line::
 Underneath, :func:`create_tcp_server` also answers discovery PINGs on the
 same UDP port, :func:`find_server` broadcasts one, and the handshake binds
 the PING/PONG that found the server (docs/protocol.md §5.3), so a forged
-PONG cannot steer the client to another device.  The secret is a 32-byte
-pair key for now (PSTP-HS); human secrets arrive with pairing (PSTP-PAKE).
+PONG cannot steer the client to another device.  The secret is a
+:class:`pstp.PairKey` (PSTP-HS) or plain bytes, which are a passphrase
+(PSTP-PAKE, docs/protocol.md §15).
 
 A :class:`PpcpSession` is message-oriented: each :meth:`PpcpSession.send`
-is one message, framed with a 4-byte length on the session-level stream,
-and each :meth:`PpcpSession.recv` returns exactly one.
+is one message and each :meth:`PpcpSession.recv` returns exactly one, framed
+on the session-level stream as docs/protocol.md §6.6 says.
 """
 
 from __future__ import annotations
