@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -332,6 +333,38 @@ def test_max_sessions_cannot_be_bypassed(tmp_path: Path) -> None:
             r.args is None or "sneaked" not in str(r.args)
             for r in AuditLog(tmp_path / "audit.sqlite").list(kind="exec")
         )
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+def test_ipv6_listen_address_with_discovery_on(tmp_path: Path) -> None:
+    """An IPv6-only listen address with discovery on serves (no IPv4 broadcast responder)."""
+    port = free_port()
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(
+        f'[device]\nid = "home"\nlisten = ["[::1]:{port}"]\ndiscovery = true\n'
+        f'[peers.phone]\nkey = "{PHONE.hex()}"\n[peers.phone.policy]\n'
+    )
+    os.chmod(cfg, 0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(cfg),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "serving" in line, proc.stderr.read() if proc.stderr else ""
+
+        async def go() -> bytes:
+            async with await connect("::1", port, pair_key=PHONE) as s:
+                return await s.request("ping", b"hi")
+
+        assert asyncio.run(go()) == b"pong hi"
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)

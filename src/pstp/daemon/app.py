@@ -343,14 +343,20 @@ class Daemon:
         try:
             for host, port in self.settings.listen:
                 lookup = None
-                if self.settings.discovery:
+                # Broadcast PING/PONG is IPv4 (docs/protocol.md §8.1): an IPv6 wildcard
+                # answers on every IPv4 address too, a specific IPv6 address has no
+                # broadcast and is found by address or mDNS (§8.6) instead.
+                udp_host = "0.0.0.0" if host == "::" else host  # noqa: S104
+                if self.settings.discovery and ":" in udp_host:
+                    _log.info("no broadcast discovery on %s: IPv4 only (§8.1)", host)
+                elif self.settings.discovery:
                     keys = (
                         (lambda: [p.kid_key for p in self.keyring])
                         if self.settings.stealth
                         else None
                     )
                     responder = start_responder(
-                        self.settings.device_id, port, host=host, stealth_keys=keys
+                        self.settings.device_id, port, host=udp_host, stealth_keys=keys
                     )
                     self.responders.append(responder)
                     lookup = responder.lookup
