@@ -4,7 +4,7 @@
     python -m bench --quick    # smoke run (< 60 s)
     python -m bench --json results.json --markdown table.md
 
-Rows (targets from DESIGN §10, figures are medians of several repetitions):
+Rows (targets are the project's goals, figures are medians of several repetitions):
 
 1. connect + handshake + one request, client in this process's child, vs
    asyncssh connect + auth + ``run('true')`` against a private sshd;
@@ -180,7 +180,7 @@ def verdict(ok: bool) -> str:
 
 def render(rows: list[Row], title: str) -> str:
     """The table, as Markdown (readable as plain text too), and the notes under it."""
-    head = ["what", "PSTP", "peer (same run)", "ratio", "target (DESIGN §10)", "verdict"]
+    head = ["what", "PSTP", "peer (same run)", "ratio", "target", "verdict"]
     cells = [[r.what, r.pstp, r.peer, r.ratio, r.target, r.verdict] for r in rows]
     body = [[c.replace("|", "\\|") for c in row] for row in cells]  # Markdown-safe
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
@@ -293,7 +293,7 @@ def bench_latency(
     pstp = median(r["times"])
     r = run_worker("bench.client", "latency", "--inproc", "--reps", plan.latency_reps, keys=keys)
     same_loop = median(r["times"])
-    # Without the peer, judge against DESIGN §10's reference figure (asyncssh ≈ 10 ms).
+    # Without the peer, judge against a reference figure (asyncssh ≈ 10 ms).
     peer, ratio, ok, ref = "-", "-", pstp <= 0.005, " (vs §10 ref.)"
     note = (
         "PSTP client and server in separate processes; connect, PSTP-HS, one 64-byte "
@@ -431,7 +431,7 @@ def bench_fresh(
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     extra["importtime"] = {"total_ms": total, "pstp_ms": own, "top_self_ms": top}
-    # Without the peer, judge against DESIGN §10's reference figure (ssh true ≈ 136 ms).
+    # Without the peer, judge against a reference figure (ssh true ≈ 136 ms).
     peer, ratio, ok, ref = "-", "-", fresh <= 0.136, " (vs §10 ref.)"
     note = (
         f"`{sys.executable} -m bench.once PORT` with a warm bytecode cache; baseline "
@@ -682,7 +682,7 @@ def bench_bulk(plan: Plan, peers: Peers, extra: dict[str, Any]) -> list[Row]:
             )
         )
         extra.setdefault("bulk_variants", []).append([name, asdict(res)])
-    # Without the peer, judge against DESIGN §10's reference figure (cat | ssh ≈ 0.6 GB/s).
+    # Without the peer, judge against a reference figure (cat | ssh ≈ 0.6 GB/s).
     peer, ratio, ok, ref = "-", "-", rate >= 1.5 * 600, " (vs §10 ref.)"
     note = (
         f"{plan.bulk_bytes // MiB} MiB per repetition written in 1 MiB chunks to a `sink` "

@@ -1,4 +1,4 @@
-"""Tests for pstp.protocol.connection: the handshake, records and the attacks of DESIGN §11."""
+"""Tests for pstp.protocol.connection: the handshake, records and the attacks of docs/protocol.md §12."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ def test_records_fed_every_way_deliver_the_same_data() -> None:
     assert seen[0] == seen[1] == seen[2] == [b"one", b"two" * 100]
 
 
-# -- DESIGN §11: replay, floods, silence ------------------------------------
+# -- attacks (docs/protocol.md §12): replay, floods, silence ------------------------------------
 
 
 def test_replayed_hs_init_costs_no_ecdh_and_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,7 +346,7 @@ def test_every_bit_flip_of_a_record_is_rejected() -> None:
     assert terminated(ev).code == ErrorCode.DECRYPT_ERROR
 
 
-# -- DESIGN §11: record replay, reorder, duplicate ----------------------------
+# -- attacks (docs/protocol.md §12): record replay, reorder, duplicate ----------------------------
 
 
 def test_record_replay_reorder_and_duplicate_are_fatal_on_streams() -> None:
@@ -397,7 +397,7 @@ def test_sliding_window_drops_replays_without_moving_the_window() -> None:
     assert pair.server.state is ConnectionState.ESTABLISHED
 
 
-# -- DESIGN §11: reflection, stripping, cross-protocol ------------------------
+# -- attacks (docs/protocol.md §12): reflection, stripping, cross-protocol ------------------------
 
 
 def test_reflected_messages_fail() -> None:
@@ -537,7 +537,7 @@ def test_same_pair_key_under_another_protocol_label_is_useless() -> None:
     assert s.data_to_send() == b""
 
 
-# -- DESIGN §11: invalid points ---------------------------------------------
+# -- attacks (docs/protocol.md §12): invalid points ---------------------------------------------
 
 
 def _wycheproof_invalid_points() -> list[bytes]:
@@ -594,7 +594,7 @@ def test_invalid_point_in_hs_init_fails_silently_at_ecdh() -> None:
         assert isinstance(s.close_exc, HandshakeFailed)
 
 
-# -- DESIGN §11: ordering, data before the handshake ---------------------------
+# -- attacks (docs/protocol.md §12): ordering, data before the handshake ---------------------------
 
 
 def test_data_before_handshake_completion_is_refused() -> None:
@@ -656,7 +656,7 @@ def test_out_of_order_and_second_handshake_messages_abort() -> None:
     assert terminated(pair.server.events_received()).code == ErrorCode.PROTOCOL_ERROR
 
 
-# -- DESIGN §11: forward secrecy ---------------------------------------------
+# -- attacks (docs/protocol.md §12): forward secrecy ---------------------------------------------
 
 
 def test_recorded_traffic_stays_sealed_after_the_pair_key_leaks() -> None:

@@ -1,4 +1,4 @@
-"""The PPCP quick start, running over PSTP/2 (DESIGN §9).
+"""The PPCP quick start, running over PSTP/2 (the source documents' quick start, kept working).
 
 The Ping-Pong Communication Protocol's README shows four calls; they work
 here unchanged apart from the import line::

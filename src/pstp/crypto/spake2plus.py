@@ -82,7 +82,7 @@ CONFIRM_LEN: Final = 32
 # K_shared is Hash-length (RFC 9383 §3.4).
 SHARED_KEY_LEN: Final = 32
 
-# DESIGN §5: the code is stretched by PBKDF2-HMAC-SHA256 with at least this
+# docs/protocol.md §15.4: the code is stretched by PBKDF2-HMAC-SHA256 with at least this
 # many iterations and a 16..32-byte salt.
 MIN_ITERATIONS: Final = 100_000
 SALT_MIN_LEN: Final = 16

@@ -1,4 +1,4 @@
-"""The audit log: one hash-chained SQLite row per security-relevant event (DESIGN §8).
+"""The audit log: one hash-chained SQLite row per security-relevant event (docs/protocol.md §17.11).
 
 The daemon records every authentication attempt, pairing, action, exec, shell,
 file transfer and forward with the peer, the time, the decision, the reason
@@ -52,7 +52,7 @@ Limits of the chain
 Kinds (free text; these are the ones PSTP records)
     ``auth``    an authentication attempt (handshake), allowed or denied;
     ``pairing`` a pairing-window attempt or a new pair key stored;
-    ``action``  a named action run (DESIGN §8);
+    ``action``  a named action run (docs/protocol.md §17.6);
     ``exec``    a command run without a shell;
     ``shell``   an interactive shell opened or closed;
     ``file``    a file put or get;

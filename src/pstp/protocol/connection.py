@@ -745,7 +745,7 @@ class Connection:
             self._challenge_response = (self._initiator.challenge, self._initiator.confirm)
         # The handshake is over: drop its state (ephemeral keys, Noise state, the
         # pair key the initiator was given).  An idle session keeps only what the
-        # record layer needs, which is what bounds RSS per session (DESIGN §10).
+        # record layer needs, which is what bounds RSS per session (docs/benchmarks.md: RSS per idle session).
         self._initiator = self._responder = None
         self._pake_initiator = self._pake_responder = None
         self._client_args = (b"", 0, None, None, "")

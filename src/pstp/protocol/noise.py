@@ -254,7 +254,7 @@ class NoiseProtocol(msgspec.Struct, frozen=True):
 @functools.lru_cache(maxsize=64)
 def _parse_protocol(name: str) -> NoiseProtocol:
     # Cached (the result is frozen): a server parses the same name for every
-    # handshake, and the handshake rate is a target (DESIGN §10).
+    # handshake, and the handshake rate is a benchmark target (docs/benchmarks.md).
     parts = name.split("_")
     if len(parts) != 5 or parts[0] != "Noise" or not name.isascii():
         raise ValueError(f"not a Noise protocol name: {name!r}")
