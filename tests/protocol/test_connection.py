@@ -1,4 +1,4 @@
-"""Tests for pstp.protocol.connection: the handshake, records and the attacks of docs/protocol.md §12."""
+"""Tests for pstp.protocol.connection: the handshake, records and the attacks of §12."""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ async def _both(port: int, console: Console) -> int:
     )
     assert child.stdin is not None and child.stdout is not None
     try:
-        # The pair key travels over a pipe, never on a command line: other users can read a process's arguments.
+        # The pair key travels over a pipe, never on a command line: other users
+        # can read a process's arguments.
         child.stdin.write(key.hex().encode() + b"\n")
         await child.stdin.drain()
         child.stdin.close()

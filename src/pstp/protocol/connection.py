@@ -580,7 +580,7 @@ class Connection:
             self._fail(exc)
 
     def receive_message(self, message: bytes, now: float) -> None:
-        """Feed one message of a message transport: exactly one frame.  Never raises for bad peer input.
+        """Feed one message of a message transport (one frame).  Never raises for bad peer input.
 
         A transport of discrete messages (docs/protocol.md §6.3, window mode)
         carries one frame per message.  A message that is not exactly one
@@ -745,7 +745,7 @@ class Connection:
             self._challenge_response = (self._initiator.challenge, self._initiator.confirm)
         # The handshake is over: drop its state (ephemeral keys, Noise state, the
         # pair key the initiator was given).  An idle session keeps only what the
-        # record layer needs, which is what bounds RSS per session (docs/benchmarks.md: RSS per idle session).
+        # record layer needs, which is what bounds RSS per idle session (docs/benchmarks.md).
         self._initiator = self._responder = None
         self._pake_initiator = self._pake_responder = None
         self._client_args = (b"", 0, None, None, "")

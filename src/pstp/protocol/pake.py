@@ -49,7 +49,7 @@ __all__ = [
     "Passphrase",
 ]
 
-#: Fewest PBKDF2 iterations (docs/protocol.md §15.4); equal to pstp.crypto.spake2plus.MIN_ITERATIONS.
+#: Fewest PBKDF2 iterations (§15.4); equal to pstp.crypto.spake2plus.MIN_ITERATIONS.
 MIN_ITERATIONS = 100_000
 #: Most PBKDF2 iterations a prover accepts from a verifier (§15.3): a hostile
 #: verifier must not make the prover burn minutes of CPU.
