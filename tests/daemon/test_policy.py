@@ -1433,3 +1433,11 @@ def test_cli_config_error_names_key_and_line(
     _, err = capsys.readouterr()
     assert code == 78
     assert f"{path}:{line_of(text, 'rate =')}: peers.phone.policy.rate: must be" in err
+
+
+def test_decision_refusal_is_none_when_allowed_else_the_reason() -> None:
+    """A Decision is a session-core verdict: refusal is None or the reason."""
+    from pstp.daemon.policy import Decision
+
+    assert Decision(True, "r", "ok").refusal is None
+    assert Decision(False, "default deny", "no rule").refusal == "no rule"

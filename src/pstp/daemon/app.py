@@ -27,6 +27,7 @@ from pstp.daemon.mdns import Advertisement, advertise_device
 from pstp.daemon.pairing import PairingWindow
 from pstp.daemon.policy import (
     ActionRequest,
+    Decision,
     ExecRequest,
     FileRequest,
     Policy,
@@ -224,8 +225,17 @@ class Daemon:
 
     # -- channels ------------------------------------------------------------------
 
-    def authorize(self, conn: Connection, kind: str, params: Mapping[str, object]) -> str | None:
-        """Decide a channel open before it is accepted; denials are audited."""
+    def authorize(
+        self, conn: Connection, kind: str, params: Mapping[str, object]
+    ) -> Decision | str | None:
+        """Decide a channel open before it is accepted; denials are audited.
+
+        Returns:
+            ``None`` (allowed, no policy involved), a refusal reason, or the
+            policy's :class:`~pstp.daemon.policy.Decision`, which the session
+            core keeps on the channel as its ``verdict`` (so an action's
+            validated arguments are not decided a second time).
+        """
         peer = conn.peer_id or "?"
         if kind == PAIR_CHANNEL:
             return None if conn.via_pake else "pairing happens only in a pairing session"
@@ -239,19 +249,20 @@ class Daemon:
         decision = self.policy.admit(
             peer, request, at=datetime.now().astimezone(), now=time.monotonic()
         )
-        if decision.allowed:
-            return None
-        self._record(
-            kind,
-            peer,
-            "deny",
-            reason=_reason(params) or None,
-            args=_audit_args(kind, params),
-            detail=f"{decision.rule}: {decision.reason}",
-        )
-        return decision.reason[:200]
+        if not decision.allowed:
+            self._record(
+                kind,
+                peer,
+                "deny",
+                reason=_reason(params) or None,
+                args=_audit_args(kind, params),
+                detail=f"{decision.rule}: {decision.reason}",
+            )
+        return decision  # the core cuts a refusal to the spec's length (§14.4)
 
     def _action_args(self, ch: Channel) -> dict[str, object]:
+        if isinstance(ch.verdict, Decision) and ch.verdict.allowed:
+            return dict(ch.verdict.args)  # decided once, in authorize
         request = _request("action", ch.params)
         assert isinstance(request, ActionRequest)
         decision = self.policy.check(

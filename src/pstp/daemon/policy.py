@@ -291,6 +291,16 @@ class Decision:
     def __str__(self) -> str:
         return f"{'allow' if self.allowed else 'deny'}: {self.reason} [{self.rule}]"
 
+    @property
+    def refusal(self) -> str | None:
+        """``None`` if allowed, else the reason sent with REJECT REFUSED.
+
+        This makes a Decision the verdict of the session core's authorizer
+        (:class:`pstp.protocol.session.Verdict`): it travels with the channel,
+        so the policy is checked once per channel (docs/protocol.md §17.1).
+        """
+        return None if self.allowed else self.reason
+
 
 def _allow(rule: str, reason: str, args: dict[str, ArgValue] | None = None) -> Decision:
     return Decision(True, rule, reason, args or {})
