@@ -330,6 +330,11 @@ class Daemon:
             server.pake = window.verifier
         self._record("pairing", "?", "allow", detail=f"window opened on port {window.port}")
 
+    @property
+    def pairing_port(self) -> int:
+        """The port a pairing window announces: the first listener's (0 if none)."""
+        return self.servers[0].port if self.servers else 0
+
     def close_pairing(self) -> None:
         """Close the open pairing window, if any: no new attempt is accepted."""
         window, self.pairing = self.pairing, None

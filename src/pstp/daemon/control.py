@@ -26,16 +26,13 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pstp.daemon.pairing import PairingWindow
 from pstp.exceptions import PstpError
-from pstp.settings import control_path, peer_uid
+from pstp.settings import Settings, control_path, peer_uid
 
-if TYPE_CHECKING:
-    from pstp.daemon.app import Daemon
-
-__all__ = ["ControlServer"]
+__all__ = ["ControlServer", "PairingHost"]
 
 _log = logging.getLogger("pstp.control")
 
@@ -47,15 +44,48 @@ _REQUEST_TIMEOUT = 10.0
 _MAX_WINDOW = 3600.0
 
 
+class PairingHost(Protocol):
+    """What the control socket needs of the daemon it serves.
+
+    :class:`pstp.daemon.app.Daemon` satisfies it; the control socket knows
+    nothing else of the daemon (and does not import it).
+    """
+
+    @property
+    def settings(self) -> Settings:
+        """The daemon's loaded configuration (device id, path)."""
+
+    @property
+    def pairing(self) -> PairingWindow | None:
+        """The open pairing window, if any."""
+
+    @property
+    def pairing_port(self) -> int:
+        """The port a pairing window announces (0 if the daemon listens nowhere)."""
+
+    def open_pairing(self, window: PairingWindow) -> None:
+        """Offer ``window``'s code to new connections.
+
+        Raises:
+            PstpError: another window is open.
+        """
+
+    def close_pairing(self) -> None:
+        """Close the open pairing window, if any."""
+
+    async def run_pairing(self, *, stop: asyncio.Future[Any] | None = None) -> str | None:
+        """Wait until the window closes or ``stop`` is done; the new peer's id, if any."""
+
+
 class ControlServer:
     """The control socket of one daemon.
 
     Args:
-        daemon: the running daemon whose servers the commands act on.
+        daemon: the running daemon whose pairing window the commands act on.
         path: the socket's path (default: :func:`pstp.settings.control_path`).
     """
 
-    def __init__(self, daemon: Daemon, path: Path | None = None) -> None:
+    def __init__(self, daemon: PairingHost, path: Path | None = None) -> None:
         self.daemon = daemon
         self.path = path or control_path(daemon.settings)
         self._server: asyncio.AbstractServer | None = None
@@ -132,7 +162,7 @@ class ControlServer:
         if not isinstance(timeout, int | float) or not 0 < timeout <= _MAX_WINDOW:
             await _send(writer, {"event": "error", "message": "timeout out of range"})
             return
-        port = daemon.servers[0].port if daemon.servers else 0
+        port = daemon.pairing_port
         # PBKDF2 takes a moment: not on the event loop.
         window = await asyncio.to_thread(
             PairingWindow.open,
@@ -152,11 +182,12 @@ class ControlServer:
             await _send(
                 writer, {"event": "open", "port": port, "device_id": daemon.settings.device_id}
             )
-            hung_up = asyncio.ensure_future(reader.read(1))  # the client leaving closes it
-            try:
-                peer = await daemon.run_pairing(stop=hung_up)
-            finally:
-                hung_up.cancel()
+            async with asyncio.TaskGroup() as tasks:
+                hung_up = tasks.create_task(_hang_up(reader))  # the client leaving closes it
+                try:
+                    peer = await daemon.run_pairing(stop=hung_up)
+                finally:
+                    hung_up.cancel()
         finally:
             if daemon.pairing is window:
                 daemon.close_pairing()
@@ -173,6 +204,12 @@ class ControlServer:
         else:
             why = "cancelled"
         await _send(writer, {"event": "closed", "why": why, "failures": v.failures})
+
+
+async def _hang_up(reader: asyncio.StreamReader) -> None:
+    """Return when the client sends anything or goes away (a reset is going away)."""
+    with contextlib.suppress(OSError):
+        await reader.read(1)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
