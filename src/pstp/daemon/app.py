@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -120,8 +120,8 @@ class Daemon:
     mdns: list[Advertisement] = field(default_factory=list)
     _admitted: set[int] = field(default_factory=set)
     _guard_saved: dict[str, int] = field(default_factory=dict)
-    _guard_task: asyncio.Task[None] | None = None
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _tasks: asyncio.TaskGroup | None = None
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
     control: bool = True
     _control: ControlServer | None = None
 
@@ -175,15 +175,32 @@ class Daemon:
         # and the policy the window wrote for it applies after the reload.
         self.keyring.add(peer_id, key)
         self._record("pairing", peer_id, "ok", detail="pair key installed")
-        task = asyncio.get_running_loop().create_task(self._reload_quietly())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.spawn(self._reload_quietly())
 
     async def _reload_quietly(self) -> None:
         try:
             await self.reload()
         except Exception as exc:  # the running configuration stays; say why
             _log.error("reloading after pairing failed: %s", exc)
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of the daemon's task group (between start and close).
+
+        :meth:`close` cancels it if it is still running and waits for it.  An
+        exception it raises is logged: one failed task (a reload, say) does not
+        stop the daemon.
+
+        Raises:
+            RuntimeError: the daemon is not running.
+        """
+        if self._tasks is None:
+            work.close()
+            raise RuntimeError("the daemon is not running")
+        task = self._tasks.create_task(_logged(work))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _admit(self, conn: Connection) -> str | None:
         """Decide a session as its handshake completes (before any of its channels)."""
@@ -404,7 +421,11 @@ class Daemon:
                 await self._control.close()
                 self._control = None
             raise
-        self._guard_task = asyncio.create_task(self._keep_guard())
+        # The group is left in close(); its tasks never raise (see spawn), so it
+        # never cancels the task that started the daemon.
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self.spawn(self._keep_guard())
 
     async def _start_control(self) -> None:
         control = ControlServer(self)
@@ -472,12 +493,11 @@ class Daemon:
         self.close_pairing()
         for server in self.servers:
             await server.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self._guard_task is not None:
-            self._guard_task.cancel()
-            self._guard_task = None
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            for task in list(self._running):
+                task.cancel()
+            await tasks.__aexit__(None, None, None)  # every task has ended
         self.save_replay_guard()
         for responder in self.responders:
             responder.stop()
@@ -511,3 +531,11 @@ class Daemon:
         # Give the pair channel's reply a moment to leave before sessions end.
         await asyncio.sleep(poll)
         return window.paired_with
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``; log what it raises instead of failing the daemon's task group."""
+    try:
+        await work
+    except Exception:
+        _log.exception("a daemon task failed")

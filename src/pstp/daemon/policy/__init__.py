@@ -1,0 +1,151 @@
+"""Policy: what each trusted peer may do.  Deny by default, and explain every decision.
+
+A peer may do nothing unless its ``[peers.NAME.policy]`` table says so.  Every
+answer is a :class:`Decision` naming the rule that decided (a dotted config
+key, or ``default deny``) and a reason a person can read.
+
+Configuration (in ``pstp.toml``; validated when loaded, every error names the
+key and, where it can be found, the line; unknown keys are errors)::
+
+    [actions."kettle.on"]        # quote dotted names: [actions.kettle.on] is a nested table
+    argv = ["/usr/local/bin/kettle", "on", "{temp}"]   # run by the action runner
+    args = { temp = { type = "int", min = 40, max = 100, default = 100 } }
+
+    [peers.phone.policy]
+    actions = ["kettle.*", "lights.on"]
+    exec = [["uptime"], ["systemctl", "status", "*"], ["ls", "-l", "/srv/**"]]
+    shell = false
+    when = [ { days = ["mon", "tue", "wed", "thu", "fri"], from = "07:00", to = "22:30" },
+             { days = ["sat", "sun"], from = "09:00", to = "23:59" } ]
+    expires = 2027-01-01T00:00:00Z
+    require_reason = true
+    rate = "30/min"
+    max_sessions = 2
+    files = [ { root = "/srv/share", write = false } ]
+    forward = ["127.0.0.1:554", "camera.local:80"]
+
+``[actions.NAME]`` (NAME: 1-64 letters, digits, ``.``, ``_``, ``-``):
+    ``args`` is a table of argument schemas.  ``type`` is required: ``"int"``
+    and ``"float"`` take ``min`` and ``max``; ``"bool"`` takes nothing else;
+    ``"str"`` takes ``max_len`` (default 1024), ``pattern`` (a regular
+    expression the whole value must match) and ``choices`` (a list of
+    strings).  An argument with a ``default`` is optional, every other one is
+    required, and arguments that are not declared are refused.  Values may
+    arrive as strings (as the CLI passes them) and are coerced: integers in
+    decimal, floats as Python reads them (finite only), booleans as
+    true/false/yes/no/on/off/1/0.  ``argv`` is checked only so far as that
+    its ``{placeholders}`` name declared arguments; the action runner owns it
+    and every other key of the table.
+``actions``
+    fnmatch globs (case-sensitive) over declared action names.  A name
+    without a glob character must name a declared action (typos fail at load).
+``exec``
+    The argv allow-list.  An entry matches an argv of the same length element
+    by element with fnmatch; ``"**"`` as the last element matches any number
+    (zero included) of remaining arguments.  The command (element 0) is
+    compared literally and may not hold glob characters (``uptime`` and
+    ``/usr/bin/uptime`` are different commands; resolving them is exec's job).  Two guards close
+    the usual holes of globbing argv: an argument matched only by a wildcard
+    (``*``, ``?``, ``[...]`` or ``**``) may not start with ``-`` unless the
+    pattern does (no smuggled options such as ``find -exec``), and may not
+    hold a ``..`` path component (``/srv/*`` never reaches ``/srv/../etc``).
+    There is no shell: metacharacters are plain data, matched literally.
+``shell``
+    ``true`` allows an interactive shell (default ``false``).
+``when``
+    Time windows, any of which must hold; omit ``when`` for "any time" (an
+    empty list is an error rather than "never").
+    ``days`` (``mon`` ... ``sun``, default all) lists the days a window
+    *starts* on; ``from`` and ``to`` are ``"HH:MM"`` (or TOML local times)
+    with minute resolution, both inclusive: ``to = "22:30"`` still allows
+    22:30:59.  Defaults are ``"00:00"`` and ``"23:59"``.  ``to`` before
+    ``from`` means overnight: ``{ days = ["fri"], from = "22:00", to =
+    "06:00" }`` holds from Friday 22:00 to Saturday 06:00.  Times are the
+    device's local time (``TZ``): an aware ``at`` is converted to it, a naive
+    one is taken as local.
+``expires``
+    A TOML datetime (offset-aware, or local if naive), a date (local
+    midnight), or an ISO 8601 string; from that instant on, everything is
+    denied.
+``require_reason``
+    ``true``: every request except opening a session must carry a
+    non-empty reason ("why").  Reasons are at most 200 characters on one
+    line whether required or not.
+``rate``
+    ``"N/sec"``, ``"N/min"`` or ``"N/hour"`` (also ``s``, ``second``, ``m``,
+    ``minute``, ``h``): a token bucket holding N, refilled at N per period,
+    spent by each request :meth:`Policy.admit` would otherwise allow.
+    Default: no limit.
+``max_sessions``
+    Concurrent sessions for the peer (0 or more; default no limit).
+``files``
+    ``{ root = "/abs/path", write = false }`` tables.  A path is judged by
+    the most specific root that holds it.  Only lexical checks happen here
+    (absolute, no ``..``); symlinks are the file transfer's job.
+``forward``
+    ``"host:port"`` targets (``"[v6]:port"`` for IPv6), compared literally
+    (host names case-insensitively, IP addresses by value).
+
+Checks run in this order, the first that fails deciding: unknown peer; no
+policy table; expired; outside the time windows; reason missing or malformed;
+the request kind's own rules; rate limit (only in :meth:`Policy.admit`).
+
+A :class:`Policy` keeps rate buckets and session counts; it is meant for one
+event loop and is not thread-safe.  Reloading the configuration means
+building a new one (which starts with full buckets and no sessions).
+
+The package has three modules: :mod:`~pstp.daemon.policy.model` (requests,
+:class:`Decision`, rule specs), :mod:`~pstp.daemon.policy.check` (:class:`Policy`,
+the evaluator with its rate buckets) and :mod:`~pstp.daemon.policy.load` (the TOML
+loader); every public name is re-exported here.
+"""
+
+from __future__ import annotations
+
+from pstp.daemon.policy.check import Policy
+from pstp.daemon.policy.model import (
+    DEFAULT_MAX_LEN,
+    MAX_REASON,
+    ActionRequest,
+    ActionSpec,
+    ArgSpec,
+    ArgValue,
+    Decision,
+    ExecRequest,
+    ExecRule,
+    FileRequest,
+    FileRoot,
+    ForwardRequest,
+    ForwardTarget,
+    PeerPolicy,
+    RateLimit,
+    Request,
+    SessionRequest,
+    ShellRequest,
+    TimeWindow,
+    parse_target,
+)
+
+__all__ = [
+    "DEFAULT_MAX_LEN",
+    "MAX_REASON",
+    "ActionRequest",
+    "ActionSpec",
+    "ArgSpec",
+    "ArgValue",
+    "Decision",
+    "ExecRequest",
+    "ExecRule",
+    "FileRequest",
+    "FileRoot",
+    "ForwardRequest",
+    "ForwardTarget",
+    "PeerPolicy",
+    "Policy",
+    "RateLimit",
+    "Request",
+    "SessionRequest",
+    "ShellRequest",
+    "TimeWindow",
+    "parse_target",
+]

@@ -1,0 +1,388 @@
+"""Policy check: judging requests against the peers' policies, with rate buckets.
+
+The order of the checks and the meaning of each rule are described in
+:mod:`pstp.daemon.policy`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePath
+from typing import Any, assert_never
+
+from pstp.daemon.policy.load import read_policy
+from pstp.daemon.policy.model import (
+    DEFAULT_DENY,
+    MAX_REASON,
+    ActionRequest,
+    ActionSpec,
+    ArgError,
+    ArgValue,
+    Decision,
+    ExecRequest,
+    FileRequest,
+    FileRoot,
+    ForwardRequest,
+    PeerPolicy,
+    Request,
+    SessionRequest,
+    ShellRequest,
+    norm_host,
+    show_value,
+    toml_key,
+)
+from pstp.settings import Settings
+
+__all__ = [
+    "Policy",
+]
+
+_DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _allow(rule: str, reason: str, args: dict[str, ArgValue] | None = None) -> Decision:
+    return Decision(True, rule, reason, args or {})
+
+
+def _deny(rule: str, reason: str) -> Decision:
+    return Decision(False, rule, reason)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` as an aware datetime; a naive one is local time."""
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _local(moment: datetime) -> datetime:
+    """``moment`` on this device's wall clock; a naive one already is."""
+    return moment if moment.tzinfo is None else moment.astimezone()
+
+
+def _check_reason(reason: str) -> str | None:
+    """What is wrong with a request's reason, if anything (empty is fine here)."""
+    if len(reason) > MAX_REASON:
+        return f"the reason is too long ({len(reason)} characters; at most {MAX_REASON})"
+    if any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        return "the reason must be one line without control characters"
+    return None
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    last: float
+
+
+class Policy:
+    """The policy of every trusted peer, with rate buckets and session counts.
+
+    Build it with :meth:`from_settings`.
+
+    Args:
+        actions: declared actions by name.
+        peers: every trusted peer's policy by id (None: the peer has no policy table).
+    """
+
+    def __init__(
+        self, actions: Mapping[str, ActionSpec], peers: Mapping[str, PeerPolicy | None]
+    ) -> None:
+        self._actions = dict(actions)
+        self._peers = dict(peers)
+        self._buckets: dict[str, _Bucket] = {}
+        self._sessions: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """Read ``[actions]`` and every ``[peers.NAME.policy]`` from a loaded configuration.
+
+        Args:
+            settings: the loaded configuration (its file is re-read for line numbers).
+
+        Returns:
+            The policy.
+
+        Raises:
+            ConfigError: a policy or action table is invalid; the message names
+                the key and, where found, the line.
+        """
+        try:
+            text = settings.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return cls.from_data(settings.data, path=settings.path, text=text)
+
+    @classmethod
+    def from_data(
+        cls, data: Mapping[str, Any], *, path: Path | str = "<config>", text: str = ""
+    ) -> Policy:
+        """Read ``[actions]`` and the peers' policies from a parsed TOML document.
+
+        Args:
+            data: the document (``tomllib.loads`` output).
+            path: the file, for error messages.
+            text: the file's text, for line numbers.
+
+        Returns:
+            The policy.
+
+        Raises:
+            ConfigError: a policy or action table is invalid.
+        """
+        return cls(*read_policy(data, path=Path(path), text=text))
+
+    @property
+    def actions(self) -> Mapping[str, ActionSpec]:
+        """Declared actions by name."""
+        return self._actions
+
+    def peer(self, peer_id: str) -> PeerPolicy | None:
+        """The policy of ``peer_id``, or None if it is unknown or has no policy table."""
+        return self._peers.get(peer_id)
+
+    def sessions(self, peer_id: str) -> int:
+        """How many sessions ``peer_id`` has open (as counted by session_opened/closed)."""
+        return self._sessions.get(peer_id, 0)
+
+    def check(self, peer_id: str, request: Request, *, at: datetime) -> Decision:
+        """Decide whether ``peer_id`` may make ``request`` at ``at``.
+
+        Pure: reads no clock and spends no rate-limit tokens (the session
+        count is read, not changed).
+
+        Args:
+            peer_id: the authenticated peer.
+            request: what it asks for.
+            at: the moment to judge (naive: this device's local time).
+
+        Returns:
+            The decision, with the rule that made it and why.
+        """
+        policy = self._peers.get(peer_id)
+        if policy is None:
+            if peer_id not in self._peers:
+                return _deny(DEFAULT_DENY, f"unknown peer {show_value(peer_id)}")
+            peer = f"peers.{toml_key(peer_id)}"
+            return _deny(DEFAULT_DENY, f"{peer} has no [{peer}.policy] table")
+        key = policy.key
+        if policy.expires is not None and _aware(at) >= _aware(policy.expires):
+            return _deny(f"{key}.expires", f"the policy expired at {policy.expires.isoformat()}")
+        if policy.when is not None:
+            local = _local(at)
+            if not any(w.contains(local) for w in policy.when):
+                stamp = f"{_DAY_NAMES[local.weekday()]} {local:%H:%M}"
+                return _deny(f"{key}.when", f"outside the time windows in {key}.when ({stamp})")
+        if not isinstance(request, SessionRequest):
+            reason = request.reason.strip()
+            problem = _check_reason(reason)
+            if problem:
+                return _deny("reason", problem)
+            if policy.require_reason and not reason:
+                return _deny(f"{key}.require_reason", 'a reason ("why") is required')
+        match request:
+            case ActionRequest():
+                return self._check_action(policy, request)
+            case ExecRequest():
+                return self._check_exec(policy, request)
+            case ShellRequest():
+                return self._check_shell(policy)
+            case SessionRequest():
+                return self._check_session(policy)
+            case FileRequest():
+                return self._check_file(policy, request)
+            case ForwardRequest():
+                return self._check_forward(policy, request)
+            case _:
+                assert_never(request)
+
+    def admit(self, peer_id: str, request: Request, *, at: datetime, now: float) -> Decision:
+        """Decide as :meth:`check` does, then spend a token from the peer's rate bucket.
+
+        Only requests :meth:`check` allows spend a token.
+
+        Args:
+            peer_id: the authenticated peer.
+            request: what it asks for.
+            at: the wall-clock moment to judge (time windows, expiry).
+            now: a monotonic clock reading in seconds, for the rate limit.
+
+        Returns:
+            The decision; a rate-limited request is denied with
+            ``rate limit N/period exceeded``.
+        """
+        decision = self.check(peer_id, request, at=at)
+        policy = self._peers.get(peer_id)
+        if not decision.allowed or policy is None or policy.rate is None:
+            return decision
+        rate = policy.rate
+        bucket = self._buckets.get(peer_id)
+        if bucket is None:
+            bucket = self._buckets[peer_id] = _Bucket(float(rate.count), now)
+        elapsed = max(0.0, now - bucket.last)  # a clock that steps back refills nothing
+        bucket.tokens = min(float(rate.count), bucket.tokens + elapsed * rate.count / rate.period)
+        bucket.last = max(bucket.last, now)
+        if bucket.tokens < 1.0:
+            return _deny(
+                f"{policy.key}.rate {show_value(rate.text)}", f"rate limit {rate.text} exceeded"
+            )
+        bucket.tokens -= 1.0
+        return decision
+
+    def session_opened(self, peer_id: str) -> Decision:
+        """Count a session opening for ``peer_id`` if ``max_sessions`` allows it.
+
+        Call :meth:`admit` with a :class:`SessionRequest` first for expiry,
+        time windows and the rate limit; this only counts.
+
+        Args:
+            peer_id: the authenticated peer.
+
+        Returns:
+            The decision; when allowed the session is counted until
+            :meth:`session_closed`.
+        """
+        policy = self._peers.get(peer_id)
+        if policy is None:
+            if peer_id not in self._peers:
+                return _deny(DEFAULT_DENY, f"unknown peer {show_value(peer_id)}")
+            peer = f"peers.{toml_key(peer_id)}"
+            return _deny(DEFAULT_DENY, f"{peer} has no [{peer}.policy] table")
+        decision = self._check_session(policy)
+        if decision.allowed:
+            self._sessions[peer_id] = self.sessions(peer_id) + 1
+        return decision
+
+    def session_closed(self, peer_id: str) -> None:
+        """Forget one of ``peer_id``'s sessions (never going below zero).
+
+        Args:
+            peer_id: the peer whose session ended.
+        """
+        count = self.sessions(peer_id) - 1
+        if count > 0:
+            self._sessions[peer_id] = count
+        else:
+            self._sessions.pop(peer_id, None)
+
+    # ---- kinds
+
+    def _check_action(self, policy: PeerPolicy, request: ActionRequest) -> Decision:
+        name = request.name
+        key = policy.key
+        index = next(
+            (i for i, g in enumerate(policy.actions) if fnmatch.fnmatchcase(name, g)), None
+        )
+        if index is None:
+            if not policy.actions:
+                return _deny(DEFAULT_DENY, f"{key}.actions allows no actions")
+            globs = ", ".join(show_value(g) for g in policy.actions)
+            return _deny(
+                DEFAULT_DENY, f"action {show_value(name)} matches none of {key}.actions: {globs}"
+            )
+        spec = self._actions.get(name)
+        if spec is None:
+            return _deny(DEFAULT_DENY, f"no action {show_value(name)} is declared in [actions]")
+        try:
+            args = spec.bind(request.args)
+        except ArgError as exc:
+            where = f"{spec.key}.args" + (f".{toml_key(exc.arg)}" if exc.arg else "")
+            return _deny(where, str(exc))
+        glob = policy.actions[index]
+        return _allow(
+            f"{key}.actions[{index}] {show_value(glob)}",
+            f"action {show_value(name)} matches {show_value(glob)}",
+            args,
+        )
+
+    def _check_exec(self, policy: PeerPolicy, request: ExecRequest) -> Decision:
+        argv = request.argv
+        key = f"{policy.key}.exec"
+        if not argv:
+            return _deny(DEFAULT_DENY, "the argv is empty")
+        if not all(isinstance(a, str) for a in argv):
+            return _deny(DEFAULT_DENY, "argv elements must be strings")
+        if any("\x00" in a for a in argv):
+            return _deny(DEFAULT_DENY, "the argv contains a NUL character")
+        misses: list[str] = []
+        for rule in policy.exec:
+            why = rule.mismatch(argv)
+            if why is None:
+                return _allow(
+                    f"{rule.rule} {show_value(list(rule.pattern))}",
+                    f"argv matches {show_value(list(rule.pattern), 200)}",
+                )
+            if argv[0] == rule.command:
+                misses.append(f"{rule.rule.rpartition('.')[2]}: {why}")
+        shown = show_value(argv, 120)
+        if not policy.exec:
+            return _deny(DEFAULT_DENY, f"{key} allows no commands")
+        if not misses:
+            return _deny(DEFAULT_DENY, f"the command {show_value(argv[0])} is not in {key}")
+        return _deny(DEFAULT_DENY, f"argv {shown} is not allowed by {key} ({'; '.join(misses)})")
+
+    def _check_shell(self, policy: PeerPolicy) -> Decision:
+        if policy.shell:
+            return _allow(f"{policy.key}.shell", "shell = true")
+        if policy.shell is False:
+            return _deny(f"{policy.key}.shell", "shell = false")
+        return _deny(DEFAULT_DENY, f"{policy.key} does not set shell = true")
+
+    def _check_session(self, policy: PeerPolicy) -> Decision:
+        limit, count = policy.max_sessions, self.sessions(policy.peer_id)
+        if limit is None:
+            return _allow(policy.key, f"no max_sessions limit ({count} open)")
+        rule = f"{policy.key}.max_sessions {limit}"
+        if count >= limit:
+            return _deny(rule, f"{count} of {limit} sessions already open")
+        return _allow(rule, f"session {count + 1} of at most {limit}")
+
+    def _check_file(self, policy: PeerPolicy, request: FileRequest) -> Decision:
+        key = f"{policy.key}.files"
+        if "\x00" in request.path:
+            return _deny(DEFAULT_DENY, "the path contains a NUL character")
+        path = PurePath(request.path)
+        if not path.is_absolute():
+            return _deny(DEFAULT_DENY, f"the path {show_value(request.path)} is not absolute")
+        if ".." in path.parts:
+            return _deny(DEFAULT_DENY, f'the path {show_value(request.path)} has a ".." component')
+        best: tuple[int, FileRoot] | None = None
+        for i, root in enumerate(policy.files):
+            if path.is_relative_to(root.root) and (
+                best is None or len(root.root.parts) > len(best[1].root.parts)
+            ):
+                best = (i, root)
+        if best is None:
+            if not policy.files:
+                return _deny(DEFAULT_DENY, f"{key} gives no file roots")
+            return _deny(DEFAULT_DENY, f"{show_value(str(path))} is outside the roots in {key}")
+        i, root = best
+        rule = f"{key}[{i}] {show_value(str(root.root))}"
+        if request.write and not root.write:
+            return _deny(rule, f"{show_value(str(path))} is under a read-only root")
+        mode = "write" if request.write else "read"
+        return _allow(rule, f"{mode} {show_value(str(path))} under {show_value(str(root.root))}")
+
+    def _check_forward(self, policy: PeerPolicy, request: ForwardRequest) -> Decision:
+        key = f"{policy.key}.forward"
+        port = request.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            return _deny(DEFAULT_DENY, f"port {show_value(port)} is out of range (1-65535)")
+        host = norm_host(request.host)
+        for i, target in enumerate(policy.forward):
+            if target.host == host and target.port == port:
+                return _allow(
+                    f"{key}[{i}] {show_value(target.text)}",
+                    f"forwarding to {show_value(target.text)}",
+                )
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if not policy.forward:
+            return _deny(DEFAULT_DENY, f"{key} allows no targets")
+        return _deny(DEFAULT_DENY, f"{show_value(shown)} is not in {key}")
