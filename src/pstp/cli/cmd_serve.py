@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
@@ -35,7 +36,6 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         pidfile = settings.path.with_name("pstp.pid")
         pidfile.write_text(f"{os.getpid()}\n")
         loop = asyncio.get_running_loop()
-        reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:
             try:
@@ -44,9 +44,10 @@ def serve(args: argparse.Namespace, console: Console) -> int:
                 console.error(f"reload refused, keeping the running configuration: {exc}")
 
         def on_sighup() -> None:
-            task = loop.create_task(reload())
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
+            # The daemon's task group owns the reload; close() ends it.  A SIGHUP
+            # while the daemon is stopping has nothing left to reload.
+            with contextlib.suppress(RuntimeError):
+                daemon.spawn(reload())
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         pairs = zip(settings.listen, daemon.servers, strict=True)
