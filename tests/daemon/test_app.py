@@ -15,9 +15,10 @@ import pytest
 
 from pstp.asyncio.client import connect
 from pstp.client.remote import run_action, run_exec
+from pstp.daemon.app import Daemon
 from pstp.daemon.audit import AuditLog
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
-from pstp.settings import add_peer, create
+from pstp.settings import add_peer, create, load
 from pstp.wire.messages import ChannelCode
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT
@@ -368,3 +369,66 @@ def test_ipv6_listen_address_with_discovery_on(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+def _in_process_daemon(tmp_path: Path) -> Daemon:
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(
+        f'[device]\nid = "home"\nlisten = ["127.0.0.1:{free_port()}"]\ndiscovery = false\n'
+    )
+    os.chmod(cfg, 0o600)
+    return Daemon(load(cfg), control=False)
+
+
+def test_spawn_needs_a_running_daemon(tmp_path: Path) -> None:
+    """Before start() the daemon has no task group: spawn refuses (and closes the coroutine)."""
+
+    async def work() -> None:
+        raise AssertionError("never runs")
+
+    async def go() -> None:
+        daemon = _in_process_daemon(tmp_path)
+        coro = work()
+        with pytest.raises(RuntimeError):
+            daemon.spawn(coro)
+        assert coro.cr_frame is None  # closed: no "never awaited" warning
+        daemon.audit.close()  # type: ignore[union-attr]
+
+    asyncio.run(go())
+
+
+def test_task_group_logs_failures_and_close_ends_every_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing daemon task is logged, not fatal; close() cancels and awaits the rest."""
+    ended: list[str] = []
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("forever")
+
+    async def go() -> None:
+        daemon = _in_process_daemon(tmp_path)
+        await daemon.start()
+        failed = asyncio.Event()
+        daemon.spawn(fails())
+        daemon.spawn(forever())
+
+        async def mark() -> None:
+            failed.set()
+
+        daemon.spawn(mark())  # runs after fails() has run: tasks start in order
+        await asyncio.wait_for(failed.wait(), TIMEOUT)
+        await asyncio.wait_for(daemon.close(), TIMEOUT)
+        with pytest.raises(RuntimeError):
+            daemon.spawn(mark())
+
+    with caplog.at_level("ERROR", logger="pstp.daemon"):
+        asyncio.run(go())
+    assert ended == ["forever"]
+    assert any("a daemon task failed" in r.getMessage() for r in caplog.records)
