@@ -369,6 +369,9 @@ def test_ipv6_listen_address_with_discovery_on(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+    log = proc.stderr.read() if proc.stderr else ""
+    assert "no broadcast discovery on ::1" in log  # the device says why (§8.1)
+    assert f"not advertising port {port} on mDNS" in log
 
 
 def _in_process_daemon(tmp_path: Path) -> Daemon:

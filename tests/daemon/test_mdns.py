@@ -46,6 +46,19 @@ def test_one_advertisement_per_port_and_wildcards_mean_every_address(
     assert calls == [("home.lan", 9000, []), ("home.lan", 9001, ["198.18.0.1"])]
 
 
+def test_specific_ipv6_addresses_are_not_announced_and_the_log_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A records are IPv4: '::1' is left out, an IPv6-only port is not advertised (§8.6)."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(mdns, "advertise", lambda *a: calls.append(a) or a)
+    bound = [("::1", 9000), ("::1", 9001), ("198.18.0.1", 9001), ("::", 9002)]
+    with caplog.at_level(logging.INFO, "pstp.mdns"):
+        assert len(advertise_device(settings(), bound)) == 2
+    assert calls == [("home.lan", 9001, ["198.18.0.1"]), ("home.lan", 9002, [])]
+    assert "not advertising port 9000 on mDNS" in caplog.text
+
+
 def test_a_failing_zeroconf_is_logged_not_raised(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

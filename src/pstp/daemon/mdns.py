@@ -204,7 +204,9 @@ def advertise_device(settings: Settings, bound: Sequence[tuple[str, int]]) -> li
 
     Nothing is advertised when discovery is off or the device is in stealth mode
     (an mDNS answer would reveal it to everyone, §8.2), or when zeroconf is
-    missing or fails (logged: broadcast discovery still works).
+    missing or fails (logged: broadcast discovery still works).  Specific IPv6
+    listen addresses are left out (the A records are IPv4, §8.6); a port that
+    has only those is not advertised, and the log says so.
 
     Args:
         settings: the daemon's configuration (device id, discovery, stealth).
@@ -220,7 +222,18 @@ def advertise_device(settings: Settings, bound: Sequence[tuple[str, int]]) -> li
         by_port.setdefault(port, []).append(host)
     out: list[Advertisement] = []
     for port, hosts in by_port.items():
-        addresses = [] if any(h in _WILDCARDS for h in hosts) else hosts
+        # The records are IPv4 A records (docs/protocol.md §8.6): a specific IPv6
+        # listen address has nothing to announce, '::' also serves IPv4 (§8.1).
+        ipv4 = [h for h in hosts if ":" not in h or h == "::"]
+        if not ipv4:
+            _log.info(
+                "not advertising port %d on mDNS: its addresses are IPv6 (%s), mDNS "
+                "announces IPv4 only; peers reach it by address (§8.1)",
+                port,
+                ", ".join(hosts),
+            )
+            continue
+        addresses = [] if any(h in _WILDCARDS for h in ipv4) else ipv4
         try:
             out.append(advertise(settings.device_id, port, addresses))
         except (ImportError, OSError, ValueError) as exc:
