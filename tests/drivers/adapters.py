@@ -41,6 +41,7 @@ BEHAVIOURS = {
     "wait": "read to EOF, then exit 0 (blocks until the peer half-closes)",
     "first": "read one chunk, reply with it, exit 0 (leaves the rest unread)",
     "notint": "read to EOF, return a string (no exit status)",
+    "hold": "read to EOF, then keep the channel open until the opener closes it",
 }
 
 
@@ -150,9 +151,13 @@ def _sync_behaviour(name: str) -> Callable[[SyncChannel], int | None]:
         ch.read_all()
         return "done"
 
+    def hold(ch: SyncChannel) -> None:
+        ch.read_all()
+        ch.wait_closed()
+
     return dict(
         echo=echo, status=status, size=size, deny=deny, fail=fail, local=local, boom=boom,
-        big=big, wait=wait, first=first, notint=notint,
+        big=big, wait=wait, first=first, notint=notint, hold=hold,
     )[name]  # fmt: skip
 
 
@@ -366,9 +371,13 @@ def _async_behaviour(name: str) -> Callable[[AChannel], Coroutine[Any, Any, int 
         await ch.read_all()
         return "done"
 
+    async def hold(ch: AChannel) -> None:
+        await ch.read_all()
+        await ch.wait_closed()
+
     return dict(
         echo=echo, status=status, size=size, deny=deny, fail=fail, local=local, boom=boom,
-        big=big, wait=wait, first=first, notint=notint,
+        big=big, wait=wait, first=first, notint=notint, hold=hold,
     )[name]  # fmt: skip
 
 

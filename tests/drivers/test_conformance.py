@@ -411,7 +411,7 @@ def test_read_at_eof_returns_empty(driver: Driver) -> None:
 
 def test_write_after_eof_is_misuse(driver: Driver) -> None:
     """Writing after our own EOF is refused locally."""
-    ch = driver.session().open("wait")
+    ch = driver.session().open("hold")
     ch.write_eof()
     with pytest.raises((InvalidState, ChannelError)):
         ch.write(b"x")
@@ -419,7 +419,7 @@ def test_write_after_eof_is_misuse(driver: Driver) -> None:
 
 def test_second_eof_is_misuse(driver: Driver) -> None:
     """A second EOF on an open channel raises InvalidState."""
-    ch = driver.session().open("wait")
+    ch = driver.session().open("hold")
     ch.write_eof()
     with pytest.raises(InvalidState):
         ch.write_eof()
@@ -756,8 +756,9 @@ def test_dead_peer_is_detected(driver: Driver) -> None:
 
 def test_heartbeats_keep_a_quiet_session_alive(driver: Driver) -> None:
     """An idle session with heartbeats survives many intervals."""
-    s = driver.session(config=Config(keepalive_interval=0.05))
-    time.sleep(0.5)
+    # Long enough intervals that a loaded machine still answers in time.
+    s = driver.session(config=Config(keepalive_interval=0.25))
+    time.sleep(1.0)
     assert not s.is_closed()
     assert s.request("echo", b"alive") == b"alive"
 
