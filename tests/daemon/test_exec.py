@@ -47,12 +47,8 @@ PY = sys.executable
 
 
 def test_exit_status_is_shell_style() -> None:
-    """Exit codes pass; death by signal n is 128 + n; CLOSE reasons map to 127/126/255."""
+    """Exit codes pass; death by signal n is 128 + n."""
     assert [exit_status(rc) for rc in (0, 7, -9, -15)] == [0, 7, 137, 143]
-    assert remote.status_for_error("command not found: x") == 127
-    assert remote.status_for_error("no such action: x") == 127
-    assert remote.status_for_error("cannot execute: x") == 126
-    assert remote.status_for_error("bad params: x") == 255
 
 
 # -- exec over a real session -------------------------------------------------------------
@@ -188,7 +184,7 @@ async def test_death_by_signal_gives_128_plus_n() -> None:
 
 
 async def test_missing_command_is_127_with_a_clear_reason() -> None:
-    """A command that does not exist: CLOSE APPLICATION_ERROR + reason; run_exec gives 127."""
+    """A command that does not exist: CLOSE NOT_FOUND + reason; run_exec gives 127."""
     async with session() as s:
         status, out, err = await run(s, ["no-such-command-pstp"])
         assert (status, out) == (127, b"")
@@ -196,7 +192,7 @@ async def test_missing_command_is_127_with_a_clear_reason() -> None:
         ch = await s.open_channel("exec", {"argv": ["/etc/hostname"]})
         with pytest.raises(ChannelError) as info:
             await asyncio.wait_for(ch.wait_closed(), TIMEOUT)
-        assert info.value.code == ChannelCode.APPLICATION_ERROR
+        assert info.value.code == ChannelCode.CANNOT_EXECUTE
         assert info.value.reason == "cannot execute: /etc/hostname"
         assert (await run(s, ["/etc/hostname"]))[0] == 126
 
@@ -213,12 +209,12 @@ async def test_missing_command_is_127_with_a_clear_reason() -> None:
     ],
 )
 async def test_bad_exec_params_close_with_an_error(params: dict[str, object]) -> None:
-    """Missing or ill-typed params close the channel with APPLICATION_ERROR 'bad params'."""
+    """Missing or ill-typed params close the channel with BAD_PARAMS 'bad params: ...'."""
     async with session() as s:
         ch = await s.open_channel("exec", params)  # type: ignore[arg-type]
         with pytest.raises(ChannelError) as info:
             await asyncio.wait_for(ch.read_all(), TIMEOUT)
-        assert info.value.code == ChannelCode.APPLICATION_ERROR
+        assert info.value.code == ChannelCode.BAD_PARAMS
         assert info.value.reason.startswith("bad params: ")
 
 
@@ -426,11 +422,12 @@ async def test_default_shell_is_the_login_shell_from_the_password_database() -> 
     [{"rows": "24"}, {"cols": -1}, {"rows": True}, {"term": "x y"}, {"reason": ["a"]}],
 )
 async def test_bad_shell_params_close_with_an_error(params: dict[str, object]) -> None:
-    """Ill-typed shell params close the channel with APPLICATION_ERROR 'bad params'."""
+    """Ill-typed shell params close the channel with BAD_PARAMS 'bad params: ...'."""
     async with session() as s:
         ch = await s.open_channel("shell", params)  # type: ignore[arg-type]
         with pytest.raises(ChannelError) as info:
             await asyncio.wait_for(ch.read_all(), TIMEOUT)
+        assert info.value.code == ChannelCode.BAD_PARAMS
         assert info.value.reason.startswith("bad params: ")
 
 

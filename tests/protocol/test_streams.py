@@ -27,8 +27,9 @@ from pstp.protocol.streams import (
     encode_frame,
     encode_resize,
     encode_signal,
-    status_for_error,
+    failure_status,
 )
+from pstp.wire.messages import ChannelCode
 
 
 def test_daemon_and_client_share_one_codec() -> None:
@@ -38,18 +39,28 @@ def test_daemon_and_client_share_one_codec() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "status"),
+    ("code", "reason", "status"),
     [
-        ("command not found: x", 127),
-        ("no such action: y", 127),
-        ("cannot execute: z", 126),
-        ("bad params: w", 255),
-        ("", 255),
+        (ChannelCode.NOT_FOUND, "command not found: x", 127),
+        (ChannelCode.NOT_FOUND, "no such action: y", 127),
+        (ChannelCode.NOT_FOUND, "", 127),
+        (ChannelCode.CANNOT_EXECUTE, "", 126),
+        (ChannelCode.BAD_PARAMS, "bad params: w", 255),
+        (ChannelCode.APPLICATION_ERROR, "", 255),
+        (ChannelCode.APPLICATION_ERROR, "handler failed", 255),
+        # An older device: APPLICATION_ERROR and a reason prefix (§17.3).
+        (ChannelCode.APPLICATION_ERROR, "command not found: x", 127),
+        (ChannelCode.APPLICATION_ERROR, "no such action: y", 127),
+        (ChannelCode.APPLICATION_ERROR, "cannot execute: z", 126),
+        (ChannelCode.REFUSED, "command not found: x", None),
+        (ChannelCode.CANCELLED, "", None),
+        (ChannelCode.GOING_AWAY, "shutting down", None),
+        (999, "", None),
     ],
 )
-def test_status_for_error(reason: str, status: int) -> None:
-    """Error CLOSE reasons map to shell-style statuses (255 when none fits)."""
-    assert status_for_error(reason) == status
+def test_failure_status(code: int, reason: str, status: int | None) -> None:
+    """Failure codes map to shell statuses in one table; other codes are the caller's."""
+    assert failure_status(code, reason) == status
 
 
 # -- frames (sans-I/O) -----------------------------------------------------------------

@@ -21,7 +21,7 @@ from pstp.protocol.streams import (
     STDOUT,
     Direction,
     FrameDecoder,
-    status_for_error,
+    failure_status,
 )
 from pstp.settings import Settings, parse_address, set_peer_address
 from pstp.sync.client import connect
@@ -128,10 +128,11 @@ def run_action(
             decoder.eof()
             status = channel.wait_closed()
         except ChannelError as exc:
-            if exc.code != ChannelCode.APPLICATION_ERROR:
+            failed = failure_status(exc.code, exc.reason)
+            if failed is None:
                 raise
             stderr(f"pstp: {exc.reason or 'the remote command failed'}\n".encode())
-            return status_for_error(exc.reason)
+            return failed
         return EXIT_REMOTE_FAILURE if status is None else status
     except BaseException:
         channel.close(code=ChannelCode.CANCELLED)

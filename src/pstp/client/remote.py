@@ -38,7 +38,7 @@ from pstp.protocol.streams import (
     encode_frame,
     encode_resize,
     encode_signal,
-    status_for_error,
+    failure_status,
 )
 from pstp.wire.messages import ChannelCode, ParamValue
 
@@ -56,7 +56,6 @@ __all__ = [
     "run_action",
     "run_exec",
     "run_shell",
-    "status_for_error",
 ]
 
 _CHUNK = 64 * 1024
@@ -172,10 +171,11 @@ async def _drive(
             decoder.eof()
             status = await channel.wait_closed()
         except ChannelError as exc:
-            if exc.code != ChannelCode.APPLICATION_ERROR:
+            failed = failure_status(exc.code, exc.reason)
+            if failed is None:
                 raise
             await _emit(stderr, f"pstp: {exc.reason or 'the remote command failed'}\n".encode())
-            return status_for_error(exc.reason)
+            return failed
         if feeding.done() and not feeding.cancelled() and feeding.exception() is not None:
             raise feeding.exception()  # type: ignore[misc]  # our stdin source failed
         return EXIT_REMOTE_FAILURE if status is None else status

@@ -61,6 +61,7 @@ from pstp.daemon.exec import (
 )
 from pstp.exceptions import PstpError
 from pstp.settings import ConfigError, Settings
+from pstp.wire.messages import ChannelCode
 
 __all__ = [
     "ACTION_CHANNEL",
@@ -363,18 +364,24 @@ def action_handler(
         name = channel.params.get("name")
         spec = actions.get(name) if isinstance(name, str) else None
         if spec is None:
-            await fail_channel(channel, f"{NO_SUCH_ACTION}: {name}", 127)
+            await fail_channel(channel, f"{NO_SUCH_ACTION}: {name}", 127, ChannelCode.NOT_FOUND)
             return None
         reason = channel.params.get("reason")
         if reason is not None and not isinstance(reason, str):
-            await fail_channel(channel, f"{BAD_PARAMS}: reason must be a string or nil")
+            await fail_channel(
+                channel,
+                f"{BAD_PARAMS}: reason must be a string or nil",
+                code=ChannelCode.BAD_PARAMS,
+            )
             return None
         try:
             values = dict(args_of(channel))
             argv = spec.render_argv(values) if spec.argv is not None else None
         except (ValueError, TypeError, KeyError, PstpError) as exc:
             _log.info("action %r: arguments refused: %s", spec.name, exc)
-            await fail_channel(channel, f"{BAD_PARAMS}: invalid or missing arguments")
+            await fail_channel(
+                channel, f"{BAD_PARAMS}: invalid or missing arguments", code=ChannelCode.BAD_PARAMS
+            )
             return None
         if argv is None:
             return await _run_callable(channel, spec, values)

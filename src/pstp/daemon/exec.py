@@ -276,11 +276,18 @@ def exit_status(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-async def fail_channel(channel: Channel, reason: str, status: int | None = None) -> None:
-    """Close ``channel`` with APPLICATION_ERROR, ``reason`` (cut to 200 characters) and a status."""
-    await channel.close(
-        exit_status=status, code=ChannelCode.APPLICATION_ERROR, reason=reason[:_REASON_MAX]
-    )
+async def fail_channel(
+    channel: Channel,
+    reason: str,
+    status: int | None = None,
+    code: int = ChannelCode.APPLICATION_ERROR,
+) -> None:
+    """Close ``channel`` with ``code``, ``reason`` (cut to 200 characters) and a status.
+
+    The code tells the client why (docs/protocol.md §14.4, §17.3); the reason keeps
+    its old prefix and the status its old value so that older clients still read them.
+    """
+    await channel.close(exit_status=status, code=code, reason=reason[:_REASON_MAX])
 
 
 def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -404,14 +411,18 @@ async def run_process(
             start_new_session=True,
         )
     except (FileNotFoundError, NotADirectoryError):
-        await fail_channel(channel, f"{NOT_FOUND}: {argv[0]}", 127)
+        await fail_channel(channel, f"{NOT_FOUND}: {argv[0]}", 127, ChannelCode.NOT_FOUND)
         return None
     except ValueError:  # an embedded NUL: no execve can carry it
-        await fail_channel(channel, f"{BAD_PARAMS}: an argument contains a NUL character")
+        await fail_channel(
+            channel,
+            f"{BAD_PARAMS}: an argument contains a NUL character",
+            code=ChannelCode.BAD_PARAMS,
+        )
         return None
     except OSError as exc:
         _log.info("cannot execute %r: %s", argv[0], exc)
-        await fail_channel(channel, f"{CANNOT_EXECUTE}: {argv[0]}", 126)
+        await fail_channel(channel, f"{CANNOT_EXECUTE}: {argv[0]}", 126, ChannelCode.CANNOT_EXECUTE)
         return None
     writer = FrameWriter(channel, max_output)
     assert proc.stdout is not None and proc.stderr is not None
@@ -514,11 +525,15 @@ async def exec_handler(channel: Channel) -> int | None:
         or not all(isinstance(a, str) for a in argv)
         or not argv[0]
     ):
-        await fail_channel(channel, f"{BAD_PARAMS}: argv must be a non-empty list of strings")
+        await fail_channel(
+            channel,
+            f"{BAD_PARAMS}: argv must be a non-empty list of strings",
+            code=ChannelCode.BAD_PARAMS,
+        )
         return None
     problem = _check_reason(params)
     if problem is not None:
-        await fail_channel(channel, problem)
+        await fail_channel(channel, problem, code=ChannelCode.BAD_PARAMS)
         return None
     return await run_process(channel, [str(a) for a in argv])
 
@@ -641,7 +656,7 @@ async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
     parsed = _shell_params(params)
     problem = parsed if isinstance(parsed, str) else _check_reason(params)
     if problem is not None:
-        await fail_channel(channel, problem)
+        await fail_channel(channel, problem, code=ChannelCode.BAD_PARAMS)
         return None
     assert not isinstance(parsed, str)
     term, rows, cols = parsed
@@ -672,7 +687,7 @@ async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
     except OSError as exc:
         os.close(master)
         _log.info("cannot start shell %r: %s", shell, exc)
-        await fail_channel(channel, f"{CANNOT_EXECUTE}: {shell}", 126)
+        await fail_channel(channel, f"{CANNOT_EXECUTE}: {shell}", 126, ChannelCode.CANNOT_EXECUTE)
         return None
     except BaseException:
         os.close(master)

@@ -18,6 +18,7 @@ from collections.abc import Collection
 import msgspec
 
 from pstp.exceptions import FrameTooLarge, RemoteProtocolError
+from pstp.wire.messages import ChannelCode
 
 __all__ = [
     "ACTION_FAILED",
@@ -46,7 +47,7 @@ __all__ = [
     "encode_header",
     "encode_resize",
     "encode_signal",
-    "status_for_error",
+    "failure_status",
 ]
 
 #: Client → server frame types.
@@ -62,24 +63,45 @@ _RESIZE = struct.Struct(">HH")
 #: SIGNAL frame payload index → signal name (without the ``SIG`` prefix).
 SIGNALS: tuple[str, ...] = ("INT", "TERM", "HUP", "KILL", "QUIT", "USR1", "USR2", "WINCH")
 
-#: CLOSE reason prefixes when nothing could be run (§17), and the status each stands for.
+#: CLOSE reasons when nothing could be run (§17.3).  The code says why; the
+#: text is for people.  Devices before the codes of §14.4 sent APPLICATION_ERROR
+#: with one of these prefixes, which :func:`failure_status` still reads (§17.3).
 NOT_FOUND = "command not found"
 NO_SUCH_ACTION = "no such action"
 CANNOT_EXECUTE = "cannot execute"
 BAD_PARAMS = "bad params"
 BAD_FRAME = "bad stream frame"
 ACTION_FAILED = "action failed"
-_ERROR_STATUS = ((NOT_FOUND, 127), (NO_SUCH_ACTION, 127), (CANNOT_EXECUTE, 126))
 #: Status reported when the remote side failed without one (as ssh does).
 EXIT_REMOTE_FAILURE = 255
+#: The one table from a channel's failure code to a shell's status (§17.3, §17.9).
+_STATUS_FOR_CODE: dict[int, int] = {
+    ChannelCode.NOT_FOUND: 127,
+    ChannelCode.CANNOT_EXECUTE: 126,
+    ChannelCode.BAD_PARAMS: EXIT_REMOTE_FAILURE,
+    ChannelCode.APPLICATION_ERROR: EXIT_REMOTE_FAILURE,
+}
+#: Reason prefixes of APPLICATION_ERROR from devices that predate the codes (§17.3).
+_LEGACY_PREFIXES = ((NOT_FOUND, 127), (NO_SUCH_ACTION, 127), (CANNOT_EXECUTE, 126))
 
 
-def status_for_error(reason: str) -> int:
-    """The shell-style status a channel's error CLOSE reason stands for (255: none)."""
-    for prefix, status in _ERROR_STATUS:
-        if reason.startswith(prefix):
-            return status
-    return EXIT_REMOTE_FAILURE
+def failure_status(code: int, reason: str = "") -> int | None:
+    """The shell-style status a failed ``action``/``exec``/``shell`` channel stands for.
+
+    Args:
+        code: the ChannelCode of the CLOSE or REJECT (docs/protocol.md §14.4).
+        reason: its reason; read only for APPLICATION_ERROR from an older device.
+
+    Returns:
+        127, 126 or 255 for a failure of the remote side (§17.3); ``None`` for any
+        other code (a refusal, a cancellation...), which the caller reports itself.
+    """
+    status = _STATUS_FOR_CODE.get(code)
+    if code == ChannelCode.APPLICATION_ERROR:
+        for prefix, legacy in _LEGACY_PREFIXES:
+            if reason.startswith(prefix):
+                return legacy
+    return status
 
 
 class Direction(enum.Enum):

@@ -67,6 +67,9 @@ class ChannelCode(enum.IntEnum):
     CANCELLED = 4
     APPLICATION_ERROR = 5
     GOING_AWAY = 6
+    NOT_FOUND = 7
+    CANNOT_EXECUTE = 8
+    BAD_PARAMS = 9
 
 
 class Open(msgspec.Struct, tag=1, array_like=True, forbid_unknown_fields=True, frozen=True):
