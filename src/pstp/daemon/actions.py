@@ -60,6 +60,7 @@ from pstp.daemon.exec import (
     run_process,
 )
 from pstp.exceptions import PstpError
+from pstp.protocol.kinds import ActionOpen, BadParams, action_args
 from pstp.settings import ConfigError, Settings
 from pstp.wire.messages import ChannelCode
 
@@ -276,7 +277,7 @@ def resolve_callable(spec: ActionSpec) -> Callable[..., object]:
 
 def raw_args(channel: Channel) -> dict[str, object]:
     """The ``arg.<name>`` OPEN params as ``{name: value}``, unchecked (the default)."""
-    return {k[4:]: v for k, v in channel.params.items() if k.startswith("arg.") and len(k) > 4}
+    return action_args(channel.params)
 
 
 def _status(value: int) -> int:
@@ -366,13 +367,10 @@ def action_handler(
         if spec is None:
             await fail_channel(channel, f"{NO_SUCH_ACTION}: {name}", 127, ChannelCode.NOT_FOUND)
             return None
-        reason = channel.params.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            await fail_channel(
-                channel,
-                f"{BAD_PARAMS}: reason must be a string or nil",
-                code=ChannelCode.BAD_PARAMS,
-            )
+        try:
+            ActionOpen.from_params(channel.params)
+        except BadParams as exc:
+            await fail_channel(channel, exc.reason, code=exc.code)
             return None
         try:
             values = dict(args_of(channel))

@@ -113,6 +113,7 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.exceptions import PstpError, RemoteProtocolError
+from pstp.protocol.kinds import BadParams, ExecOpen, ShellOpen
 from pstp.protocol.streams import (
     ACTION_FAILED,
     BAD_FRAME,
@@ -189,7 +190,6 @@ TIMEOUT_STATUS = 124
 
 _REASON_MAX = 200  # characters, docs/protocol.md §14.4
 _LOCALE_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-_TERM_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
 _KILL_GRACE = 2.0  # seconds to wait for output after the process is gone
 
 
@@ -500,13 +500,6 @@ def _reap(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
     return task
 
 
-def _check_reason(params: dict[str, object]) -> str | None:
-    reason = params.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        return f"{BAD_PARAMS}: reason must be a string or nil"
-    return None
-
-
 async def exec_handler(channel: Channel) -> int | None:
     """Serve an ``exec`` channel: run ``params["argv"]`` without a shell.
 
@@ -517,25 +510,12 @@ async def exec_handler(channel: Channel) -> int | None:
         ChannelError: the channel failed while output was being sent.
         ConnectionClosed: the session ended.
     """
-    params: dict[str, object] = dict(channel.params)
-    argv = params.get("argv")
-    if (
-        not isinstance(argv, list)
-        or not argv
-        or not all(isinstance(a, str) for a in argv)
-        or not argv[0]
-    ):
-        await fail_channel(
-            channel,
-            f"{BAD_PARAMS}: argv must be a non-empty list of strings",
-            code=ChannelCode.BAD_PARAMS,
-        )
+    try:
+        opened = ExecOpen.from_params(channel.params)
+    except BadParams as exc:
+        await fail_channel(channel, exc.reason, code=exc.code)
         return None
-    problem = _check_reason(params)
-    if problem is not None:
-        await fail_channel(channel, problem, code=ChannelCode.BAD_PARAMS)
-        return None
-    return await run_process(channel, [str(a) for a in argv])
+    return await run_process(channel, opened.argv)
 
 
 # -- shell --------------------------------------------------------------------------
@@ -608,19 +588,6 @@ async def _write_master(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _shell_params(params: dict[str, object]) -> tuple[str, int, int] | str:
-    term = params.get("term", "dumb")
-    rows = params.get("rows", 24)
-    cols = params.get("cols", 80)
-    if not isinstance(term, str) or not _TERM_RE.match(term):
-        return f"{BAD_PARAMS}: term must be a terminal type name"
-    for name, value in (("rows", rows), ("cols", cols)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
-            return f"{BAD_PARAMS}: {name} must be an integer in 0..65535"
-    assert isinstance(rows, int) and isinstance(cols, int)
-    return term, rows, cols
-
-
 async def shell_handler(channel: Channel) -> int | None:
     """Serve a ``shell`` channel: the service user's login shell on a new pseudo-terminal.
 
@@ -652,14 +619,12 @@ def make_shell_handler(shell: str | None = None) -> ChannelHandler:
 
 
 async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
-    params: dict[str, object] = dict(channel.params)
-    parsed = _shell_params(params)
-    problem = parsed if isinstance(parsed, str) else _check_reason(params)
-    if problem is not None:
-        await fail_channel(channel, problem, code=ChannelCode.BAD_PARAMS)
+    try:
+        opened = ShellOpen.from_params(channel.params)
+    except BadParams as exc:
+        await fail_channel(channel, exc.reason, code=exc.code)
         return None
-    assert not isinstance(parsed, str)
-    term, rows, cols = parsed
+    term, rows, cols = opened.term, opened.rows, opened.cols
     login_shell, user = _login_shell()
     shell = shell or login_shell
     env = {**safe_environment(), "TERM": term, "SHELL": shell, "USER": user, "LOGNAME": user}

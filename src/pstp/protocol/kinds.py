@@ -1,0 +1,301 @@
+"""The OPEN parameters of each channel kind, typed (docs/protocol.md §17.4 to §17.8).
+
+Each kind has one struct, one encoder (:meth:`to_params`, the ``params`` map an
+OPEN carries, §14.4) and one decoder (:meth:`from_params`, which validates and
+raises :class:`BadParams`).  Both the device's handlers and the clients use
+them, so the wire form of a kind is written once.  Sans-I/O: nothing here
+reads or writes.
+
+:class:`BadParams` is a :class:`~pstp.exceptions.ChannelFailure` with code
+BAD_PARAMS (§14.4): a handler that lets it escape has its channel ended with
+that code and the reason ``bad params: ...`` (§17.3).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+import msgspec
+
+from pstp.exceptions import ChannelFailure
+from pstp.protocol.streams import BAD_PARAMS
+from pstp.wire.messages import ChannelCode, Params, ParamValue
+
+__all__ = [
+    "ARG_PREFIX",
+    "KINDS",
+    "ActionOpen",
+    "BadParams",
+    "ExecOpen",
+    "FileOpen",
+    "ForwardOpen",
+    "PingOpen",
+    "ShellOpen",
+    "action_args",
+]
+
+#: Prefix of an action's argument keys in OPEN params (§17.6): ``arg.<name>``.
+ARG_PREFIX = "arg."
+#: A terminal type name (§17.5).
+_TERM_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}\Z")
+_U16 = 0xFFFF
+
+
+class BadParams(ChannelFailure):
+    """The OPEN params of a channel are missing or invalid (BAD_PARAMS, §17.3).
+
+    Args:
+        explanation: what is wrong; the reason sent is ``bad params: `` + it.
+    """
+
+    def __init__(self, explanation: str) -> None:
+        super().__init__(ChannelCode.BAD_PARAMS, f"{BAD_PARAMS}: {explanation}")
+        self.explanation = explanation
+
+
+def _reason(params: Mapping[str, object]) -> str | None:
+    reason = params.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadParams("reason must be a string or nil")
+    return reason
+
+
+def action_args(params: Mapping[str, object]) -> dict[str, object]:
+    """An action's ``arg.<name>`` params as ``{name: value}``, unchecked (§17.6).
+
+    The policy checks and converts them (§17.10); this only undoes the encoding.
+    """
+    n = len(ARG_PREFIX)
+    return {k[n:]: v for k, v in params.items() if k.startswith(ARG_PREFIX) and len(k) > n}
+
+
+class ActionOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``action`` (§17.6).
+
+    Attributes:
+        name: the declared action's name.
+        reason: why (policy and audit).
+        args: the arguments, sent as ``arg.<name>`` keys (values unchecked here:
+            the policy checks them against the action's schemas).
+    """
+
+    KIND: ClassVar[str] = "action"
+
+    name: str
+    reason: str | None = None
+    args: dict[str, ParamValue] = msgspec.field(default_factory=dict)
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        params: Params = {"name": self.name, "reason": self.reason}
+        for key, value in self.args.items():
+            params[ARG_PREFIX + key] = value
+        return params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ActionOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: ``name`` is not a string or ``reason`` not a string or nil.
+        """
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise BadParams("name must be a string")
+        args = action_args(params)
+        return cls(name=name, reason=_reason(params), args=args)  # type: ignore[arg-type]
+
+
+class ExecOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``exec`` (§17.4).
+
+    Attributes:
+        argv: the program and its arguments (non-empty, ``argv[0]`` not empty).
+        reason: why (policy and audit).
+    """
+
+    KIND: ClassVar[str] = "exec"
+
+    argv: list[str]
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"argv": list(self.argv), "reason": self.reason}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ExecOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: ``argv`` is not a non-empty list of strings with a non-empty
+                first one, or ``reason`` is not a string or nil.
+        """
+        argv = params.get("argv")
+        if (
+            not isinstance(argv, list)
+            or not argv
+            or not all(isinstance(a, str) for a in argv)
+            or not argv[0]
+        ):
+            raise BadParams("argv must be a non-empty list of strings")
+        return cls(argv=list(argv), reason=_reason(params))
+
+
+class ShellOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``shell`` (§17.5).
+
+    Attributes:
+        term: the terminal type.
+        rows: the window's height.
+        cols: the window's width.
+        reason: why (policy and audit).
+    """
+
+    KIND: ClassVar[str] = "shell"
+
+    term: str = "dumb"
+    rows: int = 24
+    cols: int = 80
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"term": self.term, "rows": self.rows, "cols": self.cols, "reason": self.reason}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ShellOpen:
+        """Decode and validate OPEN params (absent keys take their defaults).
+
+        Raises:
+            BadParams: a bad terminal type, a size outside 0..65535 or a bool, or a
+                ``reason`` that is not a string or nil.
+        """
+        term = params.get("term", "dumb")
+        if not isinstance(term, str) or not _TERM_RE.match(term):
+            raise BadParams("term must be a terminal type name")
+        size: dict[str, int] = {}
+        for name, default in (("rows", 24), ("cols", 80)):
+            value = params.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U16:
+                raise BadParams(f"{name} must be an integer in 0..65535")
+            size[name] = value
+        return cls(term=term, rows=size["rows"], cols=size["cols"], reason=_reason(params))
+
+
+class PingOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``ping`` (§17.7): none; whatever arrives is ignored."""
+
+    KIND: ClassVar[str] = "ping"
+
+    def to_params(self) -> Params:
+        """The OPEN params map (empty)."""
+        return {}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> PingOpen:
+        """Decode OPEN params: they are ignored, so this never fails."""
+        return cls()
+
+
+class FileOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``file`` (§17.8, §18).
+
+    Attributes:
+        op: ``"put"`` or ``"get"``.
+        path: the device-side path.
+        force: put: replace existing files with different content.
+        into: put: the sources land under ``path`` (a directory).
+        reason: why (policy and audit).
+    """
+
+    KIND: ClassVar[str] = "file"
+
+    op: Literal["put", "get"]
+    path: str
+    force: bool = False
+    into: bool = False
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map (a get carries no ``force`` or ``into``)."""
+        params: Params = {"op": self.op, "path": self.path}
+        if self.op == "put":
+            params["force"] = self.force
+            params["into"] = self.into
+        params["reason"] = self.reason
+        return params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> FileOpen:
+        """Decode and validate OPEN params as the device reads them today.
+
+        ``force`` and ``into`` are true only if they are the boolean true; a
+        ``reason`` that is not a string counts as none (§18).
+
+        Raises:
+            BadParams: ``op`` is not put or get, or ``path`` is not a string.
+        """
+        op, path = params.get("op"), params.get("path")
+        if op not in ("put", "get") or not isinstance(path, str):
+            raise BadParams("op must be put or get, and path a string")
+        reason = params.get("reason")
+        return cls(
+            op="put" if op == "put" else "get",
+            path=path,
+            force=params.get("force") is True,
+            into=params.get("into") is True,
+            reason=reason if isinstance(reason, str) else None,
+        )
+
+
+class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``forward``: RESERVED for the port-forwarding issue.
+
+    No device serves this kind yet (an OPEN is rejected UNKNOWN_KIND, §14.4);
+    the struct fixes the names so that the issue starts from them.
+
+    Attributes:
+        host: the host the device connects to.
+        port: its TCP port, 1 to 65535.
+        reason: why (policy and audit).
+    """
+
+    KIND: ClassVar[str] = "forward"
+
+    host: str
+    port: int
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"host": self.host, "port": self.port, "reason": self.reason}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ForwardOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: an empty or missing host, a port outside 1..65535, or a
+                ``reason`` that is not a string or nil.
+        """
+        host, port = params.get("host"), params.get("port")
+        if not isinstance(host, str) or not host:
+            raise BadParams("host must be a non-empty string")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= _U16:
+            raise BadParams("port must be an integer in 1..65535")
+        return cls(host=host, port=port, reason=_reason(params))
+
+
+#: Each kind's params struct, by kind name.
+KINDS: dict[
+    str,
+    type[ActionOpen]
+    | type[ExecOpen]
+    | type[ShellOpen]
+    | type[PingOpen]
+    | type[FileOpen]
+    | type[ForwardOpen],
+] = {cls.KIND: cls for cls in (ActionOpen, ExecOpen, ShellOpen, PingOpen, FileOpen, ForwardOpen)}
