@@ -12,7 +12,7 @@ import msgspec
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
-from pstp.client.quick import remember_address
+from pstp.client.quick import Attempts, remember_address
 from pstp.exceptions import HandshakeFailed, PermissionDenied, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import PeerKey
@@ -54,27 +54,17 @@ async def connect_peer(
         PeerNotFound: no address worked and discovery found nothing.
         HandshakeFailed: the device answered but did not prove the pair key.
     """
-    peer = settings.peers[peer_id]
-    tried: list[str] = []
-    for candidate in [a for a in (address, peer.address) if a]:
-        host, port = parse_address(candidate)
+    attempts = Attempts(settings, peer_id, address, config)
+    for candidate, host, port in attempts.candidates:
         try:
-            session = await connect(
-                host,
-                port,
-                pair_key=peer.key,
-                device_id=peer_id,
-                config=config,
-                own_id=settings.device_id,
-            )
+            session = await connect(host, port, **attempts.options)
         except OSError as exc:
-            tried.append(f"{candidate} ({exc.strerror or exc})")
+            attempts.failed(candidate, exc)
             continue
-        if candidate != peer.address:
-            remember_address(settings, peer_id, candidate)
+        attempts.worked(candidate)
         return session
     return await discover_peer(
-        settings, peer_id, tried=tried, config=config, discovery_timeout=discovery_timeout
+        settings, peer_id, tried=attempts.tried, config=config, discovery_timeout=discovery_timeout
     )
 
 

@@ -13,9 +13,11 @@ Nothing here may import asyncio, directly or through another module.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from pstp.exceptions import ChannelError, PstpError
 from pstp.protocol.config import Config
+from pstp.protocol.kinds import ActionOpen
 from pstp.protocol.streams import (
     EXIT_REMOTE_FAILURE,
     STDOUT,
@@ -28,7 +30,14 @@ from pstp.sync.client import connect
 from pstp.sync.connection import SyncSession
 from pstp.wire.messages import ChannelCode, Params
 
-__all__ = ["connect_known", "remember_address", "run_action"]
+__all__ = [
+    "Attempts",
+    "action_params",
+    "connect_known",
+    "failure_note",
+    "remember_address",
+    "run_action",
+]
 
 Output = Callable[[bytes], object]
 
@@ -43,6 +52,51 @@ def remember_address(settings: Settings, peer_id: str, address: str) -> None:
         logging.getLogger("pstp.client").warning(
             "could not remember %s for %s: %s", address, peer_id, exc
         )
+
+
+class Attempts:
+    """The addresses to try for a peer, in order, and how each went (no I/O).
+
+    Both drivers' connect loops (:func:`connect_known` here and
+    :func:`pstp.client.api.connect_peer`) share it: ``address`` first, then the
+    remembered one; an address that works and is new is remembered.
+
+    Args:
+        settings: our configuration (holds the peer's pair key).
+        peer_id: the peer's device id.
+        address: ``host[:port]`` to try before the remembered one.
+        config: protocol limits.
+
+    Raises:
+        KeyError: no such peer in the configuration.
+    """
+
+    def __init__(
+        self, settings: Settings, peer_id: str, address: str | None, config: Config | None
+    ) -> None:
+        peer = settings.peers[peer_id]
+        self.settings, self.peer_id, self.remembered = settings, peer_id, peer.address
+        wanted = dict.fromkeys(a for a in (address, peer.address) if a)
+        #: (address as written, host, port) in the order to try them.
+        self.candidates = [(a, *parse_address(a)) for a in wanted]
+        #: The keyword arguments of either driver's ``connect``.
+        self.options: dict[str, Any] = {
+            "pair_key": peer.key,
+            "device_id": peer_id,
+            "config": config,
+            "own_id": settings.device_id,
+        }
+        #: A note per address that failed, for the error message.
+        self.tried: list[str] = []
+
+    def failed(self, candidate: str, exc: OSError) -> None:
+        """Note that ``candidate`` could not be reached."""
+        self.tried.append(f"{candidate} ({exc.strerror or exc})")
+
+    def worked(self, candidate: str) -> None:
+        """Remember ``candidate`` if it is not the remembered address already."""
+        if candidate != self.remembered:
+            remember_address(self.settings, self.peer_id, candidate)
 
 
 def connect_known(
@@ -68,26 +122,38 @@ def connect_known(
         KeyError: no such peer in the configuration.
         HandshakeFailed: a device answered but did not prove the pair key.
     """
-    peer = settings.peers[peer_id]
-    tried: list[str] = []
-    for candidate in dict.fromkeys(a for a in (address, peer.address) if a):
-        host, port = parse_address(candidate)
+    attempts = Attempts(settings, peer_id, address, config)
+    for candidate, host, port in attempts.candidates:
         try:
-            session = connect(
-                host,
-                port,
-                pair_key=peer.key,
-                device_id=peer_id,
-                config=config,
-                own_id=settings.device_id,
-            )
+            session = connect(host, port, **attempts.options)
         except OSError as exc:
-            tried.append(f"{candidate} ({exc.strerror or exc})")
+            attempts.failed(candidate, exc)
             continue
-        if candidate != peer.address:
-            remember_address(settings, peer_id, candidate)
-        return session, tried
-    return None, tried
+        attempts.worked(candidate)
+        return session, attempts.tried
+    return None, attempts.tried
+
+
+def action_params(
+    name: str, args: Mapping[str, str | int | float | bool] | None, reason: str | None
+) -> Params:
+    """The OPEN params of an ``action`` channel (docs/protocol.md §17.6)."""
+    return ActionOpen(name=name, reason=reason, args=dict(args or {})).to_params()
+
+
+def failure_note(exc: ChannelError) -> tuple[int, bytes]:
+    """The exit status and stderr note for a channel that failed on the remote side.
+
+    Shared by both drivers' clients (docs/protocol.md §17.3, §17.9).
+
+    Raises:
+        ChannelError: ``exc`` itself, if its code is no failure of what ran (a
+            refusal, a cancellation...): the caller reports it.
+    """
+    status = failure_status(exc.code, exc.reason)
+    if status is None:
+        raise exc
+    return status, f"pstp: {exc.reason or 'the remote command failed'}\n".encode()
 
 
 def run_action(
@@ -111,9 +177,7 @@ def run_action(
         ConnectionClosed: the session ended.
         RemoteProtocolError: the peer sent a malformed stream frame.
     """
-    params: Params = {"name": name, "reason": reason}
-    for key, value in (args or {}).items():
-        params[f"arg.{key}"] = value
+    params = action_params(name, args, reason)
     # OPEN and EOF leave together; a refusal surfaces on the first read.
     channel = session.open_channel("action", params, wait_accepted=False)
     try:
@@ -128,11 +192,9 @@ def run_action(
             decoder.eof()
             status = channel.wait_closed()
         except ChannelError as exc:
-            failed = failure_status(exc.code, exc.reason)
-            if failed is None:
-                raise
-            stderr(f"pstp: {exc.reason or 'the remote command failed'}\n".encode())
-            return failed
+            status, note = failure_note(exc)
+            stderr(note)
+            return status
         return EXIT_REMOTE_FAILURE if status is None else status
     except BaseException:
         channel.close(code=ChannelCode.CANCELLED)

@@ -25,7 +25,9 @@ from collections.abc import (
 from typing import Any
 
 from pstp.asyncio.connection import Channel, Session
+from pstp.client.quick import action_params, failure_note
 from pstp.exceptions import ChannelError, PstpError
+from pstp.protocol.kinds import ExecOpen, ShellOpen
 from pstp.protocol.streams import (
     EXIT_REMOTE_FAILURE,
     MAX_FRAME,
@@ -38,9 +40,8 @@ from pstp.protocol.streams import (
     encode_frame,
     encode_resize,
     encode_signal,
-    failure_status,
 )
-from pstp.wire.messages import ChannelCode, ParamValue
+from pstp.wire.messages import ChannelCode
 
 __all__ = [
     "EXIT_REMOTE_FAILURE",
@@ -171,11 +172,9 @@ async def _drive(
             decoder.eof()
             status = await channel.wait_closed()
         except ChannelError as exc:
-            failed = failure_status(exc.code, exc.reason)
-            if failed is None:
-                raise
-            await _emit(stderr, f"pstp: {exc.reason or 'the remote command failed'}\n".encode())
-            return failed
+            status, note = failure_note(exc)
+            await _emit(stderr, note)
+            return status
         if feeding.done() and not feeding.cancelled() and feeding.exception() is not None:
             raise feeding.exception()  # type: ignore[misc]  # our stdin source failed
         return EXIT_REMOTE_FAILURE if status is None else status
@@ -222,7 +221,7 @@ async def run_exec(
     """
     if not argv:
         raise ValueError("argv must not be empty")
-    params: dict[str, ParamValue] = {"argv": [str(a) for a in argv], "reason": reason}
+    params = ExecOpen(argv=[str(a) for a in argv], reason=reason).to_params()
     channel = await session.open_channel("exec", params)
     return await _drive(channel, stdin, stdout or _fd_output(1), stderr or _fd_output(2))
 
@@ -256,10 +255,7 @@ async def run_action(
         ConnectionClosed: the session ended.
         RemoteProtocolError: the peer sent a malformed stream frame.
     """
-    params: dict[str, ParamValue] = {"name": name, "reason": reason}
-    for key, value in (args or {}).items():
-        params[f"arg.{key}"] = value
-    channel = await session.open_channel("action", params)
+    channel = await session.open_channel("action", action_params(name, args, reason))
     return await _drive(channel, None, stdout or _fd_output(1), stderr or _fd_output(2))
 
 
@@ -303,13 +299,10 @@ async def run_shell(
     """
     loop = asyncio.get_running_loop()
     rows, cols = _window_size(stdout_fd, stdin_fd)
-    params: dict[str, ParamValue] = {
-        "term": term or os.environ.get("TERM") or "dumb",
-        "rows": rows,
-        "cols": cols,
-        "reason": reason,
-    }
-    channel = await session.open_channel("shell", params)
+    opened = ShellOpen(
+        term=term or os.environ.get("TERM") or "dumb", rows=rows, cols=cols, reason=reason
+    )
+    channel = await session.open_channel("shell", opened.to_params())
     sender = _FrameSender(channel)
     tasks: set[asyncio.Task[None]] = set()
     stopped_by: list[int] = []
