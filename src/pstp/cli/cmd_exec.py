@@ -138,9 +138,9 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """Run the configured action ACTION on PEER with NAME=VALUE arguments.
 
-    With an address to try (``--address`` or the remembered one) this runs on
-    the blocking driver and never imports asyncio, which makes a one-shot
-    ``pstp run`` start faster; discovery, when needed, runs on asyncio.
+    :func:`pstp.client.quick.run_peer_action` chooses the driver: the blocking
+    one when there is an address to try, which makes a one-shot ``pstp run``
+    start faster; asyncio for discovery, when needed.
     """
     from pstp.client import quick
 
@@ -152,24 +152,16 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:
         console.error(str(exc))
         return 2
-    stdout, stderr = _binary(console.out), _binary(console.err)
-    session, tried = quick.connect_known(settings, args.peer, address=args.address)
-    if session is not None:
-        with session:
-            return quick.run_action(
-                session, args.action, values, reason=args.reason, stdout=stdout, stderr=stderr
-            )
-
-    from pstp.client.api import discover_peer
-    from pstp.client.remote import run_action
-
-    async def main() -> int:
-        async with await discover_peer(settings, args.peer, tried=tried) as session:
-            return await run_action(
-                session, args.action, dict(values), reason=args.reason, stdout=stdout, stderr=stderr
-            )
-
-    return run(main())
+    return quick.run_peer_action(
+        settings,
+        args.peer,
+        args.action,
+        values,
+        reason=args.reason,
+        address=args.address,
+        stdout=_binary(console.out),
+        stderr=_binary(console.err),
+    )
 
 
 def shell_command(args: argparse.Namespace, console: Console) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "failure_note",
     "remember_address",
     "run_action",
+    "run_peer_action",
 ]
 
 Output = Callable[[bytes], object]
@@ -199,3 +200,48 @@ def run_action(
     except BaseException:
         channel.close(code=ChannelCode.CANCELLED)
         raise
+
+
+def run_peer_action(
+    settings: Settings,
+    peer_id: str,
+    name: str,
+    args: Mapping[str, str | int | float | bool] | None = None,
+    *,
+    reason: str | None = None,
+    address: str | None = None,
+    stdout: Output,
+    stderr: Output,
+) -> int:
+    """Connect to a configured peer and run its action ``name``: the driver is chosen here.
+
+    With an address to try (``address`` or the remembered one) this runs on the
+    blocking driver and never imports asyncio; only when none answers does it
+    discover the peer, on asyncio (imported then).
+
+    Returns:
+        As :func:`run_action`.
+
+    Raises:
+        KeyError: no such peer in the configuration.
+        PeerNotFound: no address worked and discovery found nothing.
+        HandshakeFailed: a device answered but did not prove the pair key.
+        ChannelError: the peer refused the action (its policy).
+        ConnectionClosed: the session ended.
+    """
+    session, tried = connect_known(settings, peer_id, address=address)
+    if session is not None:
+        with session:
+            return run_action(session, name, args, reason=reason, stdout=stdout, stderr=stderr)
+
+    # Imported only here: asyncio costs start-up time the fast path avoids.
+    from pstp.asyncio.runner import run as run_loop
+    from pstp.client import api, remote
+
+    async def discovered() -> int:
+        async with await api.discover_peer(settings, peer_id, tried=tried) as found:
+            return await remote.run_action(
+                found, name, args, reason=reason, stdout=stdout, stderr=stderr
+            )
+
+    return run_loop(discovered())
