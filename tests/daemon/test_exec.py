@@ -508,3 +508,10 @@ async def test_iter_fd_reads_pipes_files_and_dev_null(tmp_path: Path) -> None:
         assert b"".join([chunk async for chunk in remote.iter_fd(f.fileno())]) == data
     with open(os.devnull, "rb") as f:
         assert [chunk async for chunk in remote.iter_fd(f.fileno())] == []
+
+
+def test_no_module_global_task_set() -> None:
+    """The module keeps no task set of its own: each handler owns its tasks."""
+    import pstp.daemon.exec as module
+
+    assert not [name for name, value in vars(module).items() if isinstance(value, set)]

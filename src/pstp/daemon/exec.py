@@ -472,32 +472,35 @@ async def run_process(
         await _finish(main, inputs)
         if proc.stdin is not None:
             proc.stdin.close()
-        await asyncio.shield(_reap(proc))
+        await _reap(proc)
 
 
-#: Clean-ups that must finish even if the handler that started them is cancelled.
-_reaping: set[asyncio.Task[None]] = set()
+async def _settle(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(TimeoutError, OSError):
+        async with asyncio.timeout(_KILL_GRACE):
+            for stream in (proc.stdout, proc.stderr):
+                while stream is not None and await stream.read(CHUNK):
+                    pass
+            await proc.wait()
 
 
-def _reap(proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
-    """Read a killed process's pipes to their end and wait for it, in a task of its own.
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Read a killed process's pipes to their end and wait for it (at most 2 s).
 
-    Its transports then close now rather than whenever the loop gets to them,
-    and a handler cancelled meanwhile (its session ended) does not stop this.
+    Its transports then close now rather than whenever the loop gets to them.
+    The handler owns this clean-up: cancelled meanwhile (its session ended), it
+    still lets the clean-up finish, then stays cancelled (docs/protocol.md §17.3:
+    nothing started on a channel outlives it).
     """
-
-    async def settle() -> None:
-        with contextlib.suppress(TimeoutError, OSError):
-            async with asyncio.timeout(_KILL_GRACE):
-                for stream in (proc.stdout, proc.stderr):
-                    while stream is not None and await stream.read(CHUNK):
-                        pass
-                await proc.wait()
-
-    task = asyncio.get_running_loop().create_task(settle())
-    _reaping.add(task)
-    task.add_done_callback(_reaping.discard)
-    return task
+    settling = asyncio.get_running_loop().create_task(_settle(proc))
+    cancelled: asyncio.CancelledError | None = None
+    while not settling.done():
+        try:
+            await asyncio.shield(settling)
+        except asyncio.CancelledError as exc:
+            cancelled = exc  # bounded by _KILL_GRACE: finish first
+    if cancelled is not None:
+        raise cancelled
 
 
 async def exec_handler(channel: Channel) -> int | None:
@@ -711,4 +714,4 @@ async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
         _kill_group(proc.pid)
         await _finish(main, inputs)
         os.close(master)  # hangs up the terminal: the rest of the session gets SIGHUP
-        await asyncio.shield(_reap(proc))
+        await _reap(proc)
