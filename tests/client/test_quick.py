@@ -1,0 +1,80 @@
+"""pstp.client.quick: the pieces both drivers' clients share (addresses, params, failures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pstp.client.quick import Attempts, action_params, failure_note
+from pstp.exceptions import ChannelError
+from pstp.settings import add_peer, create, load
+from pstp.wire.messages import ChannelCode
+
+KEY = bytes(range(32))
+
+
+def settings_with(tmp_path: Path, address: str | None) -> Path:
+    """A config for "phone" that knows "home" (maybe at a remembered address)."""
+    path = create(tmp_path / "phone.toml", "phone")
+    add_peer(path, "home", KEY, address=address)
+    return path
+
+
+def test_attempts_try_the_given_address_then_the_remembered_one(tmp_path: Path) -> None:
+    """The given address comes first, a repeat is tried once, options name the peer."""
+    settings = load(settings_with(tmp_path, "10.0.0.2:7000"))
+    attempts = Attempts(settings, "home", "10.0.0.9", None)
+    assert [c[0] for c in attempts.candidates] == ["10.0.0.9", "10.0.0.2:7000"]
+    assert attempts.candidates[1][1:] == ("10.0.0.2", 7000)
+    assert attempts.options["device_id"] == "home"
+    assert attempts.options["pair_key"] == KEY
+    again = Attempts(settings, "home", "10.0.0.2:7000", None)
+    assert len(again.candidates) == 1
+
+
+def test_attempts_note_failures_and_remember_a_new_address(tmp_path: Path) -> None:
+    """A failure is noted for the message; an address that worked and is new is stored."""
+    path = settings_with(tmp_path, None)
+    attempts = Attempts(load(path), "home", "127.0.0.1:7001", None)
+    attempts.failed("10.0.0.3", ConnectionRefusedError(111, "Connection refused"))
+    assert attempts.tried == ["10.0.0.3 (Connection refused)"]
+    attempts.worked("127.0.0.1:7001")
+    assert load(path).peers["home"].address == "127.0.0.1:7001"
+
+
+def test_attempts_unknown_peer(tmp_path: Path) -> None:
+    """An unknown peer is a KeyError, as before."""
+    with pytest.raises(KeyError):
+        Attempts(load(settings_with(tmp_path, None)), "kettle", None, None)
+
+
+def test_action_params_use_the_arg_prefix() -> None:
+    """An action's OPEN params: name, reason, then arg.<name> keys (§17.6)."""
+    assert action_params("gate.open", {"seconds": 30}, None) == {
+        "name": "gate.open",
+        "reason": None,
+        "arg.seconds": 30,
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "status", "note"),
+    [
+        (ChannelCode.NOT_FOUND, "command not found: x", 127, b"pstp: command not found: x\n"),
+        (ChannelCode.CANNOT_EXECUTE, "cannot execute: y", 126, b"pstp: cannot execute: y\n"),
+        (ChannelCode.APPLICATION_ERROR, "", 255, b"pstp: the remote command failed\n"),
+        (ChannelCode.APPLICATION_ERROR, "no such action: z", 127, b"pstp: no such action: z\n"),
+    ],
+)
+def test_failure_note(code: int, reason: str, status: int, note: bytes) -> None:
+    """A remote failure gives its status and a note for stderr."""
+    assert failure_note(ChannelError(1, code, reason)) == (status, note)
+
+
+def test_failure_note_raises_other_codes() -> None:
+    """A refusal or a cancellation is not a failure of what ran: it is raised."""
+    exc = ChannelError(1, ChannelCode.REFUSED, "no")
+    with pytest.raises(ChannelError) as info:
+        failure_note(exc)
+    assert info.value is exc
