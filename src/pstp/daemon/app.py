@@ -40,6 +40,7 @@ from pstp.exceptions import ErrorCode, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import KeyRing
+from pstp.protocol.kinds import action_args
 from pstp.protocol.pake import PAIR_CHANNEL
 from pstp.settings import Settings, load
 from pstp.sync.discovery import ResponderThread, start_responder
@@ -72,7 +73,7 @@ def _request(kind: str, params: Mapping[str, object]) -> Request | None:
     reason = _reason(params)
     if kind == "action":
         name = params.get("name")
-        args = {k[4:]: v for k, v in params.items() if k.startswith("arg.")}
+        args = action_args(params)
         return ActionRequest(name if isinstance(name, str) else "", args, reason)
     if kind == "exec":
         argv = params.get("argv")
