@@ -487,3 +487,34 @@ def test_params_type_alias_is_a_mapping() -> None:
     c.client.open_channel("echo", params)
     c.move()
     assert c.started[0][0].params == params
+
+
+def test_facts_read_through_to_the_core() -> None:
+    """ChannelFacts and SessionFacts, the drivers' shared properties, show the core's state."""
+    from pstp.protocol.session import ChannelFacts, SessionFacts
+
+    class Chan(ChannelFacts):
+        def __init__(self, core: ChannelCore) -> None:
+            self._core = core
+
+    class Sess(SessionFacts[Handler]):
+        def __init__(self, core: SessionCore[Handler]) -> None:
+            self._core = core
+
+    c = make_cores(authorize=lambda conn, kind, params: Allow())
+    c.client.open_channel("echo", {"k": "v"})
+    c.move()
+    srv = c.started[0][0]
+    ch = Chan(srv)
+    assert (ch.id, ch.kind, ch.params) == (srv.id, "echo", {"k": "v"})
+    assert isinstance(ch.verdict, Allow)
+    assert ch.close_code is None and ch.close_reason == ""
+    assert repr(ch) == f"<Chan {srv.id} 'echo'>"
+    s = Sess(c.server)
+    assert s.peer_id == "phone" and s.connection is c.server.conn
+    assert s.session_id == c.client.conn.session_id
+    assert s.last_rtt is None and not s.is_closed
+    s.set_handler("late", "late")
+    assert c.server.handlers["late"] == "late"
+    s.set_handler("late", None)
+    assert "late" not in c.server.handlers
