@@ -653,3 +653,36 @@ def test_acknowledging_more_than_received_grants_nothing_extra() -> None:
     pair.server.acknowledge_channel_data(cid, 10**9)
     pair.roundtrip()
     assert pair.client.channel_send_window(cid) == INITIAL_WINDOW
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_non_ascii_reason_is_cut_in_bytes_and_reaches_the_peer(close: bool) -> None:
+    """A 300-character reason of 2-byte characters arrives cut to 200 bytes, not as an error.
+
+    The sender once cut at 200 characters (400 bytes here) while the receiver allowed
+    200 bytes: the refusal ended the session with PROTOCOL_ERROR (docs/protocol.md §14.4).
+    """
+    pair = fresh()
+    cid = pair.client.open_channel("exec")
+    pair.roundtrip()
+    reason = "refused: echo -" + "é" * 300
+    if close:
+        pair.server.accept_channel(cid)
+        pair.roundtrip()
+        pair.server.close_channel(cid, ChannelCode.REFUSED, reason=reason)
+    else:
+        pair.server.reject_channel(cid, ChannelCode.REFUSED, reason)
+    pair.roundtrip()
+    assert pair.client.state is ConnectionState.ESTABLISHED
+    events = of(pair.client_events, ChannelClosed if close else ChannelRejected)
+    got = events[0].reason
+    assert len(got.encode()) <= 200 and len(got.encode()) >= 199
+    assert reason.startswith(got)
+
+
+def test_a_kind_longer_than_64_bytes_is_a_local_error() -> None:
+    """64 characters of 2-byte text is 128 bytes: the opener refuses to send it."""
+    pair = fresh()
+    with pytest.raises(LocalProtocolError, match="64 bytes"):
+        pair.client.open_channel("é" * 64)
+    assert pair.client.open_channel("é" * 32) % 2 == 1

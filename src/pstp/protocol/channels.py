@@ -26,6 +26,7 @@ from pstp.protocol.events import (
 )
 from pstp.wire.messages import (
     INITIAL_WINDOW,
+    KIND_MAX,
     MAX_WINDOW,
     Accept,
     ChannelCode,
@@ -36,6 +37,7 @@ from pstp.wire.messages import (
     Params,
     Reject,
     Window,
+    cut_reason,
 )
 
 __all__ = [
@@ -169,6 +171,8 @@ class ChannelTable:
 
     def open(self, kind: str, params: Params | None) -> tuple[int, Open]:
         """Allocate an id and build OPEN.  Data may follow at once, up to INITIAL_WINDOW."""
+        if not 1 <= len(kind.encode("utf-8")) <= KIND_MAX:
+            raise LocalProtocolError(f"channel kind must be 1 to {KIND_MAX} bytes of UTF-8")
         cid = self._next_id
         if cid > 0xFFFFFFFF:
             raise LocalProtocolError("channel ids exhausted for this session")
@@ -194,7 +198,7 @@ class ChannelTable:
         """Refuse a channel the peer opened."""
         self._move(channel_id, ChannelInput.SEND_REJECT)
         self._forget(channel_id)
-        return Reject(channel_id, code, reason[:200])
+        return Reject(channel_id, code, cut_reason(reason))
 
     def send_data(self, channel_id: int, size: int) -> None:
         """Account for ``size`` bytes about to be sent on the channel.
@@ -223,7 +227,7 @@ class ChannelTable:
             return None
         self._move(channel_id, ChannelInput.SEND_CLOSE)
         self._forget(channel_id)
-        return Close(channel_id, code, exit_status, reason[:200])
+        return Close(channel_id, code, exit_status, cut_reason(reason))
 
     def acknowledge(self, channel_id: int, size: int) -> Window | None:
         """The application consumed ``size`` bytes; maybe grant the peer more window.

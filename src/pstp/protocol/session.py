@@ -47,7 +47,7 @@ from pstp.protocol.events import (
     HandshakeCompleted,
     HeartbeatAcknowledged,
 )
-from pstp.wire.messages import ChannelCode, Params
+from pstp.wire.messages import ChannelCode, Params, cut_reason
 
 __all__ = [
     "Admitter",
@@ -61,9 +61,6 @@ __all__ = [
 ]
 
 H = TypeVar("H")
-
-#: Longest reason text sent to the peer (characters, docs/protocol.md §14.4).
-_MAX_REASON = 200
 
 
 class Verdict(Protocol):
@@ -97,7 +94,7 @@ def outcome_of(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, ChannelFailure):
         return exc.code, exc.reason
     if isinstance(exc, PermissionDenied):
-        return ChannelCode.REFUSED, str(exc)[:_MAX_REASON]
+        return ChannelCode.REFUSED, cut_reason(str(exc))
     if isinstance(exc, PstpError):
         return ChannelCode.APPLICATION_ERROR, ""
     return ChannelCode.APPLICATION_ERROR, "handler failed"
@@ -301,7 +298,7 @@ class SessionCore(Generic[H]):
                 self.established = True
                 if self.admit is not None and (refusal := self.admit(self.conn)) is not None:
                     # Its ConnectionTerminated is applied in this same pump.
-                    self.conn.close(ErrorCode.REFUSED, refusal[:_MAX_REASON])
+                    self.conn.close(ErrorCode.REFUSED, cut_reason(refusal))
                 self.wake()
             case ConnectionTerminated(code=code, by_peer=by_peer):
                 # Only a CLOSE record we sent needs the linger: a failed
@@ -338,7 +335,7 @@ class SessionCore(Generic[H]):
                 verdict = said
                 refusal = said.refusal if said is not None else None
             if refusal is not None:
-                self.conn.reject_channel(cid, ChannelCode.REFUSED, refusal[:_MAX_REASON])
+                self.conn.reject_channel(cid, ChannelCode.REFUSED, cut_reason(refusal))
                 return
         ch = ChannelCore(cid, event.kind, event.params)
         ch.verdict = verdict

@@ -29,6 +29,9 @@ __all__ = [
     "Params",
     "Reject",
     "Window",
+    "KIND_MAX",
+    "REASON_MAX",
+    "cut_reason",
     "decode_channel_data",
     "decode_control",
     "encode_channel_data",
@@ -44,10 +47,13 @@ CHANNEL_DATA_HEADER_LEN = 4
 
 _U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
 _WINDOW = Annotated[int, msgspec.Meta(ge=0, le=MAX_WINDOW)]
-_KIND_MAX = 64  # bytes of UTF-8
-_REASON_MAX = 200  # bytes of UTF-8
-_KIND = Annotated[str, msgspec.Meta(min_length=1, max_length=_KIND_MAX)]
-_REASON = Annotated[str, msgspec.Meta(max_length=_REASON_MAX)]
+#: Longest channel kind, in bytes of UTF-8 (§14.4).
+KIND_MAX = 64
+#: Longest REJECT or CLOSE reason, in bytes of UTF-8 (§14.4).
+REASON_MAX = 200
+# msgspec counts characters: these bounds only reject early; decode_control checks bytes.
+_KIND = Annotated[str, msgspec.Meta(min_length=1, max_length=KIND_MAX)]
+_REASON = Annotated[str, msgspec.Meta(max_length=REASON_MAX)]
 _CODE = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
 _EXIT = Annotated[int, msgspec.Meta(ge=-(1 << 31), le=(1 << 31) - 1)]
 
@@ -142,9 +148,17 @@ def decode_control(data: bytes) -> ControlMessage:
         raise RemoteProtocolError(f"bad channel control message: {exc}") from exc
     # msgspec bounds strings in characters; the spec bounds them in UTF-8 bytes.
     text = msg.kind if isinstance(msg, Open) else getattr(msg, "reason", "")
-    if len(text.encode("utf-8")) > (_KIND_MAX if isinstance(msg, Open) else _REASON_MAX):
+    if len(text.encode("utf-8")) > (KIND_MAX if isinstance(msg, Open) else REASON_MAX):
         raise RemoteProtocolError("channel kind or reason too long")
     return msg
+
+
+def cut_reason(reason: str, limit: int = REASON_MAX) -> str:
+    """``reason`` cut to at most ``limit`` bytes of UTF-8, at a character boundary (§14.4)."""
+    raw = reason.encode("utf-8")
+    if len(raw) <= limit:
+        return reason
+    return raw[:limit].decode("utf-8", "ignore")
 
 
 def encode_channel_data(channel: int, data: bytes | memoryview) -> bytes:
