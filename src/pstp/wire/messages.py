@@ -18,7 +18,9 @@ from pstp.exceptions import RemoteProtocolError
 __all__ = [
     "CHANNEL_DATA_HEADER_LEN",
     "INITIAL_WINDOW",
+    "KIND_MAX",
     "MAX_WINDOW",
+    "REASON_MAX",
     "Accept",
     "ChannelCode",
     "Close",
@@ -29,8 +31,6 @@ __all__ = [
     "Params",
     "Reject",
     "Window",
-    "KIND_MAX",
-    "REASON_MAX",
     "cut_reason",
     "decode_channel_data",
     "decode_control",
