@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from pstp.daemon.actions import (
 from pstp.exceptions import ChannelError
 from pstp.settings import ConfigError, create, load
 from pstp.wire.messages import ChannelCode
-from tests.daemon.test_exec import serving
+from tests.daemon.test_exec import peer_session, pstp_serve, serving
 from tests.helpers import TIMEOUT
 
 PY = sys.executable
@@ -335,3 +336,45 @@ async def test_missing_program_is_127() -> None:
             b"",
             b"pstp: command not found: /nonexistent/pstp-prog\n",
         )
+
+
+# -- option injection through a real `pstp serve` (issue 11, item 10) ----------------------
+
+SORT_TABLES = """\
+[actions.sort]
+argv = ["{sort}", "{{file}}"]
+args = {{ file = {{ type = "str" }} }}
+
+[actions."sort.flags"]
+argv = ["{sort}", "{{flags}}", "{{file}}"]
+args = {{ flags = {{ type = "str", allow_dash = true }}, file = {{ type = "str" }} }}
+
+[peers.phone.policy]
+actions = ["sort", "sort.flags"]
+"""
+
+
+async def test_a_dash_value_is_refused_as_an_option_by_pstp_serve(tmp_path: Path) -> None:
+    """`-o<path>` filling a whole argv element is refused before anything runs (it made
+    `sort` create the file); with allow_dash = true the schema lets an option through."""
+    sort = shutil.which("sort")
+    assert sort is not None
+    data = tmp_path / "data.txt"
+    data.write_text("b\na\n")
+    planted = tmp_path / "planted"
+    with pstp_serve(tmp_path, SORT_TABLES.format(sort=sort)) as port:
+        async with peer_session(port) as s:
+            with pytest.raises(ChannelError) as info:
+                await run_action(s, "sort", {"file": f"-o{planted}"})
+            out: list[bytes] = []
+            status = await run_action(s, "sort", {"file": str(data)}, stdout=out.append)
+            flagged: list[bytes] = []
+            status_r = await run_action(
+                s, "sort.flags", {"flags": "-r", "file": str(data)}, stdout=flagged.append
+            )
+    assert info.value.code == ChannelCode.REFUSED
+    assert info.value.reason.startswith('argument "file" starts with "-"')
+    assert "would be read as an option" in info.value.reason
+    assert not planted.exists()
+    assert (status, b"".join(out)) == (0, b"a\nb\n")
+    assert (status_r, b"".join(flagged)) == (0, b"b\na\n")

@@ -11,13 +11,15 @@ import pwd
 import re
 import signal
 import struct
+import subprocess
 import sys
 import termios
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
+import pstp
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import serve
@@ -41,6 +43,7 @@ from pstp.daemon.exec import (
 )
 from pstp.exceptions import ChannelError
 from pstp.wire.messages import ChannelCode
+from tests.cli.test_pair import env_for, free_port
 from tests.helpers import PAIR_KEY, SERVER_ID, TIMEOUT, make_keyring
 
 PY = sys.executable
@@ -515,3 +518,48 @@ def test_no_module_global_task_set() -> None:
     import pstp.daemon.exec as module
 
     assert not [name for name, value in vars(module).items() if isinstance(value, set)]
+
+
+# -- through a real `pstp serve` -----------------------------------------------------------
+
+#: The pair key of the one peer the `pstp serve` processes below trust.
+PEER_KEY = bytes(range(5, 37))
+
+
+@contextlib.contextmanager
+def pstp_serve(tmp_path: Path, tables: str) -> Iterator[int]:
+    """Run `pstp serve` with one peer, ``phone``, and ``tables`` appended; yield its port.
+
+    The process imports the same ``pstp`` as this test (``pstp.__file__``), so the
+    test exercises whichever source tree is under test.
+    """
+    port = free_port()
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(
+        f'[device]\nid = "home"\nlisten = ["127.0.0.1:{port}"]\ndiscovery = false\n\n'
+        f'[peers.phone]\nkey = "{PEER_KEY.hex()}"\n\n{tables}'
+    )
+    os.chmod(cfg, 0o600)
+    env = env_for(cfg) | {"PYTHONPATH": str(Path(pstp.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "serving 1 peer(s)" in line, proc.stderr.read() if proc.stderr else ""
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def peer_session(port: int) -> AsyncIterator[Session]:
+    """A session to a `pstp serve` started by :func:`pstp_serve`, as ``phone``."""
+    async with await connect("127.0.0.1", port, pair_key=PEER_KEY, device_id="home") as s:
+        yield s

@@ -28,14 +28,28 @@ key and, where it can be found, the line; unknown keys are errors)::
     ``args`` is a table of argument schemas.  ``type`` is required: ``"int"``
     and ``"float"`` take ``min`` and ``max``; ``"bool"`` takes nothing else;
     ``"str"`` takes ``max_len`` (default 1024), ``pattern`` (a regular
-    expression the whole value must match) and ``choices`` (a list of
-    strings).  An argument with a ``default`` is optional, every other one is
+    expression the whole value must match), ``choices`` (a list of
+    strings) and ``allow_dash`` (default ``false``, see below).  An
+    argument with a ``default`` is optional, every other one is
     required, and arguments that are not declared are refused.  Values may
     arrive as strings (as the CLI passes them) and are coerced: integers in
     decimal, floats as Python reads them (finite only), booleans as
     true/false/yes/no/on/off/1/0.  ``argv`` is checked only so far as that
     its ``{placeholders}`` name declared arguments; the action runner owns it
     and every other key of the table.
+
+    **Options.**  A peer's string value that would begin an ``argv`` element
+    (the placeholder fills the element, as in ``"{file}"``, or starts it, as
+    in ``"{file}.txt"``) and starts with ``-`` is refused, since the program
+    would read it as an option (``sort -o/etc/x`` writes a file): ``argument
+    "file" starts with "-" and would be read as an option``.  Set
+    ``allow_dash = true`` in the argument's schema to let such values through
+    (then restrict them with ``choices`` or ``pattern``).  Placeholders
+    directly after one another (``"{a}{b}"``) are judged in turn while the
+    values before are empty.  A value inside an element (``"--file={file}"``),
+    numbers, booleans and the owner's ``default`` are not judged.  Where the
+    program takes it, a literal ``"--"`` before the placeholders is the other
+    guard.
 ``actions``
     fnmatch globs (case-sensitive) over declared action names.  A name
     without a glob character must name a declared action (typos fail at load).

@@ -68,7 +68,7 @@ _ARG_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "default", "min", "max"),
     "float": ("type", "default", "min", "max"),
     "bool": ("type", "default"),
-    "str": ("type", "default", "max_len", "pattern", "choices"),
+    "str": ("type", "default", "max_len", "pattern", "choices", "allow_dash"),
 }
 
 
@@ -159,27 +159,40 @@ class _Loader:
                     f'holds only tables: quote dotted action names, e.g. [actions."{first}"]',
                 )
             args = self.arg_specs(key, table.get("args", {}))
+            leading: tuple[tuple[str, ...], ...] = ()
             if "argv" in table:
-                self.action_argv(f"{key}.argv", table["argv"], args)
-            actions[name] = ActionSpec(name, args)
+                leading = self.action_argv(f"{key}.argv", table["argv"], args)
+            actions[name] = ActionSpec(name, args, leading)
         return actions
 
-    def action_argv(self, key: str, value: object, args: Mapping[str, ArgSpec]) -> None:
+    def action_argv(
+        self, key: str, value: object, args: Mapping[str, ArgSpec]
+    ) -> tuple[tuple[str, ...], ...]:
+        """Check the placeholders of ``argv``; return those that may begin an element."""
         argv = self.strings(key, value, "non-empty strings")
         if not argv:
             raise self.error(key, "must not be empty")
-        for element in argv:
+        leading = []
+        for index, element in enumerate(argv):
             try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(element) if f is not None]
+                pieces = list(string.Formatter().parse(element))
             except ValueError as exc:
                 raise self.error(
                     key, f"{show_value(element)}: {exc} (write {{{{ for a brace)"
                 ) from None
-            for name in fields:
+            run: list[str] = []
+            for literal, name, _, _ in pieces:
+                if literal or name is None:
+                    break
+                run.append(name)
+            if run and index > 0:  # argv[0] is the program, not read for options
+                leading.append(tuple(run))
+            for name in (f for _, f, _, _ in pieces if f is not None):
                 if name not in args:
                     raise self.error(
                         key, f"the placeholder {{{name}}} names no argument declared in args"
                     )
+        return tuple(leading)
 
     def arg_specs(self, key: str, raw: object) -> dict[str, ArgSpec]:
         key = f"{key}.args"
@@ -254,7 +267,10 @@ class _Loader:
             if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
                 raise self.error(f"{key}.choices", "must be a non-empty list of strings")
             choices = tuple(raw)
-        return dataclasses.replace(spec, max_len=max_len, pattern=pattern, choices=choices)
+        allow_dash = self.boolean(f"{key}.allow_dash", schema.get("allow_dash", False))
+        return dataclasses.replace(
+            spec, max_len=max_len, pattern=pattern, choices=choices, allow_dash=allow_dash
+        )
 
     # ---- [peers.NAME.policy]
 

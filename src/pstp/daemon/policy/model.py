@@ -214,6 +214,9 @@ class ArgSpec:
         choices: the strings allowed, if limited.
         default: the value when omitted (then not required).
         required: whether the argument must be given.
+        allow_dash: whether a peer's string may start with ``-`` where it begins
+            an argv element (strings only; otherwise it is refused, as it would
+            be read as an option).
     """
 
     name: str
@@ -225,6 +228,7 @@ class ArgSpec:
     choices: tuple[str, ...] | None = None
     default: ArgValue | None = None
     required: bool = True
+    allow_dash: bool = False
 
     def coerce(self, value: object) -> ArgValue:
         """Validate ``value`` (native, or a string as the CLI passes it) and convert it.
@@ -299,10 +303,15 @@ class ActionSpec:
     Attributes:
         name: the action's name.
         args: argument schemas by name.
+        leading: for each ``argv`` element that starts with a placeholder, the
+            names of the placeholders that may begin it: the first one, and
+            each next one its predecessor is directly followed by (an empty
+            string leaves the next value at the start).
     """
 
     name: str
     args: Mapping[str, ArgSpec] = field(default_factory=dict)
+    leading: tuple[tuple[str, ...], ...] = ()
 
     @property
     def key(self) -> str:
@@ -340,7 +349,32 @@ class ActionSpec:
             else:
                 assert spec.default is not None
                 bound[name] = spec.default
+        self._check_options(values, bound)
         return bound
+
+    def _check_options(self, given: Mapping[str, object], bound: Mapping[str, ArgValue]) -> None:
+        """Refuse a peer's string that would begin an argv element with ``-``.
+
+        Such a value would be read as an option by the program (``sort -o FILE``).
+        A default is the owner's own choice and is not judged.
+
+        Raises:
+            ArgError: the first such argument whose schema lacks ``allow_dash``.
+        """
+        for run in self.leading:
+            for name in run:
+                value = bound.get(name)
+                if not isinstance(value, str):
+                    break  # a number or boolean is never empty: it begins the element
+                if value == "":
+                    continue  # the next placeholder's value begins the element
+                if value.startswith("-") and name in given and not self.args[name].allow_dash:
+                    raise ArgError(
+                        name,
+                        f'argument {show_value(name)} starts with "-" and would be read as '
+                        f"an option (its schema does not set allow_dash = true)",
+                    )
+                break
 
 
 def has_glob(pattern: str) -> bool:
