@@ -338,7 +338,7 @@ async def test_missing_program_is_127() -> None:
         )
 
 
-# -- option injection through a real `pstp serve` (issue 11, item 10) ----------------------
+# -- option injection through a real `pstp serve` (issue 11, item 11) ----------------------
 
 SORT_TABLES = """\
 [actions.sort]

@@ -563,3 +563,19 @@ async def peer_session(port: int) -> AsyncIterator[Session]:
     """A session to a `pstp serve` started by :func:`pstp_serve`, as ``phone``."""
     async with await connect("127.0.0.1", port, pair_key=PEER_KEY, device_id="home") as s:
         yield s
+
+
+async def test_refused_execs_spend_the_rate_of_pstp_serve(tmp_path: Path) -> None:
+    """Refusals count against the peer's rate: after the session and two refused execs
+    the 3/min bucket is empty and the next request is refused as rate-limited."""
+    tables = '[peers.phone.policy]\nrate = "3/min"\nexec = [["true"]]\n'
+    with pstp_serve(tmp_path, tables) as port:
+        async with peer_session(port) as s:  # the session spends the first token
+            reasons = []
+            for _ in range(3):
+                with pytest.raises(ChannelError) as info:
+                    await run_exec(s, ["false"])
+                assert info.value.code == ChannelCode.REFUSED
+                reasons.append(info.value.reason)
+    assert "rate limit" not in reasons[0] and "rate limit" not in reasons[1]
+    assert reasons[2] == "rate limit 3/min exceeded"

@@ -572,19 +572,21 @@ def test_rate_limit_is_a_token_bucket() -> None:
     assert sum(policy.admit("phone", shell, at=AT, now=1000.0).allowed for _ in range(9)) == 3
 
 
-def test_rate_limit_is_per_peer_and_spent_only_by_allowed_requests() -> None:
-    """Denied requests and check() spend nothing; each peer has its own bucket."""
+def test_rate_limit_is_per_peer_and_spent_by_every_admitted_request() -> None:
+    """Refused requests spend a token as allowed ones do; check() spends nothing; each
+    peer has its own bucket."""
     policy = make_policy(
-        FULL + 'rate = "1/hour"\n[peers.tablet.policy]\nshell = true\nrate = "1/sec"\n',
+        FULL + 'rate = "2/hour"\n[peers.tablet.policy]\nshell = true\nrate = "1/sec"\n',
         peers="phone tablet",
     )
     for _ in range(5):
-        assert not policy.admit("phone", ExecRequest(["reboot"]), at=AT, now=0.0).allowed
         assert policy.check("phone", ShellRequest(), at=AT).allowed
+    refused = policy.admit("phone", ExecRequest(["reboot"]), at=AT, now=0.0)
+    assert not refused.allowed and "reboot" in refused.reason  # the policy's own reason
     assert policy.admit("phone", ShellRequest(), at=AT, now=0.0).allowed
     assert policy.admit("tablet", ShellRequest(), at=AT, now=0.0).allowed
-    denied = policy.admit("phone", ShellRequest(), at=AT, now=1800.0)
-    assert denied.reason == "rate limit 1/hour exceeded"
+    denied = policy.admit("phone", ShellRequest(), at=AT, now=900.0)  # half a token
+    assert denied.reason == "rate limit 2/hour exceeded"
     assert policy.admit("tablet", ShellRequest(), at=AT, now=1.0).allowed
 
 

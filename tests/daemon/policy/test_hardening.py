@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pstp.daemon.policy import ActionRequest, Policy
+from pstp.daemon.policy import ActionRequest, Policy, ShellRequest
 from pstp.settings import ConfigError
 from tests.daemon.policy.support import AT, make_policy
 
@@ -98,3 +98,29 @@ def test_allow_dash_is_validated(schema: str, message: str) -> None:
         make_policy(DASH_POLICY, actions=actions)
     assert message in str(info.value)
     assert "actions.sort.args.file" in str(info.value)
+
+
+# --------------------------------------------------------------------------- item 4 (rate)
+
+
+def test_refused_requests_spend_rate_tokens() -> None:
+    """A peer whose every request is refused is held to its rate: once the bucket is
+    empty the refusal says rate-limited, and it stays so until the bucket refills."""
+    policy = make_policy('[peers.phone.policy]\nrate = "3/min"\n')
+    request = ActionRequest("kettle.on")  # no actions allowed: refused by the policy
+    first = [policy.admit("phone", request, at=AT, now=10.0) for _ in range(3)]
+    assert all(not d.allowed and d.rule == "default deny" for d in first)
+    limited = policy.admit("phone", request, at=AT, now=10.0)
+    assert (limited.allowed, limited.reason) == (False, "rate limit 3/min exceeded")
+    assert limited.rule == 'peers.phone.policy.rate "3/min"'
+    assert policy.check("phone", request, at=AT).rule == "default deny"  # check stays pure
+
+
+def test_refusals_use_up_the_tokens_of_allowed_requests() -> None:
+    """Refused and allowed requests share one bucket: refusals first leave nothing."""
+    policy = make_policy('[peers.phone.policy]\nshell = true\nrate = "2/sec"\n')
+    for _ in range(2):
+        assert not policy.admit("phone", ActionRequest("kettle.on"), at=AT, now=0.0).allowed
+    shell = policy.admit("phone", ShellRequest(), at=AT, now=0.0)
+    assert (shell.allowed, shell.reason) == (False, "rate limit 2/sec exceeded")
+    assert policy.admit("phone", ShellRequest(), at=AT, now=0.5).allowed

@@ -87,9 +87,11 @@ key and, where it can be found, the line; unknown keys are errors)::
     line whether required or not.
 ``rate``
     ``"N/sec"``, ``"N/min"`` or ``"N/hour"`` (also ``s``, ``second``, ``m``,
-    ``minute``, ``h``): a token bucket holding N, refilled at N per period,
-    spent by each request :meth:`Policy.admit` would otherwise allow.
-    Default: no limit.
+    ``minute``, ``h``): a token bucket holding N, refilled at N per period.
+    Every request :meth:`Policy.admit` judges spends a token, allowed or
+    refused (sessions included), so a peer whose requests are all refused
+    is held to its rate too; with the bucket empty the request is refused
+    as rate-limited (``rate limit N/period exceeded``).  Default: no limit.
 ``max_sessions``
     Concurrent sessions for the peer (0 or more; default no limit).
 ``files``
@@ -102,7 +104,10 @@ key and, where it can be found, the line; unknown keys are errors)::
 
 Checks run in this order, the first that fails deciding: unknown peer; no
 policy table; expired; outside the time windows; reason missing or malformed;
-the request kind's own rules; rate limit (only in :meth:`Policy.admit`).
+the request kind's own rules.  :meth:`Policy.admit` then spends a rate token
+for every request, allowed or refused, and refuses it as rate-limited,
+whatever the checks said, when the peer's bucket is empty; :meth:`Policy.check`
+spends nothing.
 
 A :class:`Policy` keeps rate buckets and session counts; it is meant for one
 event loop and is not thread-safe.  Reloading the configuration means

@@ -204,9 +204,12 @@ class Policy:
                 assert_never(request)
 
     def admit(self, peer_id: str, request: Request, *, at: datetime, now: float) -> Decision:
-        """Decide as :meth:`check` does, then spend a token from the peer's rate bucket.
+        """Decide as :meth:`check` does, and spend a token from the peer's rate bucket.
 
-        Only requests :meth:`check` allows spend a token.
+        Every request spends a token, allowed or refused, so a peer whose
+        requests are all refused is held to its rate as well.  When the bucket
+        is empty the request is refused as rate-limited, whatever :meth:`check`
+        says.
 
         Args:
             peer_id: the authenticated peer.
@@ -220,7 +223,7 @@ class Policy:
         """
         decision = self.check(peer_id, request, at=at)
         policy = self._peers.get(peer_id)
-        if not decision.allowed or policy is None or policy.rate is None:
+        if policy is None or policy.rate is None:
             return decision
         rate = policy.rate
         bucket = self._buckets.get(peer_id)
