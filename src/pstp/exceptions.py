@@ -48,6 +48,7 @@ __all__ = [
     "PstpError",
     "RemoteProtocolError",
     "ReplayError",
+    "TooMuchData",
     "TransferFailed",
 ]
 
@@ -178,13 +179,24 @@ class ChannelFailure(DaemonError):
 
     Args:
         code: the ChannelCode sent to the peer.
-        reason: the text sent to the peer (cut to 200 characters).
+        reason: the text sent to the peer (cut to 200 bytes when sent, §14.4).
     """
 
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(reason or f"channel failed with code {code}")
         self.code = code
-        self.reason = reason[:200]
+        self.reason = reason
+
+
+class TooMuchData(ChannelFailure, ValueError):
+    """More data arrived on a channel than the reader accepts (``read_all(limit=…)``).
+
+    In a handler it closes the channel with RESOURCE_LIMIT and says so to the peer.
+    """
+
+    def __init__(self, channel_id: int, limit: int) -> None:
+        super().__init__(3, f"more than {limit} bytes on channel {channel_id}")  # RESOURCE_LIMIT
+        self.limit = limit
 
 
 class ExecFailed(DaemonError):

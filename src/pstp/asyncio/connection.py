@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 from pstp.clock import next_timestamp
-from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError
+from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, PstpError, TooMuchData
 from pstp.protocol.connection import Connection, ConnectionState
 from pstp.protocol.session import (
+    READ_ALL_LIMIT,
     Admitter,
     Authorizer,
     ChannelCore,
@@ -106,23 +107,26 @@ class Channel(ChannelFacts):
             self._proto.pump()  # the acknowledgement may grant window
         return data
 
-    async def read_all(self, limit: int | None = None) -> bytes:
-        """Read until EOF.
+    async def read_all(self, limit: int | None = READ_ALL_LIMIT) -> bytes:
+        """Read until EOF, at most ``limit`` bytes.
 
         Args:
-            limit: the most bytes to accept; more is an error (``None``: no limit).
+            limit: the most bytes to accept (16 MiB unless told); more is an error.
+                ``None`` removes the bound: only for a peer you trust.
 
         Raises:
             ChannelError: the channel was rejected or closed with an error code.
             ConnectionClosed: the session ended.
-            ValueError: more than ``limit`` bytes arrived (the channel stays open).
+            TooMuchData: more than ``limit`` bytes arrived (a ValueError; the
+                channel stays open, and a handler that lets it go closes the channel
+                with RESOURCE_LIMIT).
         """
         parts = []
         size = 0
         while chunk := await self.read():
             size += len(chunk)
             if limit is not None and size > limit:
-                raise ValueError(f"channel {self.id}: more than {limit} bytes")
+                raise TooMuchData(self.id, limit)
             parts.append(chunk)
         return b"".join(parts)
 

@@ -56,9 +56,13 @@ _AUTH_FAIL_ROWS_PER_S = 10.0
 _GUARD_SAVE_INTERVAL = 5.0
 
 
+#: The most a ``ping`` carries (docs/protocol.md §17.7): more closes it with RESOURCE_LIMIT.
+PING_MAX = 65536
+
+
 async def ping_handler(ch: Channel) -> int:
-    """The built-in ``ping`` channel: answer with ``pong`` and what was sent."""
-    data = await ch.read_all()
+    """The built-in ``ping`` channel: answer with ``pong`` and what was sent (64 KiB at most)."""
+    data = await ch.read_all(limit=PING_MAX)
     await ch.write(b"pong " + data)
     return 0
 

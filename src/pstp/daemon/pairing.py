@@ -105,7 +105,7 @@ class PairingWindow:
         conn = ch.connection
         if not conn.via_pake or conn.peer_id is None:
             raise PermissionDenied("the pair channel is only open to a pairing session")
-        hello = msgspec.msgpack.decode(await ch.read_all(), type=PairHello)
+        hello = msgspec.msgpack.decode(await ch.read_all(limit=4096), type=PairHello)
         peer_id = conn.peer_id
         if hello.device_id != peer_id:
             raise PermissionDenied("the peer named itself differently in the handshake")

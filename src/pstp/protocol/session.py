@@ -50,6 +50,7 @@ from pstp.protocol.events import (
 from pstp.wire.messages import ChannelCode, Params, cut_reason
 
 __all__ = [
+    "READ_ALL_LIMIT",
     "Admitter",
     "Authorizer",
     "ChannelCore",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 H = TypeVar("H")
+
+#: What ``Channel.read_all`` accepts unless told otherwise: 16 MiB (docs/protocol.md §12.1).
+READ_ALL_LIMIT = 16 << 20
 
 
 class Verdict(Protocol):

@@ -40,9 +40,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from pstp.clock import next_timestamp
-from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, HandshakeFailed, PstpError
+from pstp.exceptions import (
+    ChannelError,
+    ConnectionClosed,
+    ErrorCode,
+    HandshakeFailed,
+    PstpError,
+    TooMuchData,
+)
 from pstp.protocol.connection import Connection, ConnectionState
 from pstp.protocol.session import (
+    READ_ALL_LIMIT,
     Admitter,
     Authorizer,
     ChannelCore,
@@ -136,18 +144,23 @@ class SyncChannel(ChannelFacts):
         s._flush()
         return data
 
-    def read_all(self, *, timeout: float | None = None, limit: int | None = None) -> bytes:
-        """Read until EOF.
+    def read_all(
+        self, *, timeout: float | None = None, limit: int | None = READ_ALL_LIMIT
+    ) -> bytes:
+        """Read until EOF, at most ``limit`` bytes.
 
         Args:
             timeout: seconds for the whole read; ``None`` waits as long as it takes.
-            limit: the most bytes to accept; more is an error (``None``: no limit).
+            limit: the most bytes to accept (16 MiB unless told); more is an error.
+                ``None`` removes the bound: only for a peer you trust.
 
         Raises:
             ChannelError: the channel was rejected or closed with an error code.
             ConnectionClosed: the session ended.
             TimeoutError: EOF did not come in time (what was read is lost).
-            ValueError: more than ``limit`` bytes arrived (the channel stays open).
+            TooMuchData: more than ``limit`` bytes arrived (a ValueError; the
+                channel stays open, and a handler that lets it go closes the channel
+                with RESOURCE_LIMIT).
         """
         deadline = _deadline(timeout)
         parts = []
@@ -155,7 +168,7 @@ class SyncChannel(ChannelFacts):
         while chunk := self.read(timeout=_remaining(deadline)):
             size += len(chunk)
             if limit is not None and size > limit:
-                raise ValueError(f"channel {self.id}: more than {limit} bytes")
+                raise TooMuchData(self.id, limit)
             parts.append(chunk)
         return b"".join(parts)
 
