@@ -622,6 +622,20 @@ def test_data_before_handshake_completion_is_refused() -> None:
     assert len(out) == confirm_len
 
 
+@pytest.mark.parametrize("length", [0, 1, 60_000, 65_600])
+def test_a_record_header_before_the_keys_is_refused_before_its_body(length: int) -> None:
+    """Only the 4-byte header of a RECORD arrives before HS_INIT: refused at once.
+
+    The responder used to keep up to 64 KiB of such a body before judging the frame,
+    so every keyless connection could hold that much (docs/protocol.md §6.1).
+    """
+    s = started_server()
+    s.receive_data(bytes([FrameType.RECORD]) + length.to_bytes(3, "big"), 1_000.0)
+    assert s.state is ConnectionState.CLOSED
+    assert isinstance(s.close_exc, RemoteProtocolError)
+    assert "record before the handshake" in str(s.close_exc)
+
+
 def test_wrong_confirm_gets_silence_from_the_responder() -> None:
     """A CONFIRM record that decrypts but carries a wrong confirm_I gets no reply at all."""
     for body in (b"\x00" * 32, b"\x00" * 33):

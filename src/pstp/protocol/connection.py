@@ -632,6 +632,8 @@ class Connection:
     def _check_frame_size(self, ftype: int, length: int) -> None:
         # Checked from the header alone, before any body is buffered (§6.1, §10).
         if ftype == FrameType.RECORD:
+            if self._receiver is None:  # no keys yet: judged before its body is kept
+                raise RemoteProtocolError("record before the handshake")
             limit = self.config.max_record_size + _RECORD_EXTRA
         elif FrameType.HS_INIT <= ftype <= FrameType.PAIR_CONFIRM_P:
             limit = self.config.max_handshake_size
@@ -642,9 +644,7 @@ class Connection:
 
     def _handle_frame(self, ftype: int, frame: bytes) -> None:
         if ftype == FrameType.RECORD:  # the hot path first, with no extra copy
-            if self._receiver is None:
-                raise RemoteProtocolError("record before the handshake")
-            self._on_record(frame)
+            self._on_record(frame)  # _check_frame_size saw the keys
             return
         body = frame[FRAME_HEADER_LEN:]
         if ftype == FrameType.HS_INIT:
