@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+from pathlib import Path
 
 from pstp.cli.common import load_settings, run, stop_event
 from pstp.cli.main import Console
@@ -15,13 +16,15 @@ __all__ = ["serve"]
 
 def serve(args: argparse.Namespace, console: Console) -> int:
     """Serve the configured peers on the configured addresses."""
-    settings = load_settings(args)
+    from pstp.daemon.harden import harden
+    from pstp.daemon.logsafe import RateLimit, install
+
+    limit: RateLimit | None = None
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            stream=console.err,
-        )
+        # Peer text is escaped and floods of one message are cut (pstp.daemon.logsafe).
+        _, limit = install(console.err)
+    harden()  # before the keys are read: no core dumps; a higher descriptor limit
+    settings = load_settings(args)
 
     async def main() -> int:
         import asyncio
@@ -33,8 +36,9 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         daemon = Daemon(settings)
         await daemon.start()
         # `pstp device remove` signals this pid so the removed peer's sessions end now.
+        # It is locked while this daemon runs: a pid in an unlocked file is stale.
         pidfile = settings.path.with_name("pstp.pid")
-        pidfile.write_text(f"{os.getpid()}\n")
+        pid_fd = _write_pidfile(pidfile)
         loop = asyncio.get_running_loop()
 
         async def reload() -> None:
@@ -57,8 +61,38 @@ def serve(args: argparse.Namespace, console: Console) -> int:
             await stop_event().wait()
         finally:
             await daemon.close()
-            pidfile.unlink(missing_ok=True)
+            if pid_fd is not None:
+                pidfile.unlink(missing_ok=True)
+                os.close(pid_fd)
         console.print("stopped")
         return 0
 
-    return run(main())
+    try:
+        return run(main())
+    finally:
+        if limit is not None:
+            limit.flush()
+
+
+def _write_pidfile(path: Path) -> int | None:
+    """Write this process's pid to ``path`` under an exclusive flock kept until exit.
+
+    Returns the descriptor holding the lock, or ``None`` (logged) when the file
+    cannot be written or another process holds its lock.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        logging.getLogger("pstp.daemon").warning("no pid file %s: %s", path, exc)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:
+        os.close(fd)
+        logging.getLogger("pstp.daemon").warning("no pid file %s: %s", path, exc)
+        return None
+    return fd
