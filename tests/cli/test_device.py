@@ -80,3 +80,61 @@ def test_removing_a_peer_closes_its_live_session(tmp_path: Path) -> None:
         server.terminate()
         server.wait(TIMEOUT)
     assert not (tmp_path / "pstp.pid").exists()
+
+
+def test_stale_pid_file_of_an_unrelated_process_is_not_signalled(tmp_path: Path) -> None:
+    """A pid file left behind, whose pid now belongs to another process: no SIGHUP is sent."""
+    cfg = create(tmp_path / "home.toml", "home")
+    # The unrelated process: SIGHUP would end it (default action).
+    with subprocess.Popen(["sleep", "60"]) as sleeper:
+        try:
+            (tmp_path / "pstp.pid").write_text(f"{sleeper.pid}\n")
+            for argv in (["device", "add", "phone"], ["device", "remove", "phone"]):
+                done = subprocess.run(
+                    [sys.executable, "-m", "pstp", *argv],
+                    capture_output=True,
+                    text=True,
+                    env=env_for(cfg),
+                    timeout=TIMEOUT,
+                )
+                assert done.returncode == 0, done.stderr
+                assert "no daemon is running" in done.stdout
+                assert "told the running daemon" not in done.stdout
+            with pytest.raises(subprocess.TimeoutExpired):
+                sleeper.wait(0.3)
+            assert sleeper.returncode is None
+        finally:
+            sleeper.kill()
+
+
+def test_running_daemon_holds_its_pid_file_locked(tmp_path: Path) -> None:
+    """While `pstp serve` runs, pstp.pid is flocked (a second lock cannot be taken)."""
+    import fcntl
+
+    cfg = create(tmp_path / "home.toml", "home", listen=f"127.0.0.1:{free_port()}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(cfg),
+    )
+    try:
+        assert server.stdout is not None
+        assert "serving 0 peer(s)" in server.stdout.readline()
+        pidfile = tmp_path / "pstp.pid"
+        assert int(pidfile.read_text()) == server.pid
+        with pidfile.open() as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        added = subprocess.run(
+            [sys.executable, "-m", "pstp", "device", "add", "phone"],
+            capture_output=True,
+            text=True,
+            env=env_for(cfg),
+            timeout=TIMEOUT,
+        )
+        assert f"told the running daemon (pid {server.pid}) to reload" in added.stdout
+    finally:
+        server.terminate()
+        server.wait(TIMEOUT)
+    assert not (tmp_path / "pstp.pid").exists()

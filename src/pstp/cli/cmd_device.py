@@ -13,14 +13,36 @@ __all__ = ["add", "list_", "remove"]
 
 
 def _signal_daemon(args: argparse.Namespace, console: Console) -> None:
-    """Ask a running `pstp serve` to reload (it closes sessions of removed peers)."""
+    """Ask a running `pstp serve` to reload (it closes sessions of removed peers).
+
+    The daemon holds an exclusive flock on ``pstp.pid`` for as long as it
+    runs; a pid file whose lock can be taken is stale (its pid may belong to
+    any process by now) and nothing is signalled.
+    """
+    import fcntl
+
     settings = load_settings(args)
     pidfile = settings.path.with_name("pstp.pid")
     try:
-        pid = int(pidfile.read_text().strip())
+        fd = os.open(pidfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # no daemon has run here (or it stopped cleanly)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # locked: the daemon that wrote it is running
+        else:
+            console.print(f"no daemon is running for {settings.path} (stale {pidfile})")
+            return
+        pid = int(os.read(fd, 32).decode("ascii", "replace").strip())
+        if pid <= 0:
+            raise ValueError(pid)
         os.kill(pid, signal.SIGHUP)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (OSError, ValueError):
         return
+    finally:
+        os.close(fd)
     console.print(f"told the running daemon (pid {pid}) to reload")
 
 
