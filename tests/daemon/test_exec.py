@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -579,3 +580,34 @@ async def test_refused_execs_spend_the_rate_of_pstp_serve(tmp_path: Path) -> Non
                 reasons.append(info.value.reason)
     assert "rate limit" not in reasons[0] and "rate limit" not in reasons[1]
     assert reasons[2] == "rate limit 3/min exceeded"
+
+
+async def test_exec_path_patterns_resolve_symlinks_in_pstp_serve(tmp_path: Path) -> None:
+    """With exec = [["cat", "ROOT/*"]] a link ROOT/link -> a secret outside made the device
+    print the secret: now refused.  A link that stays inside runs, and the program gets
+    the resolved path (what was checked is what runs)."""
+    tmp_path = tmp_path.resolve()
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "inner.txt").write_text("inner\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    (root / "link").symlink_to(secret)
+    (root / "alias").symlink_to(root / "sub" / "inner.txt")
+    show = "import sys; print(sys.argv.pop())"  # no glob characters: matched literally
+    tables = (
+        "[peers.phone.policy]\n"
+        f'exec = [["cat", "{root}/*"], [{json.dumps(PY)}, "-c", {json.dumps(show)}, "{root}/*"]]\n'
+    )
+    with pstp_serve(tmp_path, tables) as port:
+        async with peer_session(port) as s:
+            out: list[bytes] = []
+            with pytest.raises(ChannelError) as info:
+                await run_exec(s, ["cat", f"{root}/link"], stdout=out.append)
+            status, inner, _ = await run(s, ["cat", f"{root}/alias"])
+            shown = await run(s, [PY, "-c", show, f"{root}/alias"])
+    assert info.value.code == ChannelCode.REFUSED
+    assert "once symbolic links are resolved" in info.value.reason
+    assert b"SECRET" not in b"".join(out) and "secret" not in info.value.reason
+    assert (status, inner) == (0, b"inner\n")
+    assert shown[:2] == (0, f"{root}/sub/inner.txt\n".encode())

@@ -14,6 +14,13 @@ allowed, 1 when denied and 2 on usage errors.  The check is the pure
 :meth:`pstp.daemon.policy.Policy.check`: no rate-limit tokens are spent, and
 ``session`` counts no open sessions.
 
+For ``exec``, an argument matched by a path pattern of the allow-list (an
+absolute-path glob such as ``"/srv/share/*"``) is resolved on the file system
+of the machine running the check, symbolic links followed, as the daemon does
+(:meth:`pstp.daemon.policy.ExecRule.confine`): one that leaves the pattern is
+denied, and when resolving changed an argument a ``runs:`` line shows the argv
+that would run.
+
 For ``exec``, pstp's own ``--at`` and ``--reason`` may follow the command:
 they are taken from the end of the command line unless already given before
 it (``pstp policy check phone --at T exec -- cmd --at x`` checks ``cmd --at x``).
@@ -55,7 +62,7 @@ def check(args: argparse.Namespace, console: Console) -> int:
     Raises:
         ConfigError: the configuration or its policy is invalid.
     """
-    from pstp.daemon.policy import Policy
+    from pstp.daemon.policy import ExecRequest, Policy
 
     try:
         request, at = _request(args)
@@ -65,6 +72,12 @@ def check(args: argparse.Namespace, console: Console) -> int:
     policy = Policy.from_settings(load_settings(args))
     decision = policy.check(args.peer, request, at=at)
     _show(console, decision, at)
+    if (
+        isinstance(request, ExecRequest)
+        and decision.argv is not None
+        and list(decision.argv) != request.argv
+    ):
+        console.print(f"  runs:   {json.dumps(list(decision.argv))} (paths resolved)")
     return EXIT_ALLOWED if decision.allowed else EXIT_DENIED
 
 

@@ -112,6 +112,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
+from pstp.daemon.policy.model import Decision
 from pstp.exceptions import PstpError, RemoteProtocolError
 from pstp.protocol.kinds import BadParams, ExecOpen, ShellOpen
 from pstp.protocol.streams import (
@@ -506,6 +507,10 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 async def exec_handler(channel: Channel) -> int | None:
     """Serve an ``exec`` channel: run ``params["argv"]`` without a shell.
 
+    When the policy allowed the channel, the argv its decision gives runs
+    instead (:attr:`pstp.daemon.policy.Decision.argv`: the arguments a path
+    pattern matched, resolved), so what the policy checked is what runs.
+
     Returns:
         The exit status, or ``None`` if the channel was closed with an error.
 
@@ -518,6 +523,9 @@ async def exec_handler(channel: Channel) -> int | None:
     except BadParams as exc:
         await fail_channel(channel, exc.reason, code=exc.code)
         return None
+    verdict = channel.verdict
+    if isinstance(verdict, Decision) and verdict.allowed and verdict.argv:
+        return await run_process(channel, list(verdict.argv))
     return await run_process(channel, opened.argv)
 
 

@@ -3,11 +3,16 @@ spending rate tokens, and exec path patterns resolved on the device."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from pstp.daemon.policy import ActionRequest, Policy, ShellRequest
+from pstp.cli.main import main
+from pstp.daemon.policy import ActionRequest, ExecRequest, ExecRule, Policy, ShellRequest
+from pstp.daemon.policy.model import path_pattern_dir
 from pstp.settings import ConfigError
-from tests.daemon.policy.support import AT, make_policy
+from tests.daemon.policy.support import AT, config_text, make_policy, write_config
 
 # --------------------------------------------------------------------------- item 11
 
@@ -124,3 +129,130 @@ def test_refusals_use_up_the_tokens_of_allowed_requests() -> None:
     shell = policy.admit("phone", ShellRequest(), at=AT, now=0.0)
     assert (shell.allowed, shell.reason) == (False, "rate limit 2/sec exceeded")
     assert policy.admit("phone", ShellRequest(), at=AT, now=0.5).allowed
+
+
+# --------------------------------------------------------------------------- item 10
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    """A shared directory holding a file, a subdirectory, and symbolic links leading in
+    and out of it (to a secret next to it, to a missing file, through a directory)."""
+    tmp_path = tmp_path.resolve()  # the resolved paths below are compared as strings
+    root = tmp_path / "share"
+    (root / "sub").mkdir(parents=True)
+    (root / "notes.txt").write_text("notes\n")
+    (root / "sub" / "deep.txt").write_text("deep\n")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "shadow").write_text("root:x\n")
+    (root / "out").symlink_to(secret / "shadow")
+    (root / "dangling").symlink_to(tmp_path / "nowhere")
+    (root / "dir").symlink_to(secret)
+    (root / "in").symlink_to(root / "sub" / "deep.txt")
+    (root / "key.txt").symlink_to(root / "sub" / "deep.key")
+    return root
+
+
+def _exec_policy(*entries: list[str]) -> Policy:
+    rules = ", ".join("[" + ", ".join(f'"{e}"' for e in entry) + "]" for entry in entries)
+    return make_policy(f"[peers.phone.policy]\nexec = [{rules}]\n")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fixed"),
+    [
+        ("/srv/share/*", "/srv/share"),
+        ("/srv/share/*.txt", "/srv/share"),
+        ("/srv/*/logs/*", "/srv"),
+        ("/srv/sh?re/x", "/srv"),
+        ("/srv/[ab]/x", "/srv"),
+        ("/*", "/"),
+        ("/srv/share/file", None),
+        ("share/*", None),
+        ("--file=/srv/*", None),
+        ("**", None),
+    ],
+)
+def test_path_patterns_and_their_fixed_directory(pattern: str, fixed: str | None) -> None:
+    """An absolute path with a glob character is a path pattern; the rest are not."""
+    assert path_pattern_dir(pattern) == fixed
+
+
+def test_a_symlink_out_of_a_path_pattern_is_refused(share: Path) -> None:
+    """`cat ROOT/out` with out -> ../secret/shadow matched lexically and ran: now refused,
+    and the reason does not reveal the link's target."""
+    policy = _exec_policy(["cat", f"{share}/*"])
+    for name in ("out", "dangling", "dir/shadow"):
+        decision = policy.check("phone", ExecRequest(["cat", f"{share}/{name}"]), at=AT)
+        assert not decision.allowed, name
+        assert decision.reason.startswith("argument 1 leaves ")
+        assert decision.rule.startswith("peers.phone.policy.exec[0] ")
+        assert "secret" not in decision.reason and "nowhere" not in decision.reason
+
+
+def test_resolved_paths_inside_are_allowed_and_run_resolved(share: Path) -> None:
+    """Files and links that stay inside are allowed; the decision's argv holds the resolved
+    path (so the path checked is the path run), the other arguments untouched."""
+    policy = _exec_policy(["cat", "-n", f"{share}/*"], ["cat", f"{share}/*", "**"])
+    plain = policy.check("phone", ExecRequest(["cat", "-n", f"{share}/notes.txt"]), at=AT)
+    assert plain.allowed and plain.argv == ("cat", "-n", str(share / "notes.txt"))
+    linked = policy.check("phone", ExecRequest(["cat", f"{share}/in", "x"]), at=AT)
+    assert linked.allowed and linked.argv == ("cat", str(share / "sub" / "deep.txt"), "x")
+    missing = policy.check("phone", ExecRequest(["cat", f"{share}/not-yet"]), at=AT)
+    assert missing.allowed and missing.argv == ("cat", str(share / "not-yet"))
+
+
+def test_a_resolved_path_must_still_match_the_glob(share: Path) -> None:
+    """key.txt -> sub/deep.key stays in the directory but is no *.txt file: refused."""
+    policy = _exec_policy(["cat", f"{share}/*.txt"])
+    assert policy.check("phone", ExecRequest(["cat", f"{share}/notes.txt"]), at=AT).allowed
+    refused = policy.check("phone", ExecRequest(["cat", f"{share}/key.txt"]), at=AT)
+    assert not refused.allowed and "no longer matches" in refused.reason
+
+
+def test_the_fixed_directory_may_itself_be_a_link(share: Path, tmp_path: Path) -> None:
+    """A pattern naming a linked directory confines to where that directory really is."""
+    alias = tmp_path / "alias"
+    alias.symlink_to(share)
+    policy = _exec_policy(["cat", f"{alias}/*"])
+    ok = policy.check("phone", ExecRequest(["cat", f"{alias}/notes.txt"]), at=AT)
+    assert ok.allowed and ok.argv == ("cat", str(share / "notes.txt"))
+    assert not policy.check("phone", ExecRequest(["cat", f"{alias}/out"]), at=AT).allowed
+
+
+def test_dot_dot_and_literal_elements(share: Path) -> None:
+    """`..` stays refused lexically; a literal element is the owner's exact path and is
+    passed on as it is (not resolved); a final "**" is not resolved either."""
+    policy = _exec_policy(["cat", f"{share}/*"], ["cat", f"{share}/out"], ["echo", "**"])
+    dotdot = policy.check("phone", ExecRequest(["cat", f"{share}/sub/../out"]), at=AT)
+    assert not dotdot.allowed and '".." component' in dotdot.reason
+    literal = policy.check("phone", ExecRequest(["cat", f"{share}/out"]), at=AT)
+    assert literal.allowed and literal.argv == ("cat", f"{share}/out")
+    tail = policy.check("phone", ExecRequest(["echo", f"{share}/out"]), at=AT)
+    assert tail.allowed and tail.argv == ("echo", f"{share}/out")
+
+
+def test_exec_rule_confine_directly(share: Path) -> None:
+    """ExecRule.confine: the resolved argv, or ValueError naming the argument."""
+    rule = ExecRule(("cat", f"{share}/*"))
+    assert rule.confine(["cat", f"{share}/in"]) == ("cat", str(share / "sub" / "deep.txt"))
+    with pytest.raises(ValueError, match="argument 1"):
+        rule.confine(["cat", f"{share}/out"])
+
+
+def test_policy_check_cli_shows_resolution(
+    share: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pstp policy check` denies the link out, and shows the resolved argv of a link in."""
+    cfg = write_config(
+        tmp_path, config_text(f'[peers.phone.policy]\nexec = [["cat", "{share}/*"]]\n')
+    )
+    os.chmod(cfg, 0o600)
+    check = ["--config", str(cfg), "policy", "check", "phone", "exec", "--"]
+    assert main([*check, "cat", f"{share}/out"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("deny") and "once symbolic links are resolved" in out
+    assert main([*check, "cat", f"{share}/in"]) == 0
+    out = capsys.readouterr().out
+    assert f'runs:   ["cat", "{share}/sub/deep.txt"] (paths resolved)' in out

@@ -64,6 +64,33 @@ key and, where it can be found, the line; unknown keys are errors)::
     pattern does (no smuggled options such as ``find -exec``), and may not
     hold a ``..`` path component (``/srv/*`` never reaches ``/srv/../etc``).
     There is no shell: metacharacters are plain data, matched literally.
+
+    **Path patterns are resolved.**  An element that is an absolute path
+    holding a glob character (``"/srv/share/*"``, ``"/var/log/*.log"``) is a
+    *path pattern*; its *fixed directory* is the part before the first glob
+    character, up to its last ``/`` (``/srv/share``, ``/var/log``).  An
+    argument that matched one lexically is then resolved on the device with
+    ``os.path.realpath`` (symbolic links followed, also in the middle of the
+    path and dangling ones, ``.`` and ``..`` removed) and allowed only if the
+    result lies under the fixed directory (itself resolved) and, spelled under
+    that directory, still matches the pattern: with ``[["cat",
+    "/srv/share/*"]]``, ``/srv/share/link`` pointing at ``/etc/shadow`` is
+    refused by that entry (``argument 1 leaves "/srv/share/*" once symbolic
+    links are resolved: "/srv/share/link"``; the refusal does not say where
+    the link leads).  The command
+    then runs with the *resolved* path in place of the argument, so what was
+    checked is what runs; the audit log keeps the argv as requested.  Other
+    elements stay lexical: literal elements (the owner named that exact
+    path), relative patterns, patterns that do not start with ``/`` (such as
+    ``"--file=/srv/*"``) and whatever a final ``"**"`` matches are never
+    resolved, so do not rely on them to confine paths.  Limits: the check
+    happens when the channel opens (time of check), the program opens the
+    path later (time of use); whoever can write under the fixed directory
+    can swap a directory on the resolved path for a symbolic link in
+    between, and the program follows it.  A path pattern confines only as
+    well as the directory's writers can be trusted.  The resolution reads
+    this machine's file system, so ``pstp policy check`` gives the device's
+    answer only when run on the device.
 ``shell``
     ``true`` allows an interactive shell (default ``false``).
 ``when``

@@ -156,7 +156,9 @@ class Policy:
         """Decide whether ``peer_id`` may make ``request`` at ``at``.
 
         Pure: reads no clock and spends no rate-limit tokens (the session
-        count is read, not changed).
+        count is read, not changed).  It reads the file system for one thing:
+        an exec argument matched by a path pattern is resolved
+        (:meth:`ExecRule.confine`).
 
         Args:
             peer_id: the authenticated peer.
@@ -315,15 +317,27 @@ class Policy:
         if any("\x00" in a for a in argv):
             return _deny(DEFAULT_DENY, "the argv contains a NUL character")
         misses: list[str] = []
+        escaped: Decision | None = None  # the first entry that matched until resolved
         for rule in policy.exec:
             why = rule.mismatch(argv)
             if why is None:
-                return _allow(
-                    f"{rule.rule} {show_value(list(rule.pattern))}",
-                    f"argv matches {show_value(list(rule.pattern), 200)}",
-                )
+                try:
+                    resolved = rule.confine(argv)
+                except ValueError as exc:
+                    why = str(exc)
+                    if escaped is None:
+                        escaped = _deny(f"{rule.rule} {show_value(list(rule.pattern))}", why)
+                else:
+                    return Decision(
+                        True,
+                        f"{rule.rule} {show_value(list(rule.pattern))}",
+                        f"argv matches {show_value(list(rule.pattern), 200)}",
+                        argv=resolved,
+                    )
             if argv[0] == rule.command:
                 misses.append(f"{rule.rule.rpartition('.')[2]}: {why}")
+        if escaped is not None:
+            return escaped  # the most telling reason, before the 200-character cut
         shown = show_value(argv, 120)
         if not policy.exec:
             return _deny(DEFAULT_DENY, f"{key} allows no commands")

@@ -10,6 +10,7 @@ import fnmatch
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "has_glob",
     "norm_host",
     "parse_target",
+    "path_pattern_dir",
     "show_value",
     "toml_key",
 ]
@@ -157,12 +159,16 @@ class Decision:
         reason: a human explanation.
         args: for an allowed action, the validated and coerced arguments
             (defaults filled in); empty otherwise.
+        argv: for an allowed exec, the argv to run: the request's, with each
+            argument a path pattern matched replaced by its resolved path (so
+            what was checked is what runs); ``None`` otherwise.
     """
 
     allowed: bool
     rule: str
     reason: str
     args: dict[str, ArgValue] = field(default_factory=dict)
+    argv: tuple[str, ...] | None = None
 
     def __str__(self) -> str:
         return f"{'allow' if self.allowed else 'deny'}: {self.reason} [{self.rule}]"
@@ -381,6 +387,20 @@ def has_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
+def path_pattern_dir(pattern: str) -> str | None:
+    """The fixed directory of a path pattern, or None if ``pattern`` is not one.
+
+    A path pattern is an absolute path holding a glob character
+    (``"/srv/share/*"``, ``"/var/log/*.log"``); its fixed directory is the
+    part before the first glob character, up to its last ``/`` (``/srv/share``,
+    ``/var/log``; ``/`` for ``"/*"``).
+    """
+    if not pattern.startswith("/") or not has_glob(pattern):
+        return None
+    first = min(pattern.index(c) for c in _GLOB_CHARS if c in pattern)
+    return pattern[:first].rpartition("/")[0] or "/"
+
+
 @dataclass(frozen=True, slots=True)
 class ExecRule:
     """One entry of the exec allow-list.
@@ -396,6 +416,7 @@ class ExecRule:
     _regexes: tuple[re.Pattern[str] | None, ...] = field(
         init=False, repr=False, compare=False, default=()
     )
+    _dirs: tuple[str | None, ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         if not self.pattern or not self.pattern[0] or has_glob(self.pattern[0]):
@@ -406,6 +427,55 @@ class ExecRule:
             re.compile(fnmatch.translate(p)) if has_glob(p) else None for p in self.fixed
         )
         object.__setattr__(self, "_regexes", regexes)
+        object.__setattr__(self, "_dirs", tuple(path_pattern_dir(p) for p in self.fixed))
+
+    @property
+    def path_patterns(self) -> tuple[tuple[int, str, str], ...]:
+        """``(index, pattern, fixed directory)`` of each path pattern, resolved when matched."""
+        return tuple(
+            (i, self.fixed[i], d) for i, d in enumerate(self._dirs) if i > 0 and d is not None
+        )
+
+    def confine(self, argv: Sequence[str]) -> tuple[str, ...]:
+        """Resolve the arguments this entry's path patterns matched, on this device.
+
+        Call it once :meth:`mismatch` is None.  Each argument matched by a path
+        pattern is resolved with :func:`os.path.realpath` (symbolic links
+        followed, ``.`` and ``..`` removed); it must lie under the real path of
+        the pattern's fixed directory, and the pattern must still match it when
+        spelled under that directory.
+
+        Args:
+            argv: the requested command line, matched by :meth:`mismatch`.
+
+        Returns:
+            The argv to run: resolved paths in place of those arguments.
+
+        Raises:
+            ValueError: an argument leaves its pattern once resolved (the
+                message does not show where it leads).
+        """
+        out = list(argv)
+        for i, pat, base in self.path_patterns:
+            if i >= len(argv):
+                break
+            arg, regex = argv[i], self._regexes[i]
+            assert regex is not None
+            try:
+                real, real_base = os.path.realpath(arg), os.path.realpath(base)
+            except (OSError, ValueError):
+                raise ValueError(f"argument {i} {show_value(arg)} cannot be resolved") from None
+            inside = real == real_base or real.startswith(real_base.rstrip("/") + "/")
+            rel = os.path.relpath(real, real_base) if inside else ""
+            spelled = base if rel == "." else os.path.join(base, rel)
+            if not inside or not regex.match(spelled):
+                verb = "leaves" if not inside else "no longer matches"
+                raise ValueError(
+                    f"argument {i} {verb} {show_value(pat)} once symbolic links are "
+                    f"resolved: {show_value(arg)}"
+                )
+            out[i] = real
+        return tuple(out)
 
     @property
     def command(self) -> str:
