@@ -160,3 +160,87 @@ def test_loaded_settings_never_print_pair_keys(tmp_path: Path) -> None:
     shown = repr(settings) + repr(settings.peers["phone"]) + str(settings)
     assert "'phone'" in shown and "10.0.0.2:9000" in shown
     assert KEY.hex() not in shown and repr(KEY) not in shown
+
+
+OTHER_UID = 65534  # nobody: not this uid (the tests run as root) and not root
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+
+
+def test_config_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
+    """A 0600 config owned by another uid (who could rewrite the policy) is refused."""
+    _needs_root()
+    path = new_config(tmp_path)
+    add_peer(path, "phone", KEY)
+    load(path)  # tmp_path and its parents (/tmp is 1777 root) are safe
+    os.chown(path, OTHER_UID, OTHER_UID)
+    with pytest.raises(ConfigError, match=f"owned by uid {OTHER_UID}") as info:
+        load(path)
+    assert str(path) in str(info.value) and "chown" in str(info.value)
+    with pytest.raises(ConfigError, match="owned by uid"):
+        add_peer(path, "tv", KEY)  # nor edited
+    os.chown(path, 0, 0)
+    assert set(load(path).peers) == {"phone"}
+
+
+def test_group_writable_config_is_refused(tmp_path: Path) -> None:
+    path = new_config(tmp_path)
+    os.chmod(path, 0o620)
+    with pytest.raises(ConfigError, match="chmod go-w"):
+        load(path)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_config_in_a_directory_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """A world- (or group-) writable directory anywhere above the file is refused."""
+    shared = tmp_path / "shared"
+    (shared / "etc").mkdir(parents=True)
+    path = create(shared / "etc" / "pstp.toml", "home")
+    add_peer(path, "phone", KEY)
+    os.chmod(shared, mode)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert f"chmod go-w {shared}" in str(info.value) and f"{mode:04o}" in str(info.value)
+    os.chmod(shared, 0o755)  # noqa: S103 - the test restores a safe mode
+    load(path)
+
+
+def test_config_in_a_root_owned_sticky_directory_is_accepted(tmp_path: Path) -> None:
+    """Like /tmp: world-writable but sticky and root's, so nobody else can replace the file."""
+    _needs_root()
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)  # noqa: S103 - like /tmp
+    path = create(sticky / "pstp.toml", "home")
+    add_peer(path, "phone", KEY)
+    assert set(load(path).peers) == {"phone"}
+    os.chown(sticky, OTHER_UID, OTHER_UID)  # sticky but another user's: that user can replace it
+    with pytest.raises(ConfigError, match=f"owned by uid {OTHER_UID}"):
+        load(path)
+
+
+def test_config_in_a_directory_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
+    _needs_root()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    path = create(theirs / "pstp.toml", "home")
+    os.chown(theirs, OTHER_UID, OTHER_UID)
+    with pytest.raises(ConfigError, match=f"{theirs}, owned by uid {OTHER_UID}"):
+        load(path)
+
+
+def test_symlinked_config_checks_the_directories_of_the_link_too(tmp_path: Path) -> None:
+    safe = tmp_path / "safe"
+    safe.mkdir()
+    path = create(safe / "pstp.toml", "home")
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)  # noqa: S103 - the unsafe directory under test
+    link = open_dir / "pstp.toml"
+    link.symlink_to(path)
+    with pytest.raises(ConfigError, match=f"chmod go-w {open_dir}"):
+        load(link)
+    load(path)

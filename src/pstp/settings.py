@@ -245,6 +245,69 @@ def _check_private(path: Path) -> None:
         )
 
 
+def _home() -> Path | None:
+    try:
+        import pwd
+
+        return Path(pwd.getpwuid(os.geteuid()).pw_dir).resolve()
+    except (ImportError, KeyError, OSError):
+        return None
+
+
+def _check_owner(path: Path) -> None:
+    """Refuse a file that someone other than this uid (or root) can change.
+
+    As OpenSSH's StrictModes (``safe_path``): the file must be owned by the
+    running uid or root and not writable by group or others; so must each
+    directory from it up to ``/`` (or up to and including the user's home),
+    except that a root-owned sticky directory such as ``/tmp`` may be
+    world-writable (its sticky bit keeps others from replacing the file).
+    """
+    if not hasattr(os, "geteuid"):
+        return  # not a POSIX system: no uid to compare
+    uid = os.geteuid()
+    st = path.stat()
+    if st.st_uid not in (0, uid):
+        raise ConfigError(
+            path,
+            f"is owned by uid {st.st_uid}, not by this user (uid {uid}) or root, who could "
+            f"rewrite its peers and policy; run: chown {uid} {path}",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            path,
+            f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod go-w {path}",
+        )
+    home = _home()
+    # Both the directories the name goes through and those of the file it resolves to.
+    for start in dict.fromkeys((path.absolute().parent, path.resolve().parent)):
+        _check_directories(path, start, uid, home)
+
+
+def _check_directories(path: Path, directory: Path, uid: int, home: Path | None) -> None:
+    while True:
+        st = directory.stat()
+        sticky_root = st.st_uid == 0 and st.st_mode & stat.S_ISVTX
+        if st.st_uid not in (0, uid):
+            raise ConfigError(
+                path,
+                f"is in {directory}, owned by uid {st.st_uid}, not by this user (uid {uid}) "
+                f"or root, who could replace the file; run: chown {uid} {directory} "
+                "(or move the configuration)",
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_root:
+            raise ConfigError(
+                path,
+                f"is in {directory}, writable by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), who could replace the file; "
+                f"run: chmod go-w {directory}",
+            )
+        if directory == home or directory.parent == directory:
+            return
+        directory = directory.parent
+
+
 def _device_id(value: object, path: Path, key: str, text: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ConfigError(
@@ -276,6 +339,8 @@ def load(path: Path | str) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
         raise ConfigError(path, f"not valid TOML: {exc}", line=int(m[1]) if m else None) from exc
+
+    _check_owner(path)
 
     def err(key: str, message: str) -> ConfigError:
         return ConfigError(path, message, key=key, line=line_of(text, key))
@@ -375,6 +440,7 @@ def create(path: Path | str, device_id: str, *, listen: str = f"0.0.0.0:{DEFAULT
 def _edit(path: Path, change: Any) -> None:
     import tomlkit
 
+    _check_owner(path)
     _check_private(path)
     doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     change(doc, tomlkit)
