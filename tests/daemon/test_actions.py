@@ -345,18 +345,23 @@ SORT_TABLES = """\
 argv = ["{sort}", "{{file}}"]
 args = {{ file = {{ type = "str" }} }}
 
+[peers.phone.policy]
+actions = ["sort"]
+"""
+
+FLAGS_TABLES = """\
 [actions."sort.flags"]
 argv = ["{sort}", "{{flags}}", "{{file}}"]
 args = {{ flags = {{ type = "str", allow_dash = true }}, file = {{ type = "str" }} }}
 
 [peers.phone.policy]
-actions = ["sort", "sort.flags"]
+actions = ["sort.flags"]
 """
 
 
 async def test_a_dash_value_is_refused_as_an_option_by_pstp_serve(tmp_path: Path) -> None:
-    """`-o<path>` filling a whole argv element is refused before anything runs (it made
-    `sort` create the file); with allow_dash = true the schema lets an option through."""
+    """`-o<path>` filling a whole argv element made `sort` create that file: now it is
+    refused before anything runs, with a reason saying why; plain values still run."""
     sort = shutil.which("sort")
     assert sort is not None
     data = tmp_path / "data.txt"
@@ -368,13 +373,26 @@ async def test_a_dash_value_is_refused_as_an_option_by_pstp_serve(tmp_path: Path
                 await run_action(s, "sort", {"file": f"-o{planted}"})
             out: list[bytes] = []
             status = await run_action(s, "sort", {"file": str(data)}, stdout=out.append)
-            flagged: list[bytes] = []
-            status_r = await run_action(
-                s, "sort.flags", {"flags": "-r", "file": str(data)}, stdout=flagged.append
-            )
+    assert not planted.exists()
     assert info.value.code == ChannelCode.REFUSED
     assert info.value.reason.startswith('argument "file" starts with "-"')
     assert "would be read as an option" in info.value.reason
-    assert not planted.exists()
     assert (status, b"".join(out)) == (0, b"a\nb\n")
-    assert (status_r, b"".join(flagged)) == (0, b"b\na\n")
+
+
+async def test_allow_dash_lets_an_option_through_pstp_serve(tmp_path: Path) -> None:
+    """With allow_dash = true in its schema a value may be an option; the other is judged."""
+    sort = shutil.which("sort")
+    assert sort is not None
+    data = tmp_path / "data.txt"
+    data.write_text("b\na\n")
+    with pstp_serve(tmp_path, FLAGS_TABLES.format(sort=sort)) as port:
+        async with peer_session(port) as s:
+            out: list[bytes] = []
+            status = await run_action(
+                s, "sort.flags", {"flags": "-r", "file": str(data)}, stdout=out.append
+            )
+            with pytest.raises(ChannelError) as info:
+                await run_action(s, "sort.flags", {"flags": "-r", "file": "-o/tmp/x"})
+    assert (status, b"".join(out)) == (0, b"b\na\n")
+    assert info.value.code == ChannelCode.REFUSED

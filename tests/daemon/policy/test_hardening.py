@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from pstp.cli.main import main
-from pstp.daemon.policy import ActionRequest, ExecRequest, ExecRule, Policy, ShellRequest
-from pstp.daemon.policy.model import path_pattern_dir
+from pstp.daemon.policy import ActionRequest, ExecRequest, ExecRule, Policy, ShellRequest, model
 from pstp.settings import ConfigError
 from tests.daemon.policy.support import AT, config_text, make_policy, write_config
 
@@ -176,7 +175,7 @@ def _exec_policy(*entries: list[str]) -> Policy:
 )
 def test_path_patterns_and_their_fixed_directory(pattern: str, fixed: str | None) -> None:
     """An absolute path with a glob character is a path pattern; the rest are not."""
-    assert path_pattern_dir(pattern) == fixed
+    assert model.path_pattern_dir(pattern) == fixed
 
 
 def test_a_symlink_out_of_a_path_pattern_is_refused(share: Path) -> None:
