@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from pstp.daemon.app import _GUARD_SAVE_INTERVAL
-from pstp.daemon.replay import GUARD_NAME, load_guard, save_guard
+from pstp.daemon.replay import GUARD_NAME, MAX_AHEAD_NS, load_guard, save_guard, snapshot
+from pstp.protocol.handshake import KeyRing
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT, make_client
 
@@ -148,3 +149,58 @@ def test_values_that_are_not_timestamps_are_dropped(tmp_path: Path) -> None:
     newest = {"ok": 5, "bool": True, "neg": -1, "big": 2**64, "text": "7", "float": 1.5}
     path.write_text(json.dumps({"format": 1, "newest": newest}))
     assert load_guard(path) == {"ok": 5}
+
+
+YEAR_NS = 365 * 86400 * 10**9
+
+
+def _hs_init(timestamp: int) -> bytes:
+    client = make_client(pair_key=KEY, responder_id="home", timestamp=timestamp)
+    client.start(0.0)
+    return client.data_to_send()
+
+
+def test_a_far_future_hs_init_does_not_lock_the_key_out_after_a_restart(tmp_path: Path) -> None:
+    """A key holder's HS_INIT stamped 10 years ahead is not saved as such.
+
+    Before the fix the guard saved the 10-years-ahead value and every later
+    HS_INIT of the key, at any honest time, was refused across restarts.
+    """
+    port = free_port()
+    cfg = tmp_path / "pstp.toml"
+    cfg.write_text(CONFIG.format(port=port, key=KEY.hex()))
+    os.chmod(cfg, 0o600)
+    with _serve(cfg):
+        assert _answer(port, _hs_init(time.time_ns() + 10 * YEAR_NS))
+    saved = json.loads((tmp_path / GUARD_NAME).read_text())["newest"]["phone"]
+    assert saved <= time.time_ns() + MAX_AHEAD_NS
+    with _serve(cfg):
+        # Just beyond the bound: the key works again (honest clocks within 5 minutes).
+        assert _answer(port, _hs_init(time.time_ns() + MAX_AHEAD_NS + 60 * 10**9))
+
+
+def test_a_saved_far_future_value_is_lowered_on_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guard file written before the bound existed cannot keep the key out for good."""
+    path = tmp_path / GUARD_NAME
+    now = 1_800_000_000 * 10**9
+    save_guard(path, {"phone": 2**63, "tv": now + 1})
+    with caplog.at_level(logging.WARNING, logger="pstp.daemon.replay"):
+        assert load_guard(path, now=now) == {"phone": now + MAX_AHEAD_NS, "tv": now + 1}
+    assert "ahead of this clock" in caplog.text
+    assert load_guard(path)["phone"] <= time.time_ns() + MAX_AHEAD_NS
+
+
+def test_snapshot_bounds_what_is_saved() -> None:
+    ring = KeyRing()
+    ring.add("phone", KEY)
+    ring.add("tv", bytes(32))
+    ring.add("idle", bytes(range(32)))
+    now = 1_800_000_000 * 10**9
+    for peer in ring:
+        if peer.device_id == "phone":
+            peer.accept(now + YEAR_NS)
+        elif peer.device_id == "tv":
+            peer.accept(now - 5)
+    assert snapshot(ring, now=now) == {"phone": now + MAX_AHEAD_NS, "tv": now - 5}
