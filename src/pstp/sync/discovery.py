@@ -27,6 +27,11 @@ __all__ = [
 
 _log = logging.getLogger("pstp.discovery")
 
+#: Backoff after an unexpected receive error: from the first value, doubling, to the last.
+_BACKOFF = (0.05, 2.0)
+#: While errors repeat, at most one log line per this many seconds.
+_LOG_EVERY = 60.0
+
 
 class ResponderThread:
     """Answers discovery PINGs on a UDP port from a background thread.
@@ -70,21 +75,47 @@ class ResponderThread:
             return self.responder.lookup(nonce, time.monotonic())
 
     def _run(self) -> None:
+        """Answer until stopped.
+
+        An unexpected error (a receive error such as ENOBUFS, or a bug in the
+        handling of one datagram) does not end the thread: it is logged (the
+        first one, then at most one line a minute with the count), the thread
+        waits (50 ms, doubling up to 2 s, back to 50 ms after a datagram is
+        handled) and carries on.
+        """
+        delay = _BACKOFF[0]
+        failures, logged_at = 0, -_LOG_EVERY
         while not self._stop.is_set():
             try:
-                data, addr = self._sock.recvfrom(2048)
-            except TimeoutError:
-                continue
-            except OSError:
+                self._answer_one()
+            except Exception as exc:
                 if self._stop.is_set():
                     return
-                raise
-            with self._lock:
-                self.responder.receive_datagram(data, (addr[0], addr[1]), time.monotonic())
-                out = self.responder.datagrams_to_send()
-            for pong, dest in out:
-                with contextlib.suppress(OSError):
-                    self._sock.sendto(pong, dest)
+                failures += 1
+                now = time.monotonic()
+                if now - logged_at >= _LOG_EVERY:
+                    _log.warning(
+                        "discovery responder on port %d: %s (%d error(s)); retrying",
+                        *(self.responder.port, exc, failures),
+                    )
+                    logged_at = now
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, _BACKOFF[1])
+            else:
+                delay = _BACKOFF[0]
+
+    def _answer_one(self) -> None:
+        try:
+            data, addr = self._sock.recvfrom(2048)
+        except TimeoutError:
+            return
+        with self._lock:
+            self.responder.receive_datagram(data, (addr[0], addr[1]), time.monotonic())
+            out = self.responder.datagrams_to_send()
+        for pong, dest in out:
+            with contextlib.suppress(OSError):
+                self._sock.sendto(pong, dest)
 
 
 def start_responder(
