@@ -10,6 +10,7 @@ import asyncio
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,7 @@ def test_install_puts_both_on_the_root_handler() -> None:
     assert FORMAT.endswith("%(message)s")
 
 
-def test_serve_escapes_a_peer_file_name_in_its_log(tmp_path: Path) -> None:
-    """A real `pstp serve`: a put of a file named with a newline and ESC is logged escaped."""
+def _serve_files(tmp_path: Path) -> tuple[subprocess.Popen[str], int, Path]:
     port = free_port()
     root = tmp_path / "rw"
     root.mkdir()
@@ -130,8 +130,6 @@ def test_serve_escapes_a_peer_file_name_in_its_log(tmp_path: Path) -> None:
         f'[peers.phone.policy]\nfiles = [ {{ root = "{root}", write = true }} ]\n'
     )
     os.chmod(cfg, 0o600)
-    local = tmp_path / "local.txt"
-    local.write_text("hi")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pstp", "serve"],
         stdout=subprocess.PIPE,
@@ -139,16 +137,28 @@ def test_serve_escapes_a_peer_file_name_in_its_log(tmp_path: Path) -> None:
         text=True,
         env=env_for(cfg),
     )
+    assert proc.stdout is not None
+    assert "serving 1 peer(s)" in proc.stdout.readline()
+    return proc, port, root
+
+
+def _put(port: int, local: Path, remotes: list[str]) -> None:
+    async def go() -> None:
+        s = await connect("127.0.0.1", port, pair_key=KEY, device_id="home", own_id="phone")
+        async with s:
+            for remote in remotes:
+                await put(s, [str(local)], remote, force=True)
+
+    asyncio.run(go())
+
+
+def test_serve_escapes_a_peer_file_name_in_its_log(tmp_path: Path) -> None:
+    """A real `pstp serve`: a put of a file named with a newline and ESC is logged escaped."""
+    local = tmp_path / "local.txt"
+    local.write_text("hi")
+    proc, port, root = _serve_files(tmp_path)
     try:
-        assert proc.stdout is not None
-        assert "serving 1 peer(s)" in proc.stdout.readline()
-
-        async def go() -> None:
-            s = await connect("127.0.0.1", port, pair_key=KEY, device_id="home", own_id="phone")
-            async with s:
-                await put(s, [str(local)], f"{root}/{EVIL}")
-
-        asyncio.run(go())
+        _put(port, local, [f"{root}/{EVIL}"])
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=TIMEOUT)
@@ -159,3 +169,27 @@ def test_serve_escapes_a_peer_file_name_in_its_log(tmp_path: Path) -> None:
     assert "x\\n2026-01-01 00:00:00,000 pstp.daemon INFO forged\\x1b[2J\\x07" in put_lines[0]
     assert not any(line.startswith("2026-01-01") for line in lines), err
     assert "\x1b" not in err and "\x07" not in err and "\u2028" not in err
+
+
+def test_serve_rate_limits_repeated_log_records(tmp_path: Path) -> None:
+    """A real `pstp serve`: 25 puts log 10 lines, and the rest are counted at shutdown."""
+    local = tmp_path / "local.txt"
+    local.write_text("hi")
+    proc, port, root = _serve_files(tmp_path)
+    try:
+        _put(port, local, [f"{root}/f{i}" for i in range(25)])
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert len(list(root.iterdir())) == 25
+    lines = err.splitlines()
+    logged = sum(" pstp.daemon.files INFO file put " in line for line in lines)
+    summaries = [
+        re.search(r" (\d+) similar messages suppressed in 10 s: 'file %s %s for", line)
+        for line in lines
+        if "similar messages suppressed" in line
+    ]
+    suppressed = [int(m[1]) for m in summaries if m]
+    # 10 a period (the 25 puts take well under 10 s: then exactly 10 logged, 15 counted).
+    assert suppressed and len(suppressed) == len(summaries), err
+    assert logged + sum(suppressed) == 25 and logged <= 10 * len(suppressed), err
