@@ -799,3 +799,80 @@ def test_tampered_or_truncated_streams_are_refused_and_nothing_is_committed(
     honest = START + chunk(A) + chunk(B) + GOOD_END + DONE
     _, status = raw_put(served, "x.bin", len(A) + len(B), honest)
     assert status == 0 and target.read_bytes() == A + B
+
+
+# -- the manifest is bounded and checked as it arrives (issue 11, item 6) -------------------
+
+
+def rss(pid: int) -> int:
+    """A process's resident set size, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")  # pragma: no cover
+
+
+def open_put_stream(served: Served, frames_out: Iterator[bytes], wait: float = 30.0) -> bytes:
+    """Open a put into the writable root and write ``frames_out`` without ever ending the
+    manifest; what the device answered (up to its CLOSE) within ``wait`` seconds."""
+
+    async def go() -> bytes:
+        async with await session(served) as s:
+            params: dict[str, Any] = {"op": "put", "path": str(served.rw), "into": True}
+            ch = await s.open_channel("file", params)
+
+            async def write_all() -> None:
+                with contextlib.suppress(ChannelError):
+                    for out in frames_out:
+                        await ch.write(out)
+
+            writer = asyncio.create_task(write_all())
+            try:
+                return await asyncio.wait_for(ch.read_all(), wait)
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    return asyncio.run(go())
+
+
+def test_a_mib_long_entry_path_is_refused_as_it_arrives_and_audited(served: Served) -> None:
+    """The attack of issue 11 item 6: 1 MiB paths in a manifest that never ends.  The device
+    answers ERROR after the first one (it used to hold them all until ENTRIES_END)."""
+    assert served.proc is not None
+    before, audited = rss(served.proc.pid), len(served.audit("deny"))
+    long = frame(FrameType.ENTRIES, [Entry("x" * MiB, "f")])
+
+    def flood() -> Iterator[bytes]:
+        yield frame(FrameType.HELLO, Hello(1, CHUNK_SIZE))
+        for _ in range(300):  # 300 MiB if nobody stops it
+            yield long
+
+    reply = open_put_stream(served, flood(), wait=20.0)
+    assert reply[0] == FrameType.ERROR and b"entry path longer than 4096 bytes" in reply
+    assert rss(served.proc.pid) - before < 64 * MiB
+    row = served.audit("deny")[audited:][-1]
+    assert "protocol error: entry path longer than 4096 bytes" in (row.detail or "")
+
+
+def test_a_manifest_past_64_mib_is_refused_before_it_ends(served: Served) -> None:
+    """Valid entries that never end: ERROR once the ENTRIES payloads pass 64 MiB, with the
+    daemon's memory bounded meanwhile."""
+    assert served.proc is not None
+    before = rss(served.proc.pid)
+    deep = "/".join(["t", *(f"{i:02}" + "d" * 248 for i in range(15))])
+    dirs = [Entry("/".join(deep.split("/")[: k + 1]), "d") for k in range(16)]
+
+    def flood() -> Iterator[bytes]:
+        yield frame(FrameType.HELLO, Hello(1, CHUNK_SIZE))
+        yield frame(FrameType.ENTRIES, dirs)
+        for k in range(400):  # 400 frames of ~240 KiB: about 94 MiB if nobody stops it
+            batch = [Entry(f"{deep}/{k:04}-{i:02}" + "f" * 240, "f", 1) for i in range(60)]
+            yield frame(FrameType.ENTRIES, batch)
+
+    reply = open_put_stream(served, flood(), wait=60.0)
+    assert reply[0] == FrameType.ERROR, reply[:200]
+    assert b"manifest larger than 67108864 bytes" in reply
+    assert rss(served.proc.pid) - before < 200 * MiB
+    assert not (served.rw / "t").exists()

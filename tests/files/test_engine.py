@@ -503,3 +503,80 @@ def test_the_sender_counts_a_fail_offer_and_the_summary_ends_it(tmp_path: Path) 
     result = send(src, answer + frame(FrameType.SUMMARY, m.Summary(0, 1, 0)))
     assert isinstance(result, TransferResult), result
     assert (result.files, result.failed) == (0, [("s.bin", "no")])
+
+
+# -- the manifest is checked as it arrives (issue 11, item 6) ---------------------------------
+
+
+def open_manifest(dst: Path, stream: bytes, **kw: object) -> tuple[list[FrameType], object]:
+    """Feed a Receiver ``stream`` and leave the stream open (no ENTRIES_END, no end):
+    how it ended, within a few seconds, and the frame types it sent."""
+
+    async def go() -> tuple[list[FrameType], object]:
+        a, b = pipe()
+        base = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await a.write(stream)
+            job = Receiver(b, base, **kw).run()  # type: ignore[arg-type]
+            try:
+                result: object = await asyncio.wait_for(job, 5.0)
+            except (RemoteProtocolError, TransferFailed, TimeoutError) as exc:
+                result = exc
+            got = b""
+            while not b.peer.inbox.empty():
+                got += b.peer.inbox.get_nowait()
+            return [t for t, _ in replies(got)], result
+        finally:
+            os.close(base)
+
+    return asyncio.run(go())
+
+
+HELLO = frame(FrameType.HELLO, m.Hello(1, C))
+
+
+@pytest.mark.parametrize(
+    ("entries", "error"),
+    [
+        ([m.Entry("x" * (1 << 20), "f")], "entry path longer than 4096 bytes"),
+        ([m.Entry("ok", "f"), m.Entry("a/../../b", "f")], "invalid entry path 'a/../../b'"),
+        ([m.Entry("ok", "f"), m.Entry("ok", "f")], "entry 'ok' listed twice"),
+        ([m.Entry("x/f", "f")], "entry 'x/f' comes before its directory"),
+    ],
+    ids=["mib-path", "dotdot", "twice", "orphan"],
+)
+def test_a_bad_entry_ends_the_transfer_before_the_manifest_ends(
+    tmp_path: Path, entries: list[m.Entry], error: str
+) -> None:
+    """The receiver judges each entry as its frame arrives: ERROR at once, without waiting
+    for an ENTRIES_END that a hostile sender never sends."""
+    types, result = open_manifest(tmp_path, HELLO + frame(FrameType.ENTRIES, entries))
+    assert isinstance(result, RemoteProtocolError), result
+    assert error in str(result) and types == [FrameType.ERROR]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_manifest_past_its_byte_or_entry_limit_ends_the_transfer_at_once(tmp_path: Path) -> None:
+    """Valid entries that never end: ERROR once max_manifest bytes or max_entries is passed."""
+    batches = [
+        frame(FrameType.ENTRIES, [m.Entry(f"f{k}-{i}", "f", 1) for i in range(1000)])
+        for k in range(10)
+    ]
+    types, result = open_manifest(tmp_path, HELLO + b"".join(batches), max_manifest=50_000)
+    assert isinstance(result, TransferFailed) and types == [FrameType.ERROR]
+    assert "manifest larger than 50000 bytes" in str(result)
+    types, result = open_manifest(tmp_path, HELLO + b"".join(batches), max_entries=2500)
+    assert isinstance(result, TransferFailed) and types == [FrameType.ERROR]
+    assert "more than 2500 entries in one transfer" in str(result)
+    # Under the limits the same manifest goes through.
+    end = frame(FrameType.ENTRIES_END, m.EntriesEnd(10_000, 10_000))
+    _, result = receive(tmp_path, HELLO + b"".join(batches) + end, max_manifest=1 << 20)
+    assert isinstance(result, RemoteProtocolError) and "before DONE" in str(result)
+
+
+def test_several_sources_for_a_renamed_target_fail_at_the_second_top(tmp_path: Path) -> None:
+    """rename_top with a second top: the transfer ends then, not at ENTRIES_END."""
+    stream = HELLO + frame(FrameType.ENTRIES, [F, m.Entry("g", "f")])
+    _, result = open_manifest(tmp_path, stream, rename_top="x")
+    assert isinstance(result, TransferFailed)
+    assert "several sources need a directory as the target" in str(result)

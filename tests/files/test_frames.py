@@ -28,6 +28,7 @@ from pstp.protocol.streams import encode_header
 ENCODER = msgspec.msgpack.Encoder()
 SLOW = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=60)
 C = 1 << 16  # the smallest chunk size, to keep chunks small here
+MiB_ = 1 << 20
 
 Decoded = tuple[str, object]
 
@@ -401,3 +402,155 @@ def test_arbitrary_bytes_raise_only_remote_protocol_errors(
         drain(decoder)
     except RemoteProtocolError:
         pass
+
+
+# -- the manifest, checked as it arrives (§18.4; issue 11, item 6) ---------------------------
+
+_name = st.text(st.characters(codec="utf-8", exclude_characters="/\x00"), min_size=1, max_size=8)
+_name = _name.filter(lambda n: n not in (".", ".."))
+
+
+@st.composite
+def _tree(draw: st.DrawFn) -> list[m.Entry]:
+    """A valid manifest: unique paths, each parent listed earlier as a directory."""
+    entries: list[m.Entry] = []
+    dirs: list[str] = []
+    seen: set[str] = set()
+    for _ in range(draw(st.integers(0, 12))):
+        parent = draw(st.sampled_from(["", *dirs]))
+        path = f"{parent}/{draw(_name)}" if parent else draw(_name)
+        if path in seen:
+            continue
+        seen.add(path)
+        if draw(st.booleans()):
+            entries.append(m.Entry(path, "d", 0, 0o755, 1))
+            dirs.append(path)
+        else:
+            entries.append(m.Entry(path, "f", draw(st.integers(0, 1 << 40)), 0o644, 1))
+    return entries
+
+
+def manifest_stream(entries: list[m.Entry]) -> bytes:
+    """ENTRIES frames (cut as a sender cuts them) and a matching ENTRIES_END."""
+    end = m.EntriesEnd(len(entries), sum(e.size for e in entries))
+    return b"".join(m.batch_frames(FrameType.ENTRIES, entries, (FrameType.ENTRIES_END, end)))
+
+
+def read_manifest(data: bytes, way: str, manifest: m.Manifest) -> object:
+    """Feed ``data`` (whole, byte by byte, or with trailing bytes) through a decoder into
+    ``manifest``: its entries at ENTRIES_END, or the error that ended it first."""
+    decoder = FrameDecoder()
+    pieces = [data[i : i + 1] for i in range(len(data))] if way == "bytewise" else [data]
+    if way == "trailing":
+        pieces = [data + manifest_stream([m.Entry("late", "f")])]
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            while (frame := decoder.next_frame()) is not NEED_DATA:
+                assert isinstance(frame, Control)
+                if frame.type is FrameType.ENTRIES:
+                    manifest.add(frame.message, frame.length)
+                else:
+                    got = manifest.end(frame.message)
+                    if way != "trailing":
+                        return got
+    except (RemoteProtocolError, m.ManifestTooLarge) as exc:
+        return exc
+    return "no ENTRIES_END"
+
+
+@SLOW
+@given(_tree())
+def test_a_valid_manifest_is_read_the_same_whole_bytewise_and_with_trailing_data(
+    entries: list[m.Entry],
+) -> None:
+    """Every valid tree comes back entry for entry however the stream is cut; frames
+    after ENTRIES_END are an error."""
+    data = manifest_stream(entries)
+    for way in ("whole", "bytewise"):
+        assert read_manifest(data, way, m.Manifest()) == entries, way
+    late = read_manifest(data, "trailing", m.Manifest())
+    assert isinstance(late, RemoteProtocolError) and "after ENTRIES_END" in str(late)
+
+
+@SLOW
+@given(_tree(), st.integers(0, 12), st.data())
+def test_a_bad_entry_fails_when_its_frame_arrives_not_at_entries_end(
+    entries: list[m.Entry], where: int, data: st.DataObject
+) -> None:
+    """One bad entry anywhere fails the manifest in its own frame, however the stream is
+    cut, before any ENTRIES_END, with the rule it broke."""
+    bad, error = data.draw(
+        st.sampled_from(
+            [
+                (m.Entry("x/" * 2500, "f"), "entry path longer than 4096 bytes"),
+                (m.Entry("../e", "f"), "invalid entry path"),
+                (m.Entry("/abs", "f"), "invalid entry path"),
+                (m.Entry("a//b", "f"), "invalid entry path"),
+                (m.Entry("n" * 256, "f"), "invalid entry path"),
+                (m.Entry("nowhere/f", "f"), "comes before its directory"),
+                (m.Entry("sized", "d", 3), "with a size"),
+            ]
+        )
+    )
+    if any(e.path == bad.path for e in entries):
+        return
+    where = min(where, len(entries))
+    listed = [*entries[:where], bad, *entries[where:]]
+    batches = [encode(FrameType.ENTRIES, [e]) for e in listed]
+    # No ENTRIES_END at all: the error must come from the frame holding the bad entry.
+    cut = b"".join(batches[: where + 1])
+    for way, data in (("whole", cut), ("bytewise", cut), ("whole", cut + b"\x02\x00\x00")):
+        got = read_manifest(data, way, m.Manifest())
+        assert isinstance(got, RemoteProtocolError) and error in str(got), (way, got)
+        assert len(str(got)) < 300  # a long path is not quoted whole
+
+
+def test_a_mib_long_path_fails_in_its_own_frame() -> None:
+    """The attack of issue 11 item 6: 1 MiB paths, never an ENTRIES_END."""
+    frame = encode(FrameType.ENTRIES, [m.Entry("x" * MiB_, "f")])
+    decoder, manifest = FrameDecoder(), m.Manifest()
+    for i in range(0, len(frame), 1 << 16):
+        decoder.feed(frame[i : i + (1 << 16)])
+    got = decoder.next_frame()
+    assert isinstance(got, Control)
+    with pytest.raises(RemoteProtocolError, match="entry path longer than 4096 bytes"):
+        manifest.add(got.message, got.length)
+    assert manifest.entries == [] and manifest.bytes == len(frame) - 5
+
+
+def test_duplicates_and_a_wrong_end_are_refused() -> None:
+    """A path listed twice fails at once; ENTRIES_END must match the count and total."""
+    manifest = m.Manifest()
+    manifest.add([m.Entry("d", "d"), m.Entry("d/f", "f", 3)], 40)
+    with pytest.raises(RemoteProtocolError, match="entry 'd/f' listed twice"):
+        manifest.add([m.Entry("d/f", "f", 3)], 10)
+    for count, total in ((2, 4), (3, 3)):
+        other = m.Manifest()
+        other.add([m.Entry("d", "d"), m.Entry("d/f", "f", 3)], 40)
+        with pytest.raises(RemoteProtocolError, match="does not match"):
+            other.end(m.EntriesEnd(count, total))
+    done = m.Manifest()
+    assert done.end(m.EntriesEnd(0, 0)) == []
+    with pytest.raises(RemoteProtocolError, match="ENTRIES_END twice"):
+        done.end(m.EntriesEnd(0, 0))
+
+
+def test_the_manifest_is_capped_in_bytes_and_entries_as_it_arrives() -> None:
+    """Past max_bytes (ENTRIES payloads) or max_entries, the manifest fails in that frame."""
+    frame = encode(FrameType.ENTRIES, [m.Entry(f"f{i}", "f", 1) for i in range(100)])
+    second = encode(FrameType.ENTRIES, [m.Entry(f"g{i}", "f", 1) for i in range(100)])
+    small = m.Manifest(max_bytes=len(frame) + len(second) - 10)
+    assert read_manifest(frame, "whole", small) == "no ENTRIES_END"
+    assert read_manifest(second, "whole", small) == "no ENTRIES_END"
+    assert small.bytes == small.max_bytes
+    again = encode(FrameType.ENTRIES, [m.Entry("h", "f")])
+    got = read_manifest(again, "whole", small)
+    assert isinstance(got, m.ManifestTooLarge) and "manifest larger than" in str(got)
+    few = m.Manifest(max_entries=150)
+    read_manifest(frame, "whole", few)
+    got = read_manifest(second, "whole", few)
+    assert isinstance(got, m.ManifestTooLarge) and "more than 150 entries" in str(got)
+    assert len(few.entries) == 150
+    assert m.Manifest().max_bytes == m.MAX_MANIFEST_BYTES == 64 << 20
+    assert m.Manifest().max_entries == m.MAX_ENTRIES

@@ -47,6 +47,7 @@ from pstp.files.frames import (
     MAX_ENTRIES,
     MAX_ERROR,
     MAX_LEFT_OUT,
+    MAX_MANIFEST_BYTES,
     MAX_OFFER_DIGESTS,
     NEED_DATA,
     VERSION,
@@ -64,6 +65,8 @@ from pstp.files.frames import (
     FrameType,
     Hello,
     LeftOut,
+    Manifest,
+    ManifestTooLarge,
     Message,
     NeedData,
     Offer,
@@ -74,7 +77,6 @@ from pstp.files.frames import (
     chunk_header,
     encode_message,
     file_digest,
-    split_path,
     valid_chunk_size,
 )
 from pstp.protocol.streams import FRAME_HEADER_LEN
@@ -605,6 +607,8 @@ class Receiver:
         check: asked for each entry's parts; returns why it is refused, or None.
         progress: called after each chunk.
         limit: bytes per second at most.
+        max_entries: the most manifest entries accepted (§18.4).
+        max_manifest: the most manifest bytes (ENTRIES payloads) accepted (§18.12).
     """
 
     def __init__(
@@ -617,6 +621,8 @@ class Receiver:
         check: Callable[[tuple[str, ...]], str | None] | None = None,
         progress: ProgressCallback | None = None,
         limit: float | None = None,
+        max_entries: int = MAX_ENTRIES,
+        max_manifest: int = MAX_MANIFEST_BYTES,
     ) -> None:
         self.frames = FrameStream(channel)
         self.dirs = Dirs(base_fd)
@@ -625,6 +631,8 @@ class Receiver:
         self.check = check
         self.progress = progress
         self.pacer = _Pacer(limit)
+        self.max_entries = max_entries
+        self.max_manifest = max_manifest
         self.chunk_size = CHUNK_SIZE
         self.result = TransferResult()
         self.plan: list[_Planned] = []
@@ -709,17 +717,25 @@ class Receiver:
         )
 
     async def _manifest(self) -> list[Entry]:
-        entries: list[Entry] = []
+        """The manifest, each entry checked as its frame arrives (§18.4): a bad entry or a
+        manifest past the limits ends the transfer at once, and what it held is freed."""
+        manifest = Manifest(max_entries=self.max_entries, max_bytes=self.max_manifest)
         while True:
-            ftype, msg = await self.frames.expect("inside the manifest")
+            frame = await self.frames.next_frame()
+            if frame is None:
+                raise RemoteProtocolError("file stream ended inside the manifest")
+            if isinstance(frame, Chunk):  # pragma: no cover - the decoder refuses it first
+                raise RemoteProtocolError("CHUNK outside a file")
+            ftype, msg = frame.type, frame.message
             if ftype is FrameType.ENTRIES:
-                entries += msg
-                if len(entries) > MAX_ENTRIES:
-                    raise _Fatal(f"more than {MAX_ENTRIES} entries in one transfer")
+                try:
+                    manifest.add(msg, frame.length)
+                except ManifestTooLarge as exc:
+                    raise _Fatal(str(exc)) from None
+                if self.rename_top is not None and manifest.tops > 1:
+                    raise _Fatal("several sources need a directory as the target")
             elif ftype is FrameType.ENTRIES_END:
-                if msg.count != len(entries) or msg.total != sum(e.size for e in entries):
-                    raise RemoteProtocolError("ENTRIES_END does not match the manifest")
-                return entries
+                return manifest.end(msg)
             elif ftype is FrameType.ERROR:
                 raise TransferFailed(msg.error)
             else:
@@ -728,26 +744,10 @@ class Receiver:
     # -- planning (a worker thread) -------------------------------------------------
 
     def _make_plan(self, entries: list[Entry]) -> None:
-        dirs: set[tuple[str, ...]] = set()
-        seen: set[tuple[str, ...]] = set()
+        """An offer for each entry of a manifest already checked (:class:`Manifest`)."""
         failed: set[tuple[str, ...]] = set()
-        tops = {e.path.split("/", 1)[0] for e in entries}
-        if self.rename_top is not None and len(tops) > 1:
-            raise _Fatal("several sources need a directory as the target")
         for entry in entries:
-            try:
-                parts = split_path(entry.path)
-            except ValueError as exc:
-                raise RemoteProtocolError(str(exc)) from None
-            if parts in seen:
-                raise RemoteProtocolError(f"entry {entry.path!r} listed twice")
-            seen.add(parts)
-            if len(parts) > 1 and parts[:-1] not in dirs:
-                raise RemoteProtocolError(f"entry {entry.path!r} comes before its directory")
-            if entry.kind == "d":
-                if entry.size:
-                    raise RemoteProtocolError(f"directory {entry.path!r} with a size")
-                dirs.add(parts)
+            parts = tuple(entry.path.split("/"))
             self.result.bytes_total += entry.size
             if self.rename_top is not None:
                 parts = (self.rename_top, *parts[1:])

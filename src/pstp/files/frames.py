@@ -30,6 +30,7 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_ERROR",
     "MAX_LEFT_OUT",
+    "MAX_MANIFEST_BYTES",
     "MAX_NAME",
     "MAX_OFFER_DIGESTS",
     "MAX_PATH",
@@ -51,6 +52,8 @@ __all__ = [
     "FrameType",
     "Hello",
     "LeftOut",
+    "Manifest",
+    "ManifestTooLarge",
     "Message",
     "NeedData",
     "Offer",
@@ -77,6 +80,9 @@ MAX_CHUNK_SIZE = 1 << 22
 MAX_CONTROL = 1 << 22
 #: Most manifest entries one transfer may list (§18.4).
 MAX_ENTRIES = 1 << 20
+#: Most bytes of ENTRIES payloads one manifest may take, all frames together (§18.4, §18.12):
+#: what a receiver holds before it plans is bounded by this, not by MAX_ENTRIES times MAX_PATH.
+MAX_MANIFEST_BYTES = 1 << 26
 #: Longest entry path and path component, in UTF-8 bytes (§18.4 rule 1).
 MAX_PATH = 4096
 MAX_NAME = 255
@@ -338,6 +344,110 @@ def split_path(path: str) -> tuple[str, ...]:
     return parts
 
 
+def _shown(path: str) -> str:
+    """A peer's path for an error message: quoted, and cut if long."""
+    return repr(path) if len(path) <= 100 else f"{path[:100]!r}..."
+
+
+class ManifestTooLarge(Exception):
+    """A manifest went past a receiver's limits (entries or bytes, §18.4); the message
+    says which.  Not a protocol error: the sender may simply have too much to send."""
+
+
+class Manifest:
+    """A receiver's manifest, checked entry by entry as its ENTRIES frames arrive (§18.4).
+
+    Every rule of §18.4 that one entry can break is judged when its frame is
+    decoded, and the manifest's size is capped, so a bad or oversized manifest
+    fails at once, before ENTRIES_END, instead of being held whole until the
+    plan is made.  What is kept per entry is the :class:`Entry` itself (paths
+    are remembered by the entry's own string).
+
+    Args:
+        max_entries: the most entries (§18.4: :data:`MAX_ENTRIES`).
+        max_bytes: the most ENTRIES payload bytes, all frames together
+            (:data:`MAX_MANIFEST_BYTES`).
+    """
+
+    def __init__(
+        self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_MANIFEST_BYTES
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.entries: list[Entry] = []
+        #: The sum of the entries' sizes, the payload bytes taken, and the tops listed.
+        self.total = 0
+        self.bytes = 0
+        self.tops = 0
+        self.ended = False
+        self._seen: set[str] = set()
+        self._dirs: set[str] = set()
+
+    def add(self, entries: Sequence[Entry], nbytes: int) -> None:
+        """Check and keep one ENTRIES frame's entries.
+
+        Args:
+            entries: the frame's entries, in order.
+            nbytes: the frame's payload length.
+
+        Raises:
+            ManifestTooLarge: past ``max_bytes`` or ``max_entries``.
+            RemoteProtocolError: an entry breaks a rule of §18.4 (its path, a
+                duplicate, a parent not listed before it, a sized directory), or
+                the manifest had ended.
+        """
+        if self.ended:
+            raise RemoteProtocolError("ENTRIES after ENTRIES_END")
+        self.bytes += nbytes
+        if self.bytes > self.max_bytes:
+            raise ManifestTooLarge(
+                f"manifest larger than {self.max_bytes} bytes; send the tree in several transfers"
+            )
+        for entry in entries:
+            if len(self.entries) >= self.max_entries:
+                raise ManifestTooLarge(f"more than {self.max_entries} entries in one transfer")
+            self._check(entry)
+            self.entries.append(entry)
+            self.total += entry.size
+
+    def _check(self, entry: Entry) -> None:
+        path = entry.path
+        try:
+            split_path(path)
+        except ValueError as exc:
+            raise RemoteProtocolError(str(exc)) from None
+        if path in self._seen:
+            raise RemoteProtocolError(f"entry {_shown(path)} listed twice")
+        parent, slash, _ = path.rpartition("/")
+        if not slash:
+            self.tops += 1
+        elif parent not in self._dirs:
+            raise RemoteProtocolError(f"entry {_shown(path)} comes before its directory")
+        if entry.kind == "d":
+            if entry.size:
+                raise RemoteProtocolError(f"directory {_shown(path)} with a size")
+            self._dirs.add(path)
+        self._seen.add(path)
+
+    def end(self, message: EntriesEnd) -> list[Entry]:
+        """ENTRIES_END arrived: check it against what was listed (§18.4 rule 5).
+
+        Returns:
+            The entries, in order.  The sets used to check them are released.
+
+        Raises:
+            RemoteProtocolError: its count or total does not match, or it came twice.
+        """
+        if self.ended:
+            raise RemoteProtocolError("ENTRIES_END twice")
+        if message.count != len(self.entries) or message.total != self.total:
+            raise RemoteProtocolError("ENTRIES_END does not match the manifest")
+        self.ended = True
+        self._seen.clear()
+        self._dirs.clear()
+        return self.entries
+
+
 class NeedData(enum.Enum):
     """What :meth:`FrameDecoder.next_frame` returns when it needs more bytes."""
 
@@ -355,10 +465,12 @@ class Control(msgspec.Struct, frozen=True):
         type: the frame type (never CHUNK).
         message: the decoded payload: the :class:`Message` the type calls for
             (a list of them for ENTRIES and PLAN).
+        length: the payload's length in bytes, as the header gave it.
     """
 
     type: FrameType
     message: Any
+    length: int = 0
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -486,7 +598,7 @@ class FrameDecoder:
             return chunk
         payload = b"".join(self._take(length))
         try:
-            return Control(ftype, _DECODERS[ftype].decode(payload))
+            return Control(ftype, _DECODERS[ftype].decode(payload), length)
         except msgspec.DecodeError as exc:
             raise RemoteProtocolError(f"malformed {ftype.name} frame") from exc
 
