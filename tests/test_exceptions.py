@@ -112,3 +112,13 @@ def test_channel_error_keeps_its_fields(reason: str, text: str) -> None:
     """ChannelError carries the channel id, code and reason, and says them in its message."""
     exc = ChannelError(7, 3, reason)
     assert (exc.channel_id, exc.code, exc.reason, str(exc)) == (7, 3, reason, text)
+
+
+def test_too_much_data_is_a_channel_failure_and_a_value_error() -> None:
+    """read_all's overflow closes a handler's channel with RESOURCE_LIMIT and says why."""
+    from pstp.exceptions import ChannelFailure, TooMuchData
+
+    exc = TooMuchData(5, 65536)
+    assert isinstance(exc, ChannelFailure) and isinstance(exc, ValueError)
+    assert (exc.code, exc.limit) == (3, 65536)
+    assert exc.reason == "more than 65536 bytes on channel 5"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def test_demo_command_runs_both_halves_in_two_processes() -> None:
 
 async def test_paused_reader_is_not_mistaken_for_a_dead_peer() -> None:
     """While reading is paused for backpressure, heartbeat silence does not end the session."""
-    cfg = Config(keepalive_interval=0.05, keepalive_count_max=2)
+    cfg = Config(keepalive_interval=0.5, keepalive_count_max=2)  # silence limit 1.5 s
     holding: list[Session] = []
     release = asyncio.Event()
 
@@ -217,9 +218,35 @@ async def test_paused_reader_is_not_mistaken_for_a_dead_peer() -> None:
                 await client.send(b"x" * 65536)
 
         task = asyncio.create_task(flood())
-        await asyncio.sleep(0.5)  # ten heartbeat intervals with reading paused
+        await asyncio.sleep(0.7)  # past the heartbeat interval, with reading paused
         assert holding[0]._protocol._reading_paused
         assert not holding[0].is_closed
         release.set()
         await asyncio.wait_for(task, TIMEOUT)
         await client.close()
+
+
+async def test_a_session_paused_past_the_silence_limit_ends_as_stalled() -> None:
+    """Reading paused longer than the dead-peer limit ends the session with TIMEOUT.
+
+    Before, a paused session had no deadline at all: a peer that filled the buffer
+    and then went quiet kept its session (and its buffer) for ever.
+    """
+    cfg = Config(keepalive_interval=0.1, keepalive_count_max=2)  # silence limit 0.3 s
+    holding: list[Session] = []
+
+    async def never_read(session: Session) -> None:
+        holding.append(session)
+        await session.wait_closed()
+
+    server = await serve(
+        never_read, "127.0.0.1", 0, keyring=make_keyring(), own_id=SERVER_ID, config=cfg
+    )
+    async with server:
+        client = await connect("127.0.0.1", server.port, pair_key=PAIR_KEY, config=cfg)
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(64):
+                await client.send(b"x" * 65536)
+        await asyncio.wait_for(client.wait_closed(), TIMEOUT)
+        await asyncio.wait_for(holding[0].wait_closed(), TIMEOUT)
+        assert client.connection.close_code in (ErrorCode.TIMEOUT, ErrorCode.TRUNCATED)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pstp.protocol.config import Config
+from pstp.protocol.connection import Connection, ConnectionState, Role
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT
 
@@ -89,3 +93,31 @@ def serve(dir: Path, config: str, *, preexec: object = None, **env: str) -> Serv
         proc.wait(TIMEOUT)
         raise AssertionError(f"daemon did not start: {line!r} {served.stderr()}")
     return served
+
+
+def raw_session(
+    port: int, key: bytes, *, rcvbuf: int | None = None
+) -> tuple[socket.socket, Connection]:
+    """An established sans-I/O client session over a blocking socket (for misbehaving peers).
+
+    ``rcvbuf`` shrinks the socket's receive buffer before connecting (a peer that
+    reads nothing then fills up quickly).
+    """
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    conn = Connection(
+        Role.CLIENT, Config(), pair_key=key, responder_id="home", timestamp=time.time_ns()
+    )
+    conn.start(time.monotonic())
+    sock.sendall(conn.data_to_send())
+    while conn.state is not ConnectionState.ESTABLISHED:
+        data = sock.recv(65536)
+        if not data:
+            raise AssertionError(f"handshake failed: {conn.close_exc}")
+        conn.receive_data(data, time.monotonic())
+        if out := conn.data_to_send():
+            sock.sendall(out)
+    return sock, conn

@@ -19,7 +19,7 @@ from pstp.exceptions import (
 )
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
-from pstp.protocol.session import ChannelCore, SessionCore, outcome_of
+from pstp.protocol.session import REPLY_FLOOD, ChannelCore, SessionCore, outcome_of
 from pstp.wire.frames import InnerType
 from pstp.wire.messages import ChannelCode, Close, Eof, Open, Params, encode_control
 from tests.helpers import FakeClock, make_client, make_server
@@ -62,6 +62,7 @@ def make_cores(
     admit: object = None,
     high_water: int = 1 << 20,
     config: Config | None = None,
+    session_data: bool = True,
 ) -> Cores:
     """An established client/server pair of session cores."""
     clock = FakeClock()
@@ -72,6 +73,7 @@ def make_cores(
         authorize=authorize,  # type: ignore[arg-type]
         admit=admit,  # type: ignore[arg-type]
         high_water=high_water,
+        session_data=session_data,
     )
     server.conn.start(clock.now)
     client.conn.start(clock.now)
@@ -393,6 +395,67 @@ def test_session_data_and_high_water() -> None:
     assert c.server.recv_data() == bytes(60)
     assert not c.server.reading_paused
     assert c.server.recv_data() is None
+
+
+def test_session_data_refused_by_a_side_that_serves_only_channels() -> None:
+    """With session_data off, DATA ends the session with REFUSED instead of queueing unread."""
+    c = make_cores(session_data=False)
+    c.client.send_data(b"nobody reads this")
+    c.move()
+    assert c.server.terminated and c.server.inbox_bytes == 0
+    assert c.client.terminated and c.client.conn.close_code == ErrorCode.REFUSED
+    assert "use a channel" in str(c.client.closed_error())
+
+
+def test_flow_tracks_how_long_reading_or_writing_has_stopped() -> None:
+    """Reading stops only for unread data; the stall clock runs for either reason."""
+    c = make_cores(high_water=100, config=Config(keepalive_interval=10.0, keepalive_count_max=2))
+    core = c.server
+    assert core.conn.silence_limit == 30.0
+    assert core.flow(False, 5.0) and core.stall_deadline() is None
+    assert core.flow(True, 5.0)  # the peer does not read: we still read
+    assert core.flow(True, 9.0) and core.stall_deadline() == 35.0  # from when it began
+    core.check_stall(34.9)
+    assert not core.terminated
+    assert core.flow(False, 10.0) and core.stall_deadline() is None  # the peer read again
+    for _ in range(3):
+        c.client.send_data(bytes(60))
+    c.move()
+    assert core.reading_paused and not core.flow(False, 20.0)
+    assert core.stall_deadline() == 50.0
+    core.check_stall(50.0)
+    c.move()
+    assert core.stalled and core.terminated
+    assert c.client.conn.close_code == ErrorCode.TIMEOUT
+
+
+def test_no_stall_deadline_without_heartbeats() -> None:
+    """Heartbeats off: no silence limit, so no stall deadline either."""
+    c = make_cores(config=Config(keepalive_interval=None))
+    assert c.server.conn.silence_limit is None
+    c.server.flow(True, 1.0)
+    assert c.server.stall_deadline() is None
+
+
+def test_replies_queued_while_the_peer_reads_nothing_are_bounded() -> None:
+    """Past REPLY_FLOOD bytes of answers queued unread, the session ends (a PING flood)."""
+    c = make_cores()
+    core = c.server
+    core.flow(True, 1.0)
+    core.queued_replies(REPLY_FLOOD)
+    assert not core.terminated
+    core.queued_replies(1)
+    c.move()
+    assert core.stalled and core.terminated
+    assert c.client.conn.close_code == ErrorCode.PROTOCOL_ERROR
+    core.queued_replies(REPLY_FLOOD + 1)  # after the end: nothing more happens
+    c2 = make_cores()
+    c2.server.flow(True, 1.0)
+    c2.server.queued_replies(REPLY_FLOOD)
+    c2.server.flow(False, 2.0)  # the peer read: the count starts again
+    c2.server.flow(True, 3.0)
+    c2.server.queued_replies(REPLY_FLOOD)
+    assert not c2.server.terminated
 
 
 def test_heartbeat_rtt() -> None:

@@ -217,6 +217,15 @@ def _set_error(
     future.exception()  # retrieved: callers see it through read, wait_closed, accepted
 
 
+#: Seconds a closing transport may spend flushing to a peer that does not read.
+_LINGER = 2.0
+
+
+def _abort_if_unsent(transport: asyncio.Transport) -> None:
+    if transport.get_write_buffer_size():
+        transport.abort()
+
+
 class SessionProtocol(asyncio.Protocol):
     """An :class:`asyncio.Protocol` that drives one session core over a transport.
 
@@ -231,6 +240,8 @@ class SessionProtocol(asyncio.Protocol):
             closes the session with REFUSED (session policy: caps, windows).
         messages: the transport carries discrete messages (one record each,
             :meth:`message_received`) instead of a byte stream.
+        session_data: this side reads session-level DATA (false: DATA from the
+            peer ends the session with REFUSED, see :class:`SessionCore`).
     """
 
     def __init__(
@@ -242,10 +253,16 @@ class SessionProtocol(asyncio.Protocol):
         authorize: Authorizer | None = None,
         admit: Admitter | None = None,
         messages: bool = False,
+        session_data: bool = True,
     ) -> None:
         self.conn = conn
         self.core: SessionCore[ChannelHandler] = SessionCore(
-            conn, handlers=handlers, authorize=authorize, admit=admit, high_water=high_water
+            conn,
+            handlers=handlers,
+            authorize=authorize,
+            admit=admit,
+            high_water=high_water,
+            session_data=session_data,
         )
         self.core.wake = self._wake
         self._messages = messages
@@ -258,6 +275,7 @@ class SessionProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading_paused = False
+        self._write_paused = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -279,13 +297,33 @@ class SessionProtocol(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
+        if not self._write_paused:
+            self.conn.receive_data(data, self.loop.time())
+            self.pump()
+            return
+        before = self._queued()
         self.conn.receive_data(data, self.loop.time())
         self.pump()
+        self._count_replies(before)
 
     def message_received(self, message: bytes) -> None:
         """A message transport delivered one record (or handshake frame)."""
+        before = self._queued() if self._write_paused else 0
         self.conn.receive_message(message, self.loop.time())
         self.pump()
+        if self._write_paused:
+            self._count_replies(before)
+
+    def _queued(self) -> int:
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def _count_replies(self, before: int) -> None:
+        # What this input made us queue while the peer reads nothing (PONGs,
+        # WINDOW credit, REJECTs) is bounded (SessionCore.queued_replies).
+        if (grown := self._queued() - before) > 0:
+            self.core.queued_replies(grown)
+            self.pump()
 
     def eof_received(self) -> bool:
         self.conn.receive_eof(self.loop.time())
@@ -302,10 +340,19 @@ class SessionProtocol(asyncio.Protocol):
         self._writable.set()
 
     def pause_writing(self) -> None:
+        # The peer is not reading what we send.  Reading goes on (two peers that
+        # both send would deadlock otherwise); what its input makes us queue
+        # meanwhile is counted (data_received) and the stall deadline runs.
         self._writable.clear()
+        self._write_paused = True
+        self._update_reading()
+        self._schedule_timer()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        self._write_paused = False
+        self._update_reading()
+        self._schedule_timer()
 
     # -- the loop: feed (done by the caller), apply events, flush, dispatch ----
 
@@ -322,13 +369,20 @@ class SessionProtocol(asyncio.Protocol):
             return
         for ch, handler in started:
             self._start_handler(handler, Channel(self, ch))
-        if self._transport is not None and core.reading_paused != self._reading_paused:
-            self._reading_paused = core.reading_paused
-            if self._reading_paused:
-                self._transport.pause_reading()
-            else:
-                self._transport.resume_reading()
+        self._update_reading()
         self._schedule_timer()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading the transport as the core says (unread session data)."""
+        paused = not self.core.flow(self._write_paused, self.loop.time())
+        transport = self._transport
+        if transport is None or paused == self._reading_paused or transport.is_closing():
+            return
+        self._reading_paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _flush(self) -> None:
         transport = self._transport
@@ -376,14 +430,24 @@ class SessionProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            if self.core.stalled:
+                transport.abort()  # what is queued would never be read
+                return
+            transport.close()
+            if transport.get_write_buffer_size():
+                # close() waits for the buffer to drain; a peer that never reads
+                # would keep the descriptor for ever.
+                self.loop.call_later(_LINGER, _abort_if_unsent, transport)
 
     def _schedule_timer(self) -> None:
-        # While reading is paused (the application is not draining session data),
-        # the peer's records sit unread: counting that silence as a dead peer
-        # would be wrong, so timers wait until reading resumes.
+        # While reading is paused (unread session data) the peer's records sit
+        # unread: counting that silence as a dead peer would be wrong.  The
+        # stall deadline runs instead, and also while the peer reads nothing.
         deadline = None if self._reading_paused else self.conn.next_deadline()
+        if (stall := self.core.stall_deadline()) is not None:
+            deadline = stall if deadline is None else min(deadline, stall)
         timer = self._timer
         if deadline is None:
             if timer is not None:
@@ -402,7 +466,10 @@ class SessionProtocol(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.conn.handle_timer(self.loop.time())
+        now = self.loop.time()
+        if not self._reading_paused:
+            self.conn.handle_timer(now)
+        self.core.check_stall(now)
         self.pump()
 
     # -- used by Session and Channel ----------------------------------------------

@@ -92,6 +92,7 @@ async def serve(
     on_session: Callable[[Session], Callable[[], None] | None] | None = None,
     on_handshake_failed: Callable[[Connection, str], None] | None = None,
     admit: Callable[[Connection], str | None] | None = None,
+    session_data: bool = True,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -119,6 +120,9 @@ async def serve(
             when a handshake fails (for the audit log); the peer learns nothing.
         admit: decides each session the moment its handshake completes, before
             any of its channels; a returned reason closes it with REFUSED.
+        session_data: someone reads session-level DATA (``Session.recv``).  A
+            server of channels only passes false: DATA from a peer then ends its
+            session with REFUSED instead of waiting unread (docs/protocol.md §12.1).
 
     Raises:
         OSError: the address could not be bound.
@@ -158,7 +162,13 @@ async def serve(
 
     def factory() -> SessionProtocol:
         conn = responder(config, keyring, own_id, discovery_lookup, current_pake[0])
-        proto = SessionProtocol(conn, handlers=handlers, authorize=authorize, admit=admit)
+        proto = SessionProtocol(
+            conn,
+            handlers=handlers,
+            authorize=authorize,
+            admit=admit,
+            session_data=session_data,
+        )
         task = loop.create_task(run(proto))
         tasks.add(task)
         task.add_done_callback(tasks.discard)

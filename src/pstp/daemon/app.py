@@ -412,6 +412,7 @@ class Daemon:
                     on_session=self._on_session,
                     on_handshake_failed=self._auth_failed,
                     admit=self._admit,
+                    session_data=False,  # the daemon serves channels only
                 )
                 self.servers.append(server)
                 _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)

@@ -850,6 +850,17 @@ class Connection:
 
     # -- timers --------------------------------------------------------------
 
+    @property
+    def silence_limit(self) -> float | None:
+        """Seconds of silence after which the peer is declared dead (``None``: no heartbeats).
+
+        The heartbeat interval times one more than ``keepalive_count_max``
+        (60 s with the defaults, docs/protocol.md §6.5).
+        """
+        if not self._keepalive:
+            return None
+        return self._keepalive * (self.config.keepalive_count_max + 1)
+
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or ``None``."""
         if self._state is ConnectionState.CLOSED:

@@ -51,6 +51,7 @@ from pstp.wire.messages import ChannelCode, Params, cut_reason
 
 __all__ = [
     "READ_ALL_LIMIT",
+    "REPLY_FLOOD",
     "Admitter",
     "Authorizer",
     "ChannelCore",
@@ -63,6 +64,9 @@ __all__ = [
 
 H = TypeVar("H")
 
+#: Bytes of answers to the peer's input (heartbeats, window credit, refusals) that
+#: may queue while the transport takes nothing: past that the session ends.
+REPLY_FLOOD = 1 << 20
 #: What ``Channel.read_all`` accepts unless told otherwise: 16 MiB (docs/protocol.md §12.1).
 READ_ALL_LIMIT = 16 << 20
 
@@ -210,6 +214,9 @@ class SessionCore(Generic[H]):
         admit: asked once when the handshake completes (session policy).
         high_water: unread session DATA bytes above which the driver stops
             reading the transport (:attr:`reading_paused`).
+        session_data: this side reads session-level DATA; if false (a device
+            that serves only channels), DATA from the peer ends the session
+            with REFUSED instead of waiting unread (docs/protocol.md §12.1).
     """
 
     def __init__(
@@ -220,8 +227,10 @@ class SessionCore(Generic[H]):
         authorize: Authorizer | None = None,
         admit: Admitter | None = None,
         high_water: int = 1 << 20,
+        session_data: bool = True,
     ) -> None:
         self.conn = conn
+        self.session_data = session_data
         self.handlers: dict[str, H] = dict(handlers or {})
         self.authorize = authorize
         self.admit = admit
@@ -241,6 +250,12 @@ class SessionCore(Generic[H]):
         #: Round-trip time of the last answered heartbeat, in seconds.
         self.last_rtt: float | None = None
         self._close_code: int | None = None
+        #: Since when reading, or the peer's reading of our output, has stopped.
+        self._paused_at: float | None = None
+        self._replies = 0
+        #: True once :meth:`check_stall` ended the session: the driver drops the
+        #: transport at once instead of waiting to flush what the peer never reads.
+        self.stalled = False
         #: Called when session-level state changes (data, handshake, end).
         self.wake: Callable[[], None] = _no_wake
 
@@ -261,6 +276,58 @@ class SessionCore(Generic[H]):
         if not self.reading_paused and self.inbox_bytes > self.high_water:
             self.reading_paused = True
         return started
+
+    def flow(self, write_paused: bool, now: float) -> bool:
+        """Note whether the transport takes our output; true if the driver should read now.
+
+        Reading stops only while unread session DATA is above the high-water
+        mark.  It goes on while the transport cannot take what we write (a
+        peer that does not read): stopping would deadlock two peers that both
+        send, so what the peer's input makes us queue meanwhile is bounded by
+        :meth:`queued_replies` instead.  How long either has lasted is kept for
+        :meth:`stall_deadline`.
+        """
+        if self.reading_paused or write_paused:
+            if self._paused_at is None:
+                self._paused_at = now
+        else:
+            self._paused_at = None
+            self._replies = 0
+        return not self.reading_paused
+
+    def queued_replies(self, size: int) -> None:
+        """``size`` more bytes were queued in answer to input while the transport was full.
+
+        Heartbeat answers, window credit and refusals are sent without asking
+        the application; a peer that sends and never reads would make them
+        queue for ever.  Past :data:`REPLY_FLOOD` bytes the session ends with
+        PROTOCOL_ERROR, as HTTP/2 servers do with a PING or SETTINGS flood.
+        """
+        self._replies += size
+        if self._replies > REPLY_FLOOD and not self.terminated:
+            self.stalled = True
+            self.conn.close(ErrorCode.PROTOCOL_ERROR, "the peer does not read what it is sent")
+
+    def stall_deadline(self) -> float | None:
+        """When a session that stopped reading, or whose peer stopped reading, ends.
+
+        While either lasts, the peer's heartbeats cannot prove it alive (they
+        go unread, or our answers never leave); this deadline takes the
+        dead-peer rule's place, after the same silence limit
+        (:attr:`Connection.silence_limit`, docs/protocol.md §12.1).  ``None``: never.
+        """
+        limit = self.conn.silence_limit
+        if self._paused_at is None or limit is None or self.terminated:
+            return None
+        return self._paused_at + limit
+
+    def check_stall(self, now: float) -> None:
+        """End the session with TIMEOUT once it has been stalled past the deadline."""
+        deadline = self.stall_deadline()
+        if deadline is not None and now >= deadline:
+            self.stalled = True
+            limit = self.conn.silence_limit
+            self.conn.close(ErrorCode.TIMEOUT, f"session stalled for {limit:g} s")
 
     def _apply(self, event: Event, started: list[tuple[ChannelCore, H]]) -> None:
         match event:
@@ -293,6 +360,9 @@ class SessionCore(Generic[H]):
             case ChannelOpenRequested():
                 self._on_open_requested(event, started)
             case DataReceived(data=data):
+                if not self.session_data:
+                    self.conn.close(ErrorCode.REFUSED, "no session data here: use a channel")
+                    return
                 self.inbox.append(data)
                 self.inbox_bytes += len(data)
                 self.wake()

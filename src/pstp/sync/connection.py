@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import queue
 import selectors
@@ -652,15 +653,21 @@ class SyncSession(SessionFacts[ChannelHandler]):
             sel.register(self._wake_r, selectors.EVENT_READ)
             mask = 0
             while True:
+                if self._own_output():
+                    self._write_some()
                 with self._lock:
                     if self._core.terminated:
                         break
-                    reading = not self._core.reading_paused
+                    # Output that cannot leave (a peer that does not read) does not
+                    # stop reading, which could deadlock two senders; the answers
+                    # our reading queues meanwhile are bounded (_read_some).
+                    reading = self._core.flow(self._io_sending, time.monotonic())
                     # While paused, input waits in the socket: the peer is not
-                    # silent, so heartbeat deadlines must not run (§6.5).
+                    # silent, so heartbeat deadlines must not run (§6.5); the
+                    # stall deadline does, then and while the peer reads nothing.
                     deadline = self._conn.next_deadline() if reading else None
-                if self._own_output():
-                    self._write_some()
+                    if (stall := self._core.stall_deadline()) is not None:
+                        deadline = stall if deadline is None else min(deadline, stall)
                 want = (selectors.EVENT_READ if reading else 0) | (
                     selectors.EVENT_WRITE if self._io_sending else 0
                 )
@@ -682,10 +689,11 @@ class SyncSession(SessionFacts[ChannelHandler]):
                         self._write_some()
                     if events & selectors.EVENT_READ:
                         self._read_some()
-                if reading:
-                    with self._lock:
+                with self._lock:
+                    if reading:
                         self._conn.handle_timer(time.monotonic())
-                        self._pump_locked()
+                    self._core.check_stall(time.monotonic())
+                    self._pump_locked()
         except Exception:
             _log.exception("the I/O thread of %r failed", self)
             with self._lock:
@@ -704,11 +712,17 @@ class SyncSession(SessionFacts[ChannelHandler]):
             data = b""  # a reset reads as the end of the stream
         with self._lock:
             now = time.monotonic()
+            before = len(self._outq)
             if data:
                 self._conn.receive_data(data, now)
             elif self._conn.state is not ConnectionState.CLOSED:
                 self._conn.receive_eof(now)
             self._pump_locked()
+            if self._io_sending:  # our output waits for the socket: count the answers
+                grown = sum(len(c) for c in itertools.islice(self._outq, before, None))
+                if grown:
+                    self._core.queued_replies(grown)
+                    self._pump_locked()
 
     def _own_output(self) -> bool:
         """Take the send lock if output waits and no thread is writing; true while held."""
