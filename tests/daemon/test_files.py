@@ -27,7 +27,7 @@ from pstp.client.files import Progress, TransferSummary, get, put
 from pstp.daemon.audit import AuditLog, AuditRow
 from pstp.exceptions import ChannelError, TransferFailed
 from pstp.files import frames
-from pstp.files.disk import part_names
+from pstp.files.disk import PartMeta, boot_id, meta_bytes, part_names
 from pstp.files.frames import (
     CHUNK_SIZE,
     MAX_LEFT_OUT,
@@ -876,3 +876,33 @@ def test_a_manifest_past_64_mib_is_refused_before_it_ends(served: Served) -> Non
     assert b"manifest larger than 67108864 bytes" in reply
     assert rss(served.proc.pid) - before < 200 * MiB
     assert not (served.rw / "t").exists()
+
+
+# -- a hard link planted as the part (issue 11, item 13) ------------------------------------
+
+
+def test_a_hard_link_planted_as_the_part_never_overwrites_a_file_outside_the_root(
+    served: Served, tmp_path: Path
+) -> None:
+    """A local user plants `.x.pstp-part` in a writable root as a hard link to a file outside
+    it, with a sidecar that makes it look resumable.  The device refuses the entry
+    (st_nlink > 1) and the outside file keeps its content; once the link is gone the same
+    put goes through."""
+    src = tmp_path / "linked.bin"
+    src.write_bytes(os.urandom(3 * MiB + 5))
+    outside = served.tmp / "outside-the-root.txt"
+    outside.write_bytes(b"must never change")
+    part, meta = (served.rw / n for n in part_names(src.name))
+    head = PartMeta(src.stat().st_size, src.stat().st_mtime_ns, CHUNK_SIZE, boot_id())
+    meta.write_bytes(meta_bytes(head, []))
+    os.link(outside, part)
+    summary = run_put(served, [src], served.rw / src.name)
+    assert not summary.ok
+    ((path, error),) = summary.failed
+    assert path == src.name and "has 2 links" in error, error
+    assert outside.read_bytes() == b"must never change" and outside.stat().st_nlink == 2
+    assert not (served.rw / src.name).exists()
+    part.unlink()
+    again = run_put(served, [src], served.rw / src.name)
+    assert again.ok, again.failed
+    assert sha256(served.rw / src.name) == sha256(src) and not meta.exists()

@@ -193,3 +193,41 @@ def test_small_helpers() -> None:
         "5120.0 GiB",
     ]
     assert is_utf8("ü") and not is_utf8(os.fsdecode(b"\xff"))
+
+
+# -- a part is ours only if it is a regular file with one link (issue 11, item 13) ----------
+
+
+def test_open_part_refuses_a_hard_link_a_symlink_and_a_non_file(tmp_path: Path, base: int) -> None:
+    """open_part creates or opens a lone regular file; a hard link, a symlink or a FIFO
+    under the part's name is refused and nothing is written to what it leads to."""
+    from pstp.files.disk import check_part, create_meta, open_part
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    os.link(victim, tmp_path / "linked.part")
+    with pytest.raises(RefusedError, match="has 2 links"):
+        open_part(base, "linked.part")
+    os.symlink(victim, tmp_path / "sym.part")
+    with pytest.raises(RefusedError, match="symlink"):
+        open_part(base, "sym.part")
+    os.mkfifo(tmp_path / "fifo.part")
+    with pytest.raises(RefusedError, match="not a regular file"):
+        open_part(base, "fifo.part")
+    assert victim.read_bytes() == b"precious" and victim.stat().st_nlink == 2
+    fd = open_part(base, "new.part")
+    try:
+        check_part(fd, "new.part")
+        os.link(tmp_path / "new.part", tmp_path / "later")  # linked once opened
+        with pytest.raises(RefusedError, match="has 2 links"):
+            check_part(fd, "new.part")
+    finally:
+        os.close(fd)
+    # A sidecar is created afresh: a hard link under its name is unlinked, not truncated.
+    os.link(victim, tmp_path / "x.meta")
+    meta = create_meta(base, "x.meta")
+    try:
+        os.write(meta, b"sidecar")
+    finally:
+        os.close(meta)
+    assert victim.read_bytes() == b"precious" and (tmp_path / "x.meta").read_bytes() == b"sidecar"

@@ -12,7 +12,7 @@ import pytest
 
 from pstp.exceptions import RemoteProtocolError, TransferFailed
 from pstp.files import frames as m
-from pstp.files.disk import Tree, part_names
+from pstp.files.disk import PartMeta, Tree, boot_id, meta_bytes, part_names
 from pstp.files.engine import FrameStream, Progress, Receiver, Sender, TransferResult
 from pstp.files.frames import DIGEST_SIZE, FrameType, OfferAction
 from tests.helpers import TIMEOUT
@@ -580,3 +580,60 @@ def test_several_sources_for_a_renamed_target_fail_at_the_second_top(tmp_path: P
     _, result = open_manifest(tmp_path, stream, rename_top="x")
     assert isinstance(result, TransferFailed)
     assert "several sources need a directory as the target" in str(result)
+
+
+# -- a hard link planted as the part or its sidecar is never written through (item 13) ------
+
+
+def plant_resumable(dst: Path, name: str, size: int) -> tuple[Path, Path]:
+    """The part and sidecar names of ``name`` in ``dst``, with a sidecar that makes the part
+    look resumable (offset 0) to the receiver."""
+    part, meta = (dst / n for n in part_names(name))
+    meta.write_bytes(
+        meta_bytes(PartMeta(size, os.stat(dst.parent / "src" / name).st_mtime_ns, C, boot_id()), [])
+    )
+    return part, meta
+
+
+def test_a_hard_link_planted_as_the_part_is_refused_and_the_linked_file_is_untouched(
+    tmp_path: Path,
+) -> None:
+    """Someone who can write in the target plants `.f.pstp-part` as a hard link to a file
+    elsewhere, with a sidecar that makes it look resumable: the entry fails, clearly, and
+    the other file keeps its content (it used to be truncated and overwritten)."""
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "f.bin"
+    src.write_bytes(os.urandom(3 * C))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"outside the root")
+    part, _ = plant_resumable(dst, "f.bin", 3 * C)
+    os.link(victim, part)
+    sent, received = transfer(src, dst)
+    assert isinstance(sent, TransferResult) and isinstance(received, TransferResult), received
+    assert victim.read_bytes() == b"outside the root"
+    assert not (dst / "f.bin").exists()
+    ((path, error),) = received.failed
+    assert path == "f.bin" and "has 2 links" in error and "never written through" in error
+    assert sent.failed == received.failed
+
+
+def test_a_hard_link_planted_as_the_sidecar_is_replaced_not_truncated(tmp_path: Path) -> None:
+    """The sidecar is written afresh under its name: a hard link there (to a file that
+    happens to look like a sidecar) is unlinked, and the file it leads to keeps its bytes."""
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "f.bin"
+    src.write_bytes(os.urandom(2 * C))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    part, meta = plant_resumable(dst, "f.bin", 2 * C)
+    part.write_bytes(b"")
+    victim = tmp_path / "victim"
+    os.rename(meta, victim)
+    before = victim.read_bytes()
+    os.link(victim, meta)
+    _, received = transfer(src, dst)
+    assert isinstance(received, TransferResult) and received.files == 1, received
+    assert victim.read_bytes() == before
+    assert (dst / "f.bin").read_bytes() == src.read_bytes()

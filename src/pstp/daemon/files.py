@@ -28,9 +28,10 @@ _log = logging.getLogger("pstp.daemon.files")
 
 
 class Recorder(Protocol):
-    """Writes an audit row (the signature of ``Daemon._record``)."""
+    """Writes an audit row (the signature of ``Daemon._record``; what it returns, such as
+    whether the row was written, is not used here)."""
 
-    def __call__(self, kind: str, peer: str, decision: str, **kw: Any) -> None: ...
+    def __call__(self, kind: str, peer: str, decision: str, **kw: Any) -> object: ...
 
 
 class _Jail:

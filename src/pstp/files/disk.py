@@ -44,12 +44,15 @@ __all__ = [
     "RefusedError",
     "Tree",
     "boot_id",
+    "check_part",
+    "create_meta",
     "free_space",
     "hash_chunks",
     "human",
     "is_utf8",
     "lock",
     "meta_bytes",
+    "open_part",
     "part_names",
     "pread_into",
     "read_meta",
@@ -99,6 +102,65 @@ def part_names(name: str) -> tuple[str, str]:
         digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         base = f".pstp-{digest}"
     return base + _PART_SUFFIX, base + _META_SUFFIX
+
+
+def check_part(fd: int, part: str) -> None:
+    """Refuse a ``.part`` that is not a regular file or that has more than one link.
+
+    A hard link planted under a part's name (by anyone who can write in the
+    target directory) would make the receiver truncate and write a file
+    elsewhere, perhaps outside the root: a part is only ever ours if its inode
+    has this one name (§18.8, §18.13).
+
+    Raises:
+        RefusedError: not a regular file, or ``st_nlink > 1``.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise RefusedError(f"{part} is not a regular file")
+    if st.st_nlink > 1:
+        raise RefusedError(
+            f"{part} has {st.st_nlink} links (a hard link is never written through): "
+            "remove it and run the transfer again"
+        )
+
+
+def open_part(dir_fd: int, part: str) -> int:
+    """Open (creating it if missing) the ``.part`` ``part`` in ``dir_fd`` for writing:
+    never through a symlink (``O_NOFOLLOW``, relative to the directory descriptor),
+    and only a regular file with one link (:func:`check_part`).  Nothing is written
+    or truncated before the checks pass.
+
+    Raises:
+        RefusedError: a symlink, not a regular file, or more than one link.
+        OSError: it could not be opened.
+    """
+    try:
+        fd = os.open(part, PART_FLAGS, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RefusedError(f"{part} is a symlink (not followed)") from None
+        raise
+    try:
+        check_part(fd, part)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def create_meta(dir_fd: int, name: str) -> int:
+    """A new, empty sidecar ``name`` in ``dir_fd``: what was under its name is unlinked
+    (never truncated or written through: it may be a hard link), then the file is
+    created with ``O_EXCL | O_NOFOLLOW``.
+
+    Raises:
+        OSError: it could not be created (``FileExistsError`` if something was put
+            back under its name meanwhile).
+    """
+    unlink_quietly(dir_fd, name)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, 0o600, dir_fd=dir_fd)
 
 
 @functools.cache

@@ -22,18 +22,20 @@ from typing import Any, Protocol, TypeVar
 
 from pstp.exceptions import ChannelError, ConnectionClosed, RemoteProtocolError, TransferFailed
 from pstp.files.disk import (
-    PART_FLAGS,
     READ_FLAGS,
     Dirs,
     PartMeta,
     RefusedError,
     Tree,
     boot_id,
+    check_part,
+    create_meta,
     free_space,
     hash_chunks,
     human,
     lock,
     meta_bytes,
+    open_part,
     part_names,
     pread_into,
     read_meta,
@@ -828,9 +830,8 @@ class Receiver:
             unlink_quietly(parent, meta_name)
             return 0, []
         try:
+            check_part(fd, part)  # a hard link planted as the part is never resumed
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RefusedError(f"{part} is not a regular file")
             digests = digests[: -(-size // c) if st.st_size >= size else st.st_size // c]
             if meta.boot != boot_id() or not meta.boot:
                 # The page cache may have lost writes since the sidecar was written.
@@ -895,11 +896,10 @@ class Receiver:
                     f"needed, {human(free)} free"
                 )
             try:
-                fd = os.open(part, PART_FLAGS, 0o600, dir_fd=parent)
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise RefusedError(f"{part} is not a regular file")
+                fd = open_part(parent, part)  # a regular file with one link, or refused
                 await lock(fd)
-                meta_fd = os.open(meta_name, PART_FLAGS | os.O_TRUNC, 0o600, dir_fd=parent)
+                check_part(fd, part)  # again: a link may have been made while we waited
+                meta_fd = create_meta(parent, meta_name)
                 digests = list(offer.digests[:j])
                 meta = PartMeta(size, entry.mtime_ns, c, boot_id())
                 os.write(meta_fd, meta_bytes(meta, digests))
