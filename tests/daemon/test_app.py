@@ -131,10 +131,14 @@ def test_allowed_action_runs_and_returns_output_and_status(daemon: tuple[int, Pa
     assert (status, out) == (0, b"kettle at 80\n")
     assert (status7, err) == (7, b"broken")
     rows = AuditLog(audit).list(peer="phone", kind="action")
-    assert [(r.decision, r.args["name"], r.result["exit_status"]) for r in rows[-2:]] == [
-        ("ok", "kettle.on", 0),
-        ("fail", "fail.seven", 7),
+    # Each request: an "allow" row before it runs (fail closed), then its outcome.
+    assert [(r.decision, r.args["name"]) for r in rows[-4:]] == [
+        ("allow", "kettle.on"),
+        ("ok", "kettle.on"),
+        ("allow", "fail.seven"),
+        ("fail", "fail.seven"),
     ]
+    assert [r.result["exit_status"] for r in rows[-3::2]] == [0, 7]
 
 
 @pytest.mark.parametrize(
@@ -266,7 +270,7 @@ def test_two_hundred_concurrent_clients(daemon: tuple[int, Path]) -> None:
     outputs = asyncio.run(all_clients())
     assert outputs == [f"client-{i}\n".encode() for i in range(200)]
     rows = log.list(kind="action", peer="phone")[before:]
-    assert len(rows) == 200 and all(r.decision == "ok" for r in rows)
+    assert sorted(r.decision for r in rows) == ["allow"] * 200 + ["ok"] * 200
     assert log.verify().ok
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pstp.asyncio.client import connect
+from pstp.client.remote import run_action, run_exec
+from pstp.daemon.audit import MAX_JSON, AuditLog, canonical_json
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
 from pstp.wire.messages import ChannelCode
 from tests.daemon.serving import GUEST, PHONE, Served, raw_session, serve
@@ -144,3 +148,118 @@ def test_session_data_to_the_daemon_is_refused_not_kept(daemon: Served) -> None:
     exc = asyncio.run(main())
     assert exc.code == ErrorCode.REFUSED
     assert "use a channel" in str(exc)
+
+
+def test_refused_requests_cannot_flood_the_audit_log(daemon: Served) -> None:
+    """300 refused execs with 60 KB arguments each: few rows, each of a few KiB at most.
+
+    Before, every denial stored all its OPEN parameters and spent no rate token:
+    609 rows (35 MiB) in one second.
+    """
+    log = AuditLog(daemon.audit)
+    before_rows = len(log.list(peer="guest"))
+    before_size = daemon.audit.stat().st_size + _wal_size(daemon.audit)
+    big = "A" * 60_000
+
+    async def main() -> set[int]:
+        codes = set()
+        async with await connect(
+            "127.0.0.1", daemon.port, pair_key=GUEST, device_id="home"
+        ) as session:
+            for _ in range(300):
+                with pytest.raises(ChannelError) as err:
+                    await run_exec(session, ["cat", big])
+                codes.add(err.value.code)
+        return codes
+
+    started = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(main(), 20 * TIMEOUT)) == {ChannelCode.REFUSED}
+    elapsed = time.monotonic() - started
+    rows = log.list(peer="guest")[before_rows:]
+    # The per-peer budget: a burst of 20 rows, then 5 a second.
+    assert len(rows) <= 20 + 5 * (elapsed + 1), (len(rows), elapsed)
+    for row in rows:
+        assert len(canonical_json(row.args)) <= MAX_JSON
+    grown = daemon.audit.stat().st_size + _wal_size(daemon.audit) - before_size
+    assert grown < 2 << 20, f"the audit log grew by {grown} bytes"
+
+
+def _wal_size(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+AUDIT_ON_TMPFS = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[audit]
+path = "{audit}"
+reserve_mib = 0
+
+[actions."mark"]
+argv = ["{python}", "-c", "open('{mark}', 'w').close()"]
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+actions = ["mark"]
+"""
+
+
+def test_a_full_audit_disk_refuses_requests_instead_of_running_them(tmp_path: Path) -> None:
+    """With the audit log's file system full, an allowed action is refused and does not run.
+
+    Before, the audit write failed with "database or disk is full", was logged, and
+    the request ran unaudited (5 of 5 execs).
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    mark = tmp_path / "ran"
+    served = None
+    try:
+        config = AUDIT_ON_TMPFS.replace("{audit}", str(disk / "audit.sqlite")).replace(
+            "{mark}", str(mark)
+        )
+        served = serve(tmp_path, config)
+
+        async def run() -> int:
+            async with await connect(
+                "127.0.0.1", served.port, pair_key=PHONE, device_id="home"
+            ) as session:
+                return await run_action(session, "mark", {})
+
+        assert asyncio.run(asyncio.wait_for(run(), TIMEOUT)) == 0  # audited and run
+        assert mark.exists()
+        mark.unlink()
+        filler = disk / "filler"
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+
+        async def refused() -> ConnectionClosed | ChannelError:
+            try:
+                async with await connect(
+                    "127.0.0.1", served.port, pair_key=PHONE, device_id="home"
+                ) as session:
+                    await run_action(session, "mark", {})
+            except (ConnectionClosed, ChannelError) as exc:
+                return exc
+            raise AssertionError("the action ran although it could not be audited")
+
+        exc = asyncio.run(asyncio.wait_for(refused(), TIMEOUT))
+        assert "audit log" in str(exc)
+        assert not mark.exists()
+        assert "could not write the audit log" in served.stderr()
+        filler.unlink()  # space again: requests are audited and run again
+        assert asyncio.run(asyncio.wait_for(run(), TIMEOUT)) == 0
+        assert mark.exists()
+    finally:
+        if served is not None:
+            served.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -9,6 +9,7 @@ channel is accepted, and lands in the hash-chained audit log
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -52,6 +53,12 @@ _log = logging.getLogger("pstp.daemon")
 #: Failed authentication attempts written to the audit log per second, at most:
 #: a flood of garbage connections must not fill the disk (the rest are counted).
 _AUTH_FAIL_ROWS_PER_S = 10.0
+#: Denial rows one peer may write per second (and as a burst): a peer whose every
+#: request is refused must not fill the disk; the rest are counted in the next row.
+_DENY_ROWS_PER_S = 5.0
+_DENY_ROWS_BURST = 20.0
+#: What a peer is told when its request cannot be audited (docs/security.md).
+AUDIT_DOWN = "the device cannot write its audit log, so it runs nothing now"
 #: Seconds between saves of the replay guard while it changes.
 _GUARD_SAVE_INTERVAL = 5.0
 
@@ -123,7 +130,8 @@ class Daemon:
     sessions: dict[str, set[Session]] = field(default_factory=dict)
     suppressed_auth_failures: int = 0
     mdns: list[Advertisement] = field(default_factory=list)
-    _admitted: set[int] = field(default_factory=set)
+    _admitted: dict[int, str] = field(default_factory=dict)
+    _deny_budget: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     _guard_saved: dict[str, int] = field(default_factory=dict)
     _tasks: asyncio.TaskGroup | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -145,12 +153,35 @@ class Daemon:
 
     # -- audit -------------------------------------------------------------------
 
-    def _record(self, kind: str, peer: str, decision: str, **kw: Any) -> None:
+    def _record(self, kind: str, peer: str, decision: str, **kw: Any) -> bool:
+        """Write one audit row; false (and logged) if it could not be written.
+
+        Requests fail closed on a false return: what cannot be audited does not run.
+        """
         assert self.audit is not None
         try:
             self.audit.record(kind, peer, decision, **kw)
-        except Exception:
-            _log.exception("could not write the audit log")
+        except Exception as exc:
+            _log.error("could not write the audit log, refusing requests until it can: %s", exc)
+            return False
+        return True
+
+    def _file_row(self, kind: str, peer: str, decision: str, **kw: Any) -> None:
+        """A row of the file service's (each entry; the transfer was audited before it ran)."""
+        self._record(kind, peer, decision, **kw)
+
+    def _deny_row(self, kind: str, peer: str, **kw: Any) -> None:
+        """A denial row, within the peer's budget; the rest are counted in the next row."""
+        now = time.monotonic()
+        tokens, stamp, suppressed = self._deny_budget.get(peer, (_DENY_ROWS_BURST, now, 0))
+        tokens = min(_DENY_ROWS_BURST, tokens + (now - stamp) * _DENY_ROWS_PER_S)
+        if tokens < 1:
+            self._deny_budget[peer] = (tokens, now, suppressed + 1)
+            return
+        if suppressed:
+            kw["result"] = {"suppressed_before": suppressed}
+        self._deny_budget[peer] = (tokens - 1, now, 0)
+        self._record(kind, peer, "deny", **kw)
 
     def _auth_failed(self, conn: Connection, peer_address: str) -> None:
         now = time.monotonic()
@@ -211,7 +242,9 @@ class Daemon:
         """Decide a session as its handshake completes (before any of its channels)."""
         peer = conn.peer_id or "?"
         method = "pake" if conn.via_pake else "psk"
-        self._record("auth", peer, "ok", result={"method": method, "session": conn.session_id})
+        result = {"method": method, "session": conn.session_id}
+        if not self._record("auth", peer, "ok", result=result):
+            return AUDIT_DOWN
         if conn.via_pake:
             return None  # a pairing session: only the pair channel is open to it
         decision = self.policy.admit(
@@ -220,9 +253,9 @@ class Daemon:
         if decision.allowed:
             decision = self.policy.session_opened(peer)
         if not decision.allowed:
-            self._record("session", peer, "deny", detail=f"{decision.rule}: {decision.reason}")
+            self._deny_row("session", peer, detail=f"{decision.rule}: {decision.reason}")
             return decision.reason
-        self._admitted.add(id(conn))
+        self._admitted[id(conn)] = peer
         return None
 
     def _on_session(self, session: Session) -> Callable[[], None] | None:
@@ -234,7 +267,7 @@ class Daemon:
         _log.info("session with %s established", peer)
 
         def done() -> None:
-            self._admitted.discard(id(conn))
+            self._admitted.pop(id(conn), None)
             self.policy.session_closed(peer)
             live = self.sessions.get(peer)
             if live is not None:
@@ -271,15 +304,12 @@ class Daemon:
         decision = self.policy.admit(
             peer, request, at=datetime.now().astimezone(), now=time.monotonic()
         )
+        row = {"reason": _reason(params) or None, "args": _audit_args(kind, params)}
         if not decision.allowed:
-            self._record(
-                kind,
-                peer,
-                "deny",
-                reason=_reason(params) or None,
-                args=_audit_args(kind, params),
-                detail=f"{decision.rule}: {decision.reason}",
-            )
+            self._deny_row(kind, peer, detail=f"{decision.rule}: {decision.reason}", **row)
+        elif not self._record(kind, peer, "allow", detail=decision.rule, **row):
+            # Fail closed: what cannot be audited does not run (docs/security.md).
+            return AUDIT_DOWN
         return decision  # the core cuts a refusal to the spec's length (§14.4)
 
     def _action_args(self, ch: Channel) -> dict[str, object]:
@@ -325,7 +355,7 @@ class Daemon:
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
-            "file": self._audited("file", file_handler(lambda: self.policy, self._record)),
+            "file": self._audited("file", file_handler(lambda: self.policy, self._file_row)),
         }
         handlers[PAIR_CHANNEL] = self._pair_channel
         return handlers
@@ -479,9 +509,10 @@ class Daemon:
         for peer_id in gone:
             if peer_id not in new_keys:
                 self.keyring.remove(peer_id)
-        for peer_id, live in self.sessions.items():
-            for _ in live:
-                policy.session_opened(peer_id)  # carry the open sessions over
+        # Carry the open sessions over, counted from admission (a session is
+        # counted from its handshake on, before it is in self.sessions), even
+        # above a lowered max_sessions.
+        policy.carry_sessions(collections.Counter(self._admitted.values()))
         self.settings, self.policy = new, policy
         self.actions.clear()
         self.actions.update(actions)

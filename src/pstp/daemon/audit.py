@@ -108,7 +108,10 @@ if TYPE_CHECKING:
 __all__ = [
     "AUDIT_NAME",
     "DECISIONS",
+    "DEFAULT_RESERVE_MIB",
     "KINDS",
+    "MAX_JSON",
+    "MAX_TEXT",
     "SCHEMA_VERSION",
     "ZERO_HASH",
     "AuditError",
@@ -116,6 +119,7 @@ __all__ = [
     "AuditRow",
     "VerifyReport",
     "audit_path",
+    "audit_reserve",
     "canonical_json",
     "row_hash",
 ]
@@ -245,6 +249,28 @@ def audit_path(settings: Settings) -> Path:
     return path if path.is_absolute() else settings.path.parent / path
 
 
+#: Free space kept for the audit log on its file system unless ``[audit] reserve_mib``
+#: says otherwise: puts that would leave less are refused (docs/security.md).
+DEFAULT_RESERVE_MIB = 64
+
+
+def audit_reserve(settings: Settings) -> int:
+    """Bytes of free space kept for the audit log: ``[audit] reserve_mib`` (default 64).
+
+    Raises:
+        ConfigError: not an integer from 0 to 1 048 576 (0 turns the reserve off).
+    """
+    section = settings.data.get("audit", {})
+    if not isinstance(section, dict):
+        raise ConfigError(settings.path, "must be a table", key="audit")
+    raw = section.get("reserve_mib", DEFAULT_RESERVE_MIB)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1 << 20:
+        raise ConfigError(
+            settings.path, "must be a whole number of MiB, 0 to 1048576", key="audit.reserve_mib"
+        )
+    return raw << 20
+
+
 def canonical_json(value: object) -> str:
     """The canonical JSON text of ``value``: sorted keys, no spaces, ASCII only.
 
@@ -316,11 +342,30 @@ def _utc_text(when: datetime) -> str:
     return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+#: Longest text column kept (kind, peer, reason, detail), in characters: what a
+#: peer supplies must not make one row large (docs/security.md).
+MAX_TEXT = 1024
+#: Longest ``args`` or ``result`` JSON kept, in bytes; longer is replaced by a
+#: marker with its size and its first MAX_TEXT characters.
+MAX_JSON = 4096
+
+
 def _text(value: str | None) -> str | None:
-    """``value`` storable as UTF-8: lone surrogates (undecodable file names) escaped."""
+    """``value`` storable as UTF-8 (lone surrogates escaped) and at most MAX_TEXT long."""
     if value is None:
         return None
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > MAX_TEXT:
+        text = f"{text[: MAX_TEXT - 40]}... [{len(text)} characters, cut]"
+    return text
+
+
+def _bounded_json(value: object) -> str:
+    """``canonical_json(value)``, or a marker holding its size and head if over MAX_JSON."""
+    text = canonical_json(value)
+    if len(text) <= MAX_JSON:
+        return text
+    return canonical_json({"cut": True, "bytes": len(text), "head": text[:MAX_TEXT]})
 
 
 class AuditLog:
@@ -426,6 +471,10 @@ class AuditLog:
             detail: free text.
             now: the event's time (timezone-aware; default: the current time).
 
+        Text over :data:`MAX_TEXT` characters and JSON over :data:`MAX_JSON`
+        bytes are cut (marked as such), so one row stays a few KiB whatever a
+        peer sent.
+
         Returns:
             The new row's seq.
 
@@ -442,8 +491,8 @@ class AuditLog:
         time = _utc_text(now if now is not None else datetime.now(UTC))
         kind_text, peer_text = str(_text(kind)), str(_text(peer))
         reason_text, detail_text = _text(reason), _text(detail)
-        args_json = None if args is None else canonical_json(args)
-        result_json = None if result is None else canonical_json(result)
+        args_json = None if args is None else _bounded_json(args)
+        result_json = None if result is None else _bounded_json(result)
         values = (time, kind_text, peer_text, decision, reason_text, args_json, result_json)
         with self._lock:
             db = self._open_db()

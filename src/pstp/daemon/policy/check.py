@@ -265,6 +265,20 @@ class Policy:
             self._sessions[peer_id] = self.sessions(peer_id) + 1
         return decision
 
+    def carry_sessions(self, counts: Mapping[str, int]) -> None:
+        """Take over the open-session counts of the policy this one replaces (a reload).
+
+        The counts are set as they are, even above a lowered ``max_sessions``:
+        the sessions already open stay counted, so no new one opens until
+        enough have ended.
+
+        Args:
+            counts: open sessions per peer id.
+        """
+        for peer_id, count in counts.items():
+            if count > 0 and peer_id in self._peers:
+                self._sessions[peer_id] = count
+
     def session_closed(self, peer_id: str) -> None:
         """Forget one of ``peer_id``'s sessions (never going below zero).
 
