@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pstp.asyncio.client import connect
+from pstp.asyncio.connection import Session
 from pstp.client.remote import run_action, run_exec
 from pstp.daemon.audit import MAX_JSON, AuditLog, canonical_json
 from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
@@ -263,3 +265,58 @@ def test_a_full_audit_disk_refuses_requests_instead_of_running_them(tmp_path: Pa
         if served is not None:
             served.stop()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+SESSIONS = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+max_sessions = MAX
+"""
+
+
+def test_a_reload_lowering_max_sessions_keeps_every_open_session_counted(tmp_path: Path) -> None:
+    """Three sessions open, max_sessions lowered to 2, one ends: a new one is still refused.
+
+    Before, the reload counted the open sessions only up to the new maximum (two),
+    so after one ended a third session was admitted beside the two still open.
+    """
+    served = serve(tmp_path, SESSIONS.replace("MAX", "3"))
+    try:
+
+        async def main() -> ConnectionClosed | None:
+            async def one() -> Session:
+                return await connect("127.0.0.1", served.port, pair_key=PHONE, device_id="home")
+
+            sessions = [await one() for _ in range(3)]
+            for s in sessions:
+                assert await s.request("ping", b"") == b"pong "
+            cfg = tmp_path / "pstp.toml"
+            cfg.write_text(cfg.read_text().replace("max_sessions = 3", "max_sessions = 2"))
+            served.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + TIMEOUT
+            while "configuration reloaded" not in served.stderr():
+                assert time.monotonic() < deadline, served.stderr()
+                await asyncio.sleep(0.05)
+            await sessions[0].close()
+            await asyncio.sleep(0.2)  # the daemon sees the end
+            try:
+                extra = await one()
+                await extra.request("ping", b"")
+            except ConnectionClosed as exc:
+                return exc
+            finally:
+                for s in sessions[1:]:
+                    await s.close()
+            return None
+
+        refused = asyncio.run(asyncio.wait_for(main(), 4 * TIMEOUT))
+        assert refused is not None, "a third session opened beside two with max_sessions = 2"
+        assert refused.code == ErrorCode.REFUSED
+    finally:
+        served.stop()
