@@ -24,7 +24,9 @@ import pytest
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.client.files import Progress, TransferSummary, get, put
-from pstp.daemon.audit import AuditLog, AuditRow
+from pstp.daemon.app import Daemon
+from pstp.daemon.audit import AuditLog, AuditRow, audit_path
+from pstp.daemon.files import file_handler
 from pstp.exceptions import ChannelError, TransferFailed
 from pstp.files import frames
 from pstp.files.disk import PartMeta, boot_id, meta_bytes, part_names
@@ -36,7 +38,7 @@ from pstp.files.frames import (
     Hello,
     file_digest,
 )
-from pstp.settings import add_peer, create
+from pstp.settings import add_peer, create, load
 from pstp.wire.messages import ChannelCode
 from tests.cli.test_pair import env_for, free_port
 from tests.helpers import TIMEOUT
@@ -906,3 +908,86 @@ def test_a_hard_link_planted_as_the_part_never_overwrites_a_file_outside_the_roo
     again = run_put(served, [src], served.rw / src.name)
     assert again.ok, again.failed
     assert sha256(served.rw / src.name) == sha256(src) and not meta.exists()
+
+
+# -- the audit log's reserve on a device (issue 11, item 7, the put side) --------------------
+
+
+class ReservingDaemon(Daemon):
+    """The daemon, its ``file`` handler given the audit log's reserve (as app.py will pass
+    it: ``file_handler(..., reserve=(audit path, margin))``)."""
+
+    margin = 4 * MiB
+
+    def handlers(self) -> dict[str, Any]:
+        handlers = super().handlers()
+        reserve = (audit_path(self.settings), self.margin)
+        handlers["file"] = self._audited(
+            "file", file_handler(lambda: self.policy, self._record, reserve=reserve)
+        )
+        return handlers
+
+
+def test_puts_that_would_fill_the_audit_log_s_disk_are_refused_and_the_log_keeps_working(
+    tmp_path: Path,
+) -> None:
+    """A device whose audit.sqlite shares an 8 MiB file system with a writable root keeps
+    4 MiB for the log: a put that would leave less is refused with the reason, one that
+    fits goes through, and the log keeps recording (the refusal's own row included)."""
+    mnt = tmp_path / "dev"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        share = mnt / "share"
+        share.mkdir()
+        port = free_port()
+        cfg = mnt / "home.toml"
+        cfg.write_text(
+            f'[device]\nid = "home"\nlisten = ["127.0.0.1:{port}"]\ndiscovery = false\n\n'
+            f'[peers.phone]\nkey = "{KEY.hex()}"\n[peers.phone.policy]\n'
+            f'files = [ {{ root = "{share}", write = true }} ]\n'
+        )
+        cfg.chmod(0o600)
+        big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+        big.write_bytes(os.urandom(5 * MiB))
+        small.write_bytes(os.urandom(MiB))
+
+        async def go() -> tuple[BaseException | TransferSummary, TransferSummary]:
+            daemon = ReservingDaemon(load(cfg), control=False)
+            await daemon.start()
+            try:
+
+                async def one(local: Path) -> TransferSummary:
+                    async with await connect(
+                        "127.0.0.1", port, pair_key=KEY, device_id="home", own_id="phone"
+                    ) as s:
+                        return await put(s, [str(local)], f"{share}/")
+
+                refused: BaseException | TransferSummary
+                try:
+                    refused = await one(big)
+                except TransferFailed as exc:
+                    refused = exc
+                return refused, await one(small)
+            finally:
+                await daemon.close()
+
+        refused, ok = asyncio.run(go())
+        assert isinstance(refused, TransferFailed), refused
+        assert f"refused: would leave less than 4 MiB free for the audit log on {mnt}" in str(
+            refused
+        )
+        assert not (share / "big.bin").exists() and ok.ok and (share / "small.bin").exists()
+        with AuditLog(mnt / "audit.sqlite") as log:
+            rows = log.list(kind="file")
+        decisions = [r.decision for r in rows]
+        assert "fail" in decisions and decisions[-1] == "ok", decisions
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable
+import subprocess
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pstp.exceptions import RemoteProtocolError, TransferFailed
 from pstp.files import frames as m
-from pstp.files.disk import PartMeta, Tree, boot_id, meta_bytes, part_names
+from pstp.files.disk import PartMeta, Reserve, Tree, boot_id, meta_bytes, part_names
 from pstp.files.engine import FrameStream, Progress, Receiver, Sender, TransferResult
 from pstp.files.frames import DIGEST_SIZE, FrameType, OfferAction
 from tests.helpers import TIMEOUT
@@ -637,3 +638,107 @@ def test_a_hard_link_planted_as_the_sidecar_is_replaced_not_truncated(tmp_path: 
     assert isinstance(received, TransferResult) and received.files == 1, received
     assert victim.read_bytes() == before
     assert (dst / "f.bin").read_bytes() == src.read_bytes()
+
+
+# -- a reserve of free space for the audit log (issue 11, item 7, the put side) -------------
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def reserved_put(
+    src: Path, dst: Path, reserve: Reserve, progress: object = None
+) -> tuple[TransferResult | BaseException, TransferResult | BaseException]:
+    """Send ``src`` into ``dst`` with 64 KiB chunks, the receiver keeping ``reserve``."""
+    return transfer(src, dst, reserve=reserve, progress=progress)
+
+
+def test_a_put_that_would_eat_into_the_reserve_is_refused_before_it_writes(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """8 MiB disk, 4 MiB kept for the log: a 5 MiB put is refused with a clear reason and
+    leaves nothing behind; a 2 MiB one goes through; without the reserve 5 MiB fits."""
+    (small_fs / "audit.sqlite").write_bytes(b"log")
+    dst = small_fs / "share"
+    dst.mkdir()
+    reserve = Reserve(small_fs / "audit.sqlite", 4 * MiB)
+    (tmp_path / "src").mkdir()
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(os.urandom(5 * MiB))
+    sent, received = reserved_put(big, dst, reserve)
+    assert isinstance(received, TransferFailed) and isinstance(sent, TransferFailed)
+    assert str(received).startswith(
+        f"refused: would leave less than 4 MiB free for the audit log on {small_fs} "
+    )
+    assert str(sent) == str(received)
+    assert list(dst.iterdir()) == []
+    small = tmp_path / "src" / "small.bin"
+    small.write_bytes(os.urandom(2 * MiB))
+    sent, received = reserved_put(small, dst, reserve)
+    assert isinstance(received, TransferResult) and received.files == 1, received
+    sent, received = transfer(big, dst)
+    assert isinstance(received, TransferResult) and received.files == 1, received
+
+
+def test_a_put_whose_writes_cross_the_reserve_is_stopped_and_keeps_its_part(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    """The announced size fits, but something else fills the disk during the put: the
+    receiver stops once the margin is crossed (checked every `every` bytes written)."""
+    dst = small_fs / "share"
+    dst.mkdir()
+    reserve = Reserve(small_fs / "audit.sqlite", 3 * MiB, every=256 * 1024)
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "f.bin"
+    src.write_bytes(os.urandom(4 * MiB))
+    filled: list[int] = []
+
+    def fill(p: Progress) -> None:
+        if p.file_bytes >= MiB and not filled:
+            (small_fs / "filler").write_bytes(b"\0" * (2 * MiB))
+            filled.append(p.file_bytes)
+
+    _, received = reserved_put(src, dst, reserve, progress=fill)
+    assert filled and isinstance(received, TransferFailed), received
+    assert "refused: would leave less than 3 MiB free for the audit log" in str(received)
+    assert "f.bin stopped, the partial file is kept" in str(received)
+    assert not (dst / "f.bin").exists() and (dst / part_names("f.bin")[0]).exists()
+    part_size = (dst / part_names("f.bin")[0]).stat().st_size
+    assert part_size <= filled[0] + 2 * 256 * 1024 + 2 * C
+
+
+def test_the_reserve_counts_only_on_its_own_file_system(tmp_path: Path, small_fs: Path) -> None:
+    """A reserve for a log elsewhere (another st_dev) never refuses a put here; a missing
+    directory means nothing to protect."""
+    dst = small_fs / "share"
+    dst.mkdir()
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "f.bin"
+    src.write_bytes(os.urandom(MiB))
+    for reserve in (
+        Reserve(tmp_path / "audit.sqlite", 1 << 60),
+        Reserve(small_fs / "gone" / "audit.sqlite", 1 << 60),
+    ):
+        _, received = reserved_put(src, dst, reserve)
+        assert isinstance(received, TransferResult) and received.files == 1, received
+        (dst / "f.bin").unlink()
+    with pytest.raises(ValueError, match="margin"):
+        Reserve(tmp_path, -1)

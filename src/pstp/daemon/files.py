@@ -19,12 +19,15 @@ from typing import Any, Protocol
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.daemon.policy import FileRequest, FileRoot, Policy
 from pstp.exceptions import RemoteProtocolError, TransferFailed
-from pstp.files.disk import DIR_FLAGS, RefusedError, Tree
+from pstp.files.disk import DIR_FLAGS, RefusedError, Reserve, Tree
 from pstp.files.engine import FrameStream, Receiver, Sender, TransferResult, in_thread
 
-__all__ = ["Recorder", "file_handler"]
+__all__ = ["AUDIT_RESERVE", "Recorder", "file_handler"]
 
 _log = logging.getLogger("pstp.daemon.files")
+
+#: The free space the daemon keeps for its audit log (``reserve=(audit path, AUDIT_RESERVE)``).
+AUDIT_RESERVE = 64 << 20
 
 
 class Recorder(Protocol):
@@ -181,13 +184,25 @@ class _Refusals:
             )
 
 
-def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -> ChannelHandler:
+def file_handler(
+    policy: Callable[[], Policy],
+    record: Recorder | None = None,
+    *,
+    reserve: tuple[str | os.PathLike[str], int] | None = None,
+) -> ChannelHandler:
     """The ``file`` channel handler: put and get, confined to the peer's file roots.
 
     Args:
         policy: returns the current policy (it may be reloaded meanwhile).
         record: writes audit rows for refusals found inside a transfer (a
             symlink leading out of the root, an entry under a read-only root).
+        reserve: ``(path, margin_bytes)``: the audit database's path and the
+            free space to keep on its file system (the daemon passes
+            :data:`AUDIT_RESERVE`, 64 MiB).  A put into that file system whose
+            announced sizes would leave less than the margin free is refused
+            before it writes (ERROR ``refused: would leave less than 64 MiB free
+            for the audit log on MOUNT ...``), and one whose writes cross it is
+            stopped (checked every 4 MiB written).  None: no check.
 
     Returns:
         A handler whose exit status is 0 if every entry went through, else 1.
@@ -200,6 +215,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
         reason = reason if isinstance(reason, str) else ""
         peer = ch.connection.peer_id or "?"
         frames = FrameStream(ch)
+        keep = Reserve(*reserve) if reserve is not None else None
         refusals = _Refusals(record, peer, op, reason)
 
         def allowed(where: PurePosixPath, write: bool) -> str | None:
@@ -234,6 +250,7 @@ def file_handler(policy: Callable[[], Policy], record: Recorder | None = None) -
                     force=_flag(params, "force"),
                     into=_flag(params, "into"),
                     allowed=lambda where: allowed(where, True),
+                    reserve=keep,
                 )
         except RefusedError as exc:
             refusals.add(str(exc), path)
@@ -298,6 +315,7 @@ async def _serve_put(
     force: bool,
     into: bool,
     allowed: Callable[[PurePosixPath], str | None],
+    reserve: Reserve | None = None,
 ) -> TransferResult:
     """Receive into (or as) the path ``rel`` below the jail's root.
 
@@ -335,6 +353,7 @@ async def _serve_put(
             rename_top=rename,
             force=force,
             check=lambda parts: allowed(base_path.joinpath(*parts)),
+            reserve=reserve,
         )
         return await receiver.run()
     finally:

@@ -39,9 +39,11 @@ __all__ = [
     "LOCK_WAIT",
     "PART_FLAGS",
     "READ_FLAGS",
+    "RESERVE_CHECK_EVERY",
     "Dirs",
     "PartMeta",
     "RefusedError",
+    "Reserve",
     "Tree",
     "boot_id",
     "check_part",
@@ -67,6 +69,8 @@ _PART_SUFFIX = ".pstp-part"
 _META_SUFFIX = ".pstp-meta"
 _META_MAGIC = b"PSTPMETA"
 _META_LEN = struct.Struct(">H")
+#: A running put checks a :class:`Reserve` again after at least this many bytes written.
+RESERVE_CHECK_EVERY = 4 << 20
 #: Seconds to wait for the lock of a part that another transfer, perhaps ending, holds (§18.8).
 LOCK_WAIT = 5.0
 #: The most of a sidecar worth reading: magic, header, and MAX_OFFER_DIGESTS digests.
@@ -186,6 +190,83 @@ def free_space(fd: int) -> int:
     """Bytes available to us on the file system holding ``fd`` (§18.8, "Free space")."""
     st = os.fstatvfs(fd)
     return st.f_bavail * st.f_frsize
+
+
+def _exact_size(n: int) -> str:
+    """A byte count for a message: ``64 MiB`` when it is a whole number of KiB or MiB."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return human(n) if n >= 1024 else f"{n} B"
+
+
+class Reserve:
+    """Free space a receiver keeps on the file system holding ``path`` (the audit log).
+
+    A put may not leave less than ``margin`` bytes free there, so that a peer
+    filling the disk with its own files cannot stop the audit log from being
+    written (§18.8, "Free space").  Only writes on that same file system count:
+    :meth:`refusal` compares the ``st_dev`` of the destination with that of
+    ``path``'s directory and says nothing when they differ.
+
+    Args:
+        path: the file whose file system is protected (it need not exist; its
+            directory must, else nothing is checked).
+        margin: bytes to leave free (``f_bavail * f_frsize``).
+        what: what the space is kept for, in messages.
+        every: a running put is checked again after at least this many bytes.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        margin: int,
+        *,
+        what: str = "the audit log",
+        every: int = RESERVE_CHECK_EVERY,
+    ) -> None:
+        if margin < 0 or every <= 0:
+            raise ValueError("the reserve's margin must be >= 0 and its interval > 0")
+        self.path = os.fspath(path)
+        self.dir = os.path.dirname(os.path.abspath(self.path))
+        self.margin = margin
+        self.what = what
+        self.every = every
+
+    def _mount(self, dev: int) -> str:
+        """The mount point of the file system ``dev`` holding our directory."""
+        here = self.dir
+        while True:
+            up = os.path.dirname(here)
+            try:
+                if up == here or os.stat(up).st_dev != dev:
+                    return here
+            except OSError:
+                return here
+            here = up
+
+    def refusal(self, fd: int, need: int = 0) -> str | None:
+        """Why writing ``need`` more bytes where ``fd`` lives is refused, or None.
+
+        Args:
+            fd: a descriptor of the destination (a directory or the file written).
+            need: bytes about to be written (0: is the margin already crossed?).
+        """
+        try:
+            ours = os.stat(self.dir)
+        except OSError:
+            return None  # no directory, no log there to protect
+        if os.fstat(fd).st_dev != ours.st_dev:
+            return None
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        if free - need >= self.margin:
+            return None
+        return (
+            f"refused: would leave less than {_exact_size(self.margin)} free for {self.what} "
+            f"on {self._mount(ours.st_dev)} ({human(max(free, 0))} free, {human(need)} "
+            "to write)"
+        )
 
 
 def is_utf8(name: str) -> bool:

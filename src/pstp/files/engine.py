@@ -26,6 +26,7 @@ from pstp.files.disk import (
     Dirs,
     PartMeta,
     RefusedError,
+    Reserve,
     Tree,
     boot_id,
     check_part,
@@ -611,6 +612,9 @@ class Receiver:
         limit: bytes per second at most.
         max_entries: the most manifest entries accepted (§18.4).
         max_manifest: the most manifest bytes (ENTRIES payloads) accepted (§18.12).
+        reserve: free space to keep on one file system (the device's audit log):
+            a put that would leave less is refused before it writes, and one whose
+            writes cross it is stopped (None: no reserve).
     """
 
     def __init__(
@@ -625,6 +629,7 @@ class Receiver:
         limit: float | None = None,
         max_entries: int = MAX_ENTRIES,
         max_manifest: int = MAX_MANIFEST_BYTES,
+        reserve: Reserve | None = None,
     ) -> None:
         self.frames = FrameStream(channel)
         self.dirs = Dirs(base_fd)
@@ -635,6 +640,7 @@ class Receiver:
         self.pacer = _Pacer(limit)
         self.max_entries = max_entries
         self.max_manifest = max_manifest
+        self.reserve = reserve
         self.chunk_size = CHUNK_SIZE
         self.result = TransferResult()
         self.plan: list[_Planned] = []
@@ -678,6 +684,7 @@ class Receiver:
             raise RemoteProtocolError(f"chunk size {c} is not allowed")
         self.chunk_size = c
         entries = await self._manifest()
+        self._keep_reserve(self.dirs.base, 0)  # before planning creates any directory
         await in_thread(self._make_plan, entries)
         need = self._space_needed()
         free = free_space(self.dirs.base)
@@ -685,6 +692,7 @@ class Receiver:
             raise _Fatal(
                 f"not enough space on the target: {human(need)} needed, {human(free)} free"
             )
+        self._keep_reserve(self.dirs.base, need)  # before any file is written
         await self.frames.send_batches(
             FrameType.PLAN, [p.offer for p in self.plan], (FrameType.PLAN_END, PlanEnd(need))
         )
@@ -742,6 +750,14 @@ class Receiver:
                 raise TransferFailed(msg.error)
             else:
                 raise RemoteProtocolError(f"unexpected {ftype.name} in the manifest")
+
+    def _keep_reserve(self, fd: int, need: int, where: str = "") -> None:
+        """End the transfer if writing ``need`` bytes at ``fd`` would eat into the reserve."""
+        if self.reserve is None:
+            return
+        refusal = self.reserve.refusal(fd, need)
+        if refusal is not None:
+            raise _Fatal(f"{refusal}{where}")
 
     # -- planning (a worker thread) -------------------------------------------------
 
@@ -895,6 +911,7 @@ class Receiver:
                     f"{entry.path}: not enough space on the target: {human(size - offset)} "
                     f"needed, {human(free)} free"
                 )
+            self._keep_reserve(parent, size - offset, f" ({entry.path})")
             try:
                 fd = open_part(parent, part)  # a regular file with one link, or refused
                 await lock(fd)
@@ -950,6 +967,7 @@ class Receiver:
         loop = asyncio.get_running_loop()
         pending: tuple[asyncio.Future[bytes], bytes, int] | None = None
         verified = pos
+        unchecked = 0  # bytes written since the reserve was last checked
 
         async def settle() -> None:
             nonlocal pending, verified
@@ -987,6 +1005,15 @@ class Receiver:
                     # The decoder judged its length from the header (§18.2 rule 4).
                     n = frame.size
                     await settle()
+                    unchecked += n
+                    if self.reserve is not None and unchecked >= self.reserve.every:
+                        unchecked = 0
+                        self._keep_reserve(
+                            fd,
+                            size - pos,  # what this file has still to write
+                            f"; {entry.path} stopped, the partial file is kept "
+                            f"({human(verified)} verified)",
+                        )
                     await self.pacer.spend(n)
                     job = loop.run_in_executor(None, store_chunk, fd, frame.data, pos)
                     pending = (job, frame.digest, n)
