@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
+from pstp.client.files import put
 from pstp.client.remote import run_action, run_exec
 from pstp.daemon.audit import MAX_JSON, AuditLog, canonical_json
-from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode
+from pstp.exceptions import ChannelError, ConnectionClosed, ErrorCode, TransferFailed
 from pstp.wire.messages import ChannelCode
 from tests.daemon.serving import GUEST, PHONE, Served, raw_session, serve
 from tests.helpers import TIMEOUT
@@ -320,3 +323,133 @@ def test_a_reload_lowering_max_sessions_keeps_every_open_session_counted(tmp_pat
         assert refused.code == ErrorCode.REFUSED
     finally:
         served.stop()
+
+
+LIVE = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+exec = [["sleep", "*"]]
+EXPIRES
+"""
+
+
+def _sleeping(tag: str) -> bool:
+    """Whether a `sleep TAG` process is running."""
+    return subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True).returncode == 0
+
+
+def _run_until_revoked(
+    served: Served, tag: str, revoke: Callable[[], None]
+) -> tuple[ChannelError, Session]:
+    async def main() -> tuple[ChannelError, Session]:
+        session = await connect("127.0.0.1", served.port, pair_key=PHONE, device_id="home")
+        running = asyncio.create_task(run_exec(session, ["sleep", tag]))
+        deadline = time.monotonic() + TIMEOUT
+        while not _sleeping(tag):
+            assert time.monotonic() < deadline, served.stderr()
+            await asyncio.sleep(0.05)
+        revoke()
+        with pytest.raises((ChannelError, ConnectionClosed)) as err:
+            await asyncio.wait_for(running, 3 * TIMEOUT)
+        return err.value, session
+
+    return asyncio.run(main())
+
+
+def test_expiry_ends_what_is_running_and_the_session(tmp_path: Path) -> None:
+    """A `sleep` started before the peer's `expires` is killed when it passes; audited.
+
+    Before, policy was judged only when a channel opened: the command ran on and
+    the session stayed up after the peer expired.
+    """
+    expires = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    served = serve(tmp_path, LIVE.replace("EXPIRES", f"expires = {expires}"))
+    try:
+        err, session = _run_until_revoked(served, "31.4159", lambda: None)
+        # The session ends (REFUSED) with the command; either may be seen first.
+        assert err.code in (ChannelCode.REFUSED, ErrorCode.REFUSED) and "expired" in str(err)
+        assert not _sleeping("31.4159")
+        asyncio.run(asyncio.wait_for(session.wait_closed(), TIMEOUT))
+        rows = AuditLog(served.audit).list(peer="phone")
+        assert any(r.kind == "exec" and r.result and "revoked" in r.result for r in rows)
+        assert any(r.kind == "session" and r.decision == "deny" for r in rows)
+    finally:
+        served.stop()
+
+
+def test_a_reload_removing_a_right_ends_the_command_using_it(tmp_path: Path) -> None:
+    """SIGHUP with the exec right removed: the running command is killed, the session stays."""
+    served = serve(tmp_path, LIVE.replace("EXPIRES", ""))
+    cfg = tmp_path / "pstp.toml"
+
+    def revoke() -> None:
+        cfg.write_text(cfg.read_text().replace('exec = [["sleep", "*"]]', "exec = []"))
+        served.proc.send_signal(signal.SIGHUP)
+
+    try:
+        err, session = _run_until_revoked(served, "27.1828", revoke)
+        assert isinstance(err, ChannelError) and err.code == ChannelCode.REFUSED
+        assert "no longer allowed" in err.reason
+        assert not _sleeping("27.1828")
+        assert not session.is_closed
+    finally:
+        served.stop()
+
+
+RESERVE = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[audit]
+path = "DISK/audit.sqlite"
+reserve_mib = 4
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+files = [ {{ root = "DISK/inbox", write = true }} ]
+"""
+
+
+def test_a_put_that_would_eat_the_audit_reserve_is_refused(tmp_path: Path) -> None:
+    """An 8 MiB file system holds the audit log and the peer's inbox: a 6 MiB put is refused.
+
+    Before, a peer could fill the audit log's file system with its own puts and then
+    run requests that were never audited.
+    """
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    served = None
+    try:
+        (disk / "inbox").mkdir()
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(6 << 20))
+        served = serve(tmp_path, RESERVE.replace("DISK", str(disk)))
+
+        async def main() -> str:
+            async with await connect(
+                "127.0.0.1", served.port, pair_key=PHONE, device_id="home"
+            ) as session:
+                try:
+                    summary = await put(session, [str(big)], str(disk / "inbox") + "/")
+                except (ChannelError, TransferFailed) as exc:
+                    return str(exc)
+                return repr(summary.failed)
+
+        said = asyncio.run(asyncio.wait_for(main(), 4 * TIMEOUT))
+        assert "less than 4 MiB free for the audit log" in said
+        assert not (disk / "inbox" / "big.bin").exists()
+    finally:
+        if served is not None:
+            served.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
 from pstp.daemon.actions import action_handler, load_actions
-from pstp.daemon.audit import AuditLog, audit_path
+from pstp.daemon.audit import AuditLog, audit_path, audit_reserve
 from pstp.daemon.control import ControlServer
 from pstp.daemon.exec import exec_handler, shell_handler
 from pstp.daemon.files import file_handler
@@ -37,7 +38,7 @@ from pstp.daemon.policy import (
     ShellRequest,
 )
 from pstp.daemon.replay import guard_path, load_guard, save_guard, snapshot
-from pstp.exceptions import ErrorCode, PermissionDenied
+from pstp.exceptions import ChannelFailure, ErrorCode, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import KeyRing
@@ -45,6 +46,7 @@ from pstp.protocol.kinds import action_args
 from pstp.protocol.pake import PAIR_CHANNEL
 from pstp.settings import Settings, load
 from pstp.sync.discovery import ResponderThread, start_responder
+from pstp.wire.messages import ChannelCode
 
 __all__ = ["Daemon", "ping_handler"]
 
@@ -59,6 +61,8 @@ _DENY_ROWS_PER_S = 5.0
 _DENY_ROWS_BURST = 20.0
 #: What a peer is told when its request cannot be audited (docs/security.md).
 AUDIT_DOWN = "the device cannot write its audit log, so it runs nothing now"
+#: Seconds between looks at expiry and time windows while a time-bound peer is connected.
+_ENFORCE_INTERVAL = 1.0
 #: Seconds between saves of the replay guard while it changes.
 _GUARD_SAVE_INTERVAL = 5.0
 
@@ -107,6 +111,18 @@ def _audit_args(kind: str, params: Mapping[str, object]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "reason"} | {"kind": kind}
 
 
+@dataclass(eq=False)
+class _Live:
+    """A governed channel's handler while it runs, for re-judging (:meth:`Daemon.enforce`)."""
+
+    peer: str
+    conn: Connection
+    request: Request
+    task: asyncio.Future[int | None]
+    #: Why the policy ended it, once it did.
+    revoked: str | None = None
+
+
 @dataclass
 class Daemon:
     """A running device.
@@ -132,6 +148,7 @@ class Daemon:
     mdns: list[Advertisement] = field(default_factory=list)
     _admitted: dict[int, str] = field(default_factory=dict)
     _deny_budget: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    _live: set[_Live] = field(default_factory=set)
     _guard_saved: dict[str, int] = field(default_factory=dict)
     _tasks: asyncio.TaskGroup | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -165,10 +182,6 @@ class Daemon:
             _log.error("could not write the audit log, refusing requests until it can: %s", exc)
             return False
         return True
-
-    def _file_row(self, kind: str, peer: str, decision: str, **kw: Any) -> None:
-        """A row of the file service's (each entry; the transfer was audited before it ran)."""
-        self._record(kind, peer, decision, **kw)
 
     def _deny_row(self, kind: str, peer: str, **kw: Any) -> None:
         """A denial row, within the peer's budget; the rest are counted in the next row."""
@@ -329,24 +342,80 @@ class Daemon:
             started = time.monotonic()
             status: int | None = None
             failed = True
+            peer = ch.connection.peer_id or "?"
+            request = _request(kind, ch.params)
+            assert request is not None  # every audited kind is governed
+            live = _Live(peer, ch.connection, request, asyncio.ensure_future(handler(ch)))
+            self._live.add(live)
             try:
-                status = await handler(ch)
+                status = await live.task
                 failed = status != 0  # None: it never ran (refused params, bad frames...)
                 return status
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if live.revoked is None or (task is not None and task.cancelling()):
+                    raise  # the session or the daemon is ending
+                raise ChannelFailure(ChannelCode.REFUSED, live.revoked) from None
             finally:
+                self._live.discard(live)
+                result: dict[str, Any] = {
+                    "exit_status": status,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+                if live.revoked is not None:
+                    result["revoked"] = live.revoked
                 self._record(
                     kind,
-                    ch.connection.peer_id or "?",
+                    peer,
                     "fail" if failed else "ok",
                     reason=_reason(ch.params) or None,
                     args=_audit_args(kind, ch.params),
-                    result={
-                        "exit_status": status,
-                        "seconds": round(time.monotonic() - started, 3),
-                    },
+                    result=result,
                 )
 
         return run
+
+    async def enforce(self) -> None:
+        """Re-judge what is running against the policy now; end what it no longer allows.
+
+        Runs after every reload and, while a peer with ``expires`` or ``when``
+        has something open, every second: a session past its peer's expiry or
+        outside its time windows is closed with REFUSED, and a channel whose
+        request the policy now refuses (a right removed on reload) is ended
+        with REFUSED; its process is killed.  Each is audited.
+        """
+        at = datetime.now().astimezone()
+        for peer, live_sessions in list(self.sessions.items()):
+            decision = self.policy.check(peer, SessionRequest(), at=at, running=True)
+            if decision.allowed:
+                continue
+            reason = f"no longer allowed: {decision.reason}"
+            for session in list(live_sessions):
+                self._record("session", peer, "deny", detail=f"{decision.rule}: {reason}")
+                for live in self._live:  # their audit rows say why they ended
+                    if live.conn is session.connection and live.revoked is None:
+                        live.revoked = reason
+                        live.task.cancel()
+                await session.close(ErrorCode.REFUSED, reason)
+        for live in list(self._live):
+            if live.revoked is not None or live.task.done():
+                continue
+            decision = self.policy.check(live.peer, live.request, at=at, running=True)
+            if not decision.allowed:
+                live.revoked = f"no longer allowed: {decision.reason}"
+                live.task.cancel()
+
+    async def _keep_enforcing(self) -> None:
+        while True:
+            await asyncio.sleep(_ENFORCE_INTERVAL)
+            peers = set(self.sessions) | {live.peer for live in self._live}
+            if any(self.policy.time_bound(peer) for peer in peers):
+                await self.enforce()
+
+    def _reserve(self) -> tuple[Path, int] | None:
+        """Free space puts must leave for the audit log (``[audit] reserve_mib``)."""
+        margin = audit_reserve(self.settings)
+        return (audit_path(self.settings), margin) if margin else None
 
     def handlers(self) -> dict[str, ChannelHandler]:
         """The channel kinds this device serves."""
@@ -355,7 +424,9 @@ class Daemon:
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
-            "file": self._audited("file", file_handler(lambda: self.policy, self._file_row)),
+            "file": self._audited(
+                "file", file_handler(lambda: self.policy, self._record, reserve=self._reserve())
+            ),
         }
         handlers[PAIR_CHANNEL] = self._pair_channel
         return handlers
@@ -462,6 +533,7 @@ class Daemon:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self.spawn(self._keep_guard())
+        self.spawn(self._keep_enforcing())
 
     async def _start_control(self) -> None:
         control = ControlServer(self)
@@ -519,6 +591,7 @@ class Daemon:
         for peer_id in gone:
             for session in list(self.sessions.get(peer_id, ())):
                 await session.close(ErrorCode.REFUSED, "peer removed or re-keyed")
+        await self.enforce()  # what the new policy no longer allows ends now
         _log.info("configuration reloaded: %d peer(s)", len(new.peers))
 
     async def close(self) -> None:

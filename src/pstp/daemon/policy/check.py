@@ -148,11 +148,18 @@ class Policy:
         """The policy of ``peer_id``, or None if it is unknown or has no policy table."""
         return self._peers.get(peer_id)
 
+    def time_bound(self, peer_id: str) -> bool:
+        """Whether ``peer_id``'s rights change with time (``expires`` or ``when`` set)."""
+        policy = self._peers.get(peer_id)
+        return policy is not None and (policy.expires is not None or policy.when is not None)
+
     def sessions(self, peer_id: str) -> int:
         """How many sessions ``peer_id`` has open (as counted by session_opened/closed)."""
         return self._sessions.get(peer_id, 0)
 
-    def check(self, peer_id: str, request: Request, *, at: datetime) -> Decision:
+    def check(
+        self, peer_id: str, request: Request, *, at: datetime, running: bool = False
+    ) -> Decision:
         """Decide whether ``peer_id`` may make ``request`` at ``at``.
 
         Pure: reads no clock and spends no rate-limit tokens (the session
@@ -164,6 +171,9 @@ class Policy:
             peer_id: the authenticated peer.
             request: what it asks for.
             at: the moment to judge (naive: this device's local time).
+            running: judge something already running (a reload, an expiry, the
+                end of a time window): a session is then one of those counted,
+                so ``max_sessions`` is not applied to it.
 
         Returns:
             The decision, with the rule that made it and why.
@@ -197,6 +207,8 @@ class Policy:
             case ShellRequest():
                 return self._check_shell(policy)
             case SessionRequest():
+                if running:
+                    return _allow(key, "the session is still allowed")
                 return self._check_session(policy)
             case FileRequest():
                 return self._check_file(policy, request)
