@@ -1008,3 +1008,29 @@ def test_cli_config_error_names_key_and_line(
     _, err = capsys.readouterr()
     assert code == 78
     assert f"{path}:{line_of(text, 'rate =')}: peers.phone.policy.rate: must be" in err
+
+
+def test_running_sessions_are_judged_on_time_not_on_max_sessions() -> None:
+    """check(running=True): an open session is one of those counted, but expiry still ends it."""
+    policy = make_policy("[peers.phone.policy]\nmax_sessions = 1\n")
+    assert policy.session_opened("phone").allowed
+    assert not policy.check("phone", SessionRequest(), at=AT).allowed  # no room for another
+    assert policy.check("phone", SessionRequest(), at=AT, running=True).allowed
+    assert not policy.time_bound("phone") and not policy.time_bound("nobody")
+    timed = make_policy(WINDOWS)
+    assert timed.time_bound("phone")
+    night = datetime(2026, 11, 23, 23, 0)  # Mon 23:00: outside the windows
+    decision = timed.check("phone", SessionRequest(), at=night, running=True)
+    assert not decision.allowed and decision.rule == "peers.phone.policy.when"
+    expired = make_policy("[peers.phone.policy]\nexpires = 2001-01-01T00:00:00Z\n")
+    assert expired.time_bound("phone")
+    assert not expired.check("phone", SessionRequest(), at=AT, running=True).allowed
+
+
+def test_carried_sessions_stay_counted_above_a_lowered_maximum() -> None:
+    """A reload hands over the open-session counts as they are, even above max_sessions."""
+    policy = make_policy("[peers.phone.policy]\nmax_sessions = 2\n")
+    policy.carry_sessions({"phone": 3, "nobody": 2, "zero": 0})
+    assert policy.sessions("phone") == 3 and policy.sessions("nobody") == 0
+    policy.session_closed("phone")
+    assert not policy.session_opened("phone").allowed  # 2 still open, 2 allowed
