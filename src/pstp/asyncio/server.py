@@ -1,10 +1,23 @@
-"""Serve PSTP/2 sessions over TCP (asyncio)."""
+"""Serve PSTP/2 sessions over TCP (asyncio).
+
+Connections that have not completed the handshake (nobody has proved a key
+yet) are capped, globally and per source address (an IPv4 address, an IPv6
+/64).  A connection that would exceed a cap sheds the *oldest* unauthenticated
+one (of its source for the per-source cap) instead of being refused, so a
+flood of idle connections can hold at most the caps' worth of descriptors and
+never keeps a newcomer out: a legitimate client's handshake completes before
+the flood ages it out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 from pstp.asyncio.connection import Authorizer, ChannelHandler, Session, SessionProtocol
 from pstp.clock import responder
@@ -14,12 +27,160 @@ from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import DiscoveryLookup, KeyRing
 from pstp.protocol.pake import PakeVerifier
 
-__all__ = ["Server", "serve"]
+__all__ = [
+    "BACKLOG",
+    "MAX_UNAUTHENTICATED",
+    "MAX_UNAUTHENTICATED_PER_SOURCE",
+    "SHED_REPORT_INTERVAL",
+    "Server",
+    "serve",
+    "source_key",
+]
 
 _log = logging.getLogger("pstp.server")
 
 #: What the application runs for each established session.
 Handler = Callable[[Session], Awaitable[None]]
+
+#: Connections that have not completed the handshake, at most, per server.
+MAX_UNAUTHENTICATED = 256
+#: The same, per source address (IPv4 address, IPv6 /64 prefix).
+MAX_UNAUTHENTICATED_PER_SOURCE = 32
+#: Seconds between two log lines about shed connections (at most one per interval).
+SHED_REPORT_INTERVAL = 10.0
+#: The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
+#: asyncio's default of 100 overflows under a flood, and a dropped SYN costs a
+#: legitimate client a 1 s (then 3 s...) retransmission; a queued connection
+#: holds no descriptor and is shed, if need be, once accepted.
+BACKLOG = 1024
+
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def source_key(host: str) -> str:
+    """The source a connection from ``host`` counts against (per-source cap).
+
+    An IPv4 address is its own source; an IPv6 address counts as its /64
+    prefix (one host or LAN usually holds a whole /64); an IPv4-mapped IPv6
+    address counts as the IPv4 address.  Anything else (a Unix socket path)
+    is taken as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class _Pending:
+    """The unauthenticated connections of one server, oldest first (O(1) per connection)."""
+
+    def __init__(self, limit: int, per_source: int) -> None:
+        self.limit = limit
+        self.per_source = per_source
+        self.all: OrderedDict[_ServerProtocol, str] = OrderedDict()
+        self.by_source: dict[str, OrderedDict[_ServerProtocol, None]] = {}
+        self.shed = 0
+        self._unreported = 0
+        self._last_report = -SHED_REPORT_INTERVAL
+        self._report: asyncio.TimerHandle | None = None
+        self.accept_failures = 0
+        self._accept_unreported = 0
+        self._accept_last_report = -SHED_REPORT_INTERVAL
+
+    def add(self, proto: _ServerProtocol, key: str) -> None:
+        """Track a new connection, shedding the oldest ones it would put over a cap."""
+        same = self.by_source.get(key)
+        if same is None:
+            same = self.by_source[key] = OrderedDict()
+        while len(same) >= self.per_source:
+            self._shed(next(iter(same)))
+        while len(self.all) >= self.limit:
+            self._shed(next(iter(self.all)))
+        self.all[proto] = key
+        same[proto] = None
+
+    def discard(self, proto: _ServerProtocol) -> None:
+        """Forget a connection (handshake done, or closed); no error if unknown."""
+        key = self.all.pop(proto, None)
+        if key is None:
+            return
+        same = self.by_source[key]
+        del same[proto]
+        if not same:
+            del self.by_source[key]
+
+    def _shed(self, proto: _ServerProtocol) -> None:
+        self.discard(proto)
+        proto.shed = True
+        proto.abort()
+        self.shed += 1
+        self._unreported += 1
+        if self._report is None:
+            loop = proto.loop
+            delay = max(0.0, self._last_report + SHED_REPORT_INTERVAL - loop.time())
+            self._report = loop.call_later(delay, self.report)
+
+    def report(self) -> None:
+        """Log how many connections were shed since the last line (if any)."""
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
+        if self._unreported:
+            self._last_report = asyncio.get_running_loop().time()
+            _log.warning(
+                "shed %d unauthenticated connections (at most %d, %d per source; %d in all)",
+                self._unreported,
+                self.limit,
+                self.per_source,
+                self.shed,
+            )
+            self._unreported = 0
+
+    def accept_failed(self, exc: object) -> None:
+        """accept() ran out of descriptors: one line per interval, no traceback."""
+        self.accept_failures += 1
+        self._accept_unreported += 1
+        now = time.monotonic()
+        if now - self._accept_last_report >= SHED_REPORT_INTERVAL:
+            _log.warning(
+                "accept() failed %d times: %s (the descriptor limit is too low)",
+                self._accept_unreported,
+                exc,
+            )
+            self._accept_last_report = now
+            self._accept_unreported = 0
+
+
+class _ServerProtocol(SessionProtocol):
+    """A server-side session that counts as unauthenticated until its handshake is done."""
+
+    def __init__(self, pending: _Pending, conn: Connection, **kwargs: Any) -> None:
+        super().__init__(conn, **kwargs)
+        self._pending = pending
+        #: The server aborted it to make room (a cap on unauthenticated connections).
+        self.shed = False
+        self._abort: Callable[[], None] = lambda: None
+        self.handshake.add_done_callback(lambda _: pending.discard(self))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        self._abort = cast(asyncio.Transport, transport).abort
+        self._pending.add(self, source_key(str(host)))
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pending.discard(self)
+        super().connection_lost(exc)
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a word (the peer proved nothing)."""
+        self._abort()
 
 
 class Server:
@@ -30,10 +191,34 @@ class Server:
         server: asyncio.Server,
         tasks: set[asyncio.Task[None]],
         pake: list[PakeVerifier | None] | None = None,
+        pending: _Pending | None = None,
+        restore: Callable[[], None] | None = None,
     ) -> None:
         self._server = server
         self._tasks = tasks
         self._pake: list[PakeVerifier | None] = pake if pake is not None else [None]
+        self._pending = pending or _Pending(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_SOURCE)
+        self._restore = restore
+
+    @property
+    def unauthenticated(self) -> int:
+        """Connections open now that have not completed the handshake."""
+        return len(self._pending.all)
+
+    @property
+    def shed(self) -> int:
+        """Unauthenticated connections aborted so far to keep within the caps."""
+        return self._pending.shed
+
+    @property
+    def per_source(self) -> dict[str, int]:
+        """Unauthenticated connections open now, by source (:func:`source_key`)."""
+        return {key: len(protos) for key, protos in self._pending.by_source.items()}
+
+    @property
+    def accept_failures(self) -> int:
+        """Times accept() failed for lack of descriptors (or memory) so far."""
+        return self._pending.accept_failures
 
     @property
     def pake(self) -> PakeVerifier | None:
@@ -65,6 +250,12 @@ class Server:
     async def close(self) -> None:
         """Stop listening and end every session with GOING_AWAY."""
         self._server.close()
+        for proto in list(self._pending.all):  # nobody proved a key: nothing to say
+            proto.abort()
+        self._pending.report()
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -93,6 +284,8 @@ async def serve(
     on_handshake_failed: Callable[[Connection, str], None] | None = None,
     admit: Callable[[Connection], str | None] | None = None,
     session_data: bool = True,
+    max_unauthenticated: int = MAX_UNAUTHENTICATED,
+    max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -123,20 +316,37 @@ async def serve(
         session_data: someone reads session-level DATA (``Session.recv``).  A
             server of channels only passes false: DATA from a peer then ends its
             session with REFUSED instead of waiting unread (docs/protocol.md §12.1).
+        max_unauthenticated: connections that have not completed the handshake,
+            at most; one more sheds (aborts) the oldest of them.
+        max_unauthenticated_per_source: the same per source address (IPv4
+            address, IPv6 /64, :func:`source_key`); one more sheds the oldest
+            from that source.  Shed connections are counted (:attr:`Server.shed`)
+            and logged at most once per :data:`SHED_REPORT_INTERVAL` seconds.
+
+    While the server is open, accept() failing for lack of descriptors is
+    logged at most once per :data:`SHED_REPORT_INTERVAL` seconds, without a
+    traceback (asyncio would log one per attempt): the loop's exception
+    handler is wrapped for that, and restored by :meth:`Server.close`.
 
     Raises:
         OSError: the address could not be bound.
+        ValueError: a cap below 1.
     """
+    if max_unauthenticated < 1 or max_unauthenticated_per_source < 1:
+        raise ValueError("the caps on unauthenticated connections must be at least 1")
     config = config or Config()
     loop = asyncio.get_running_loop()
+    pending = _Pending(max_unauthenticated, max_unauthenticated_per_source)
     tasks: set[asyncio.Task[None]] = set()
     current_pake: list[PakeVerifier | None] = [pake]  # shared with Server.pake
 
-    async def run(proto: SessionProtocol) -> None:
+    async def run(proto: _ServerProtocol) -> None:
         try:
             await proto.handshake
         except PstpError:
-            if on_handshake_failed is not None:
+            # A shed connection proved nothing and failed nothing: it is counted
+            # (Server.shed), not reported as a failed handshake.
+            if on_handshake_failed is not None and not proto.shed:
                 on_handshake_failed(proto.conn, proto.peer_address)
             return
         session = Session(proto)
@@ -160,9 +370,10 @@ async def serve(
             if done is not None:
                 done()
 
-    def factory() -> SessionProtocol:
+    def factory() -> _ServerProtocol:
         conn = responder(config, keyring, own_id, discovery_lookup, current_pake[0])
-        proto = SessionProtocol(
+        proto = _ServerProtocol(
+            pending,
             conn,
             handlers=handlers,
             authorize=authorize,
@@ -174,5 +385,31 @@ async def serve(
         task.add_done_callback(tasks.discard)
         return proto
 
-    server = await loop.create_server(factory, host, port)
-    return Server(server, tasks, current_pake)
+    server = await loop.create_server(factory, host, port, backlog=BACKLOG)
+    restore = _quiet_accept_failures(loop, server, pending)
+    return Server(server, tasks, current_pake, pending, restore)
+
+
+def _quiet_accept_failures(
+    loop: asyncio.AbstractEventLoop, server: asyncio.Server, pending: _Pending
+) -> Callable[[], None]:
+    """Log our accept() running out of descriptors once per interval; returns the undo."""
+    previous = loop.get_exception_handler()
+    ours = {s.fileno() for s in server.sockets}
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        fileno = getattr(context.get("socket"), "fileno", None)
+        if context.get("message") == _ACCEPT_FAILED and fileno is not None and fileno() in ours:
+            pending.accept_failed(context.get("exception"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+    def restore() -> None:
+        if loop.get_exception_handler() is handler:
+            loop.set_exception_handler(previous)
+
+    return restore
