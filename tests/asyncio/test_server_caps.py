@@ -162,16 +162,27 @@ def test_source_key_is_the_address_or_the_ipv6_64() -> None:
 def test_a_flood_from_one_source_sheds_its_oldest(
     threaded: Callable[..., Threaded], sockets: list[socket.socket]
 ) -> None:
-    """Past the per-source cap the oldest idle connections of that source are closed."""
+    """Past the cap, a source holding more than its share loses its oldest connections."""
     t = threaded()
     extra = 8
-    conns = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(PER_SOURCE_CAP + extra)]
+    conns = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(GLOBAL_CAP + extra)]
     oldest, newest = conns[:extra], conns[extra:]
     assert all(closed_by_server(s, 2 * TIMEOUT) for s in oldest), "the oldest stayed open"
-    wait_for(lambda: t.server.unauthenticated == PER_SOURCE_CAP, "pending count")
+    wait_for(lambda: t.server.unauthenticated == GLOBAL_CAP, "pending count")
     assert not any(closed_by_server(s, 0) for s in newest), "a newer connection was closed"
     assert t.server.shed == extra
-    assert t.server.per_source == {"127.0.0.1": PER_SOURCE_CAP}
+    assert t.server.per_source == {"127.0.0.1": GLOBAL_CAP}
+
+
+def test_a_burst_from_one_source_below_the_cap_is_not_shed(
+    threaded: Callable[..., Threaded], sockets: list[socket.socket]
+) -> None:
+    """200 pending connections from one address (a NAT, a test): all served, none shed."""
+    t = threaded()
+    conns = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(200)]
+    wait_for(lambda: t.server.unauthenticated == 200, "pending count")
+    assert not any(closed_by_server(s, 0) for s in conns)
+    assert t.server.shed == 0
 
 
 def test_a_flood_from_many_sources_sheds_the_oldest_overall(
@@ -195,29 +206,30 @@ def test_another_source_is_not_shed_by_a_flood(
     """Connections from 127.0.0.2, older than a flood from 127.0.0.1, stay open."""
     t = threaded()
     bystanders = [open_idle(t.port, "127.0.0.2", sockets) for _ in range(2)]
-    flood = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(3 * PER_SOURCE_CAP)]
-    assert all(closed_by_server(s, 2 * TIMEOUT) for s in flood[: 2 * PER_SOURCE_CAP])
-    wait_for(lambda: t.server.unauthenticated == PER_SOURCE_CAP + 2, "pending count")
+    flood = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(GLOBAL_CAP + 50)]
+    assert all(closed_by_server(s, 2 * TIMEOUT) for s in flood[:52])
+    wait_for(lambda: t.server.unauthenticated == GLOBAL_CAP, "pending count")
     assert not any(closed_by_server(s, 0) for s in bystanders), "another source was shed"
-    assert not any(closed_by_server(s, 0) for s in flood[2 * PER_SOURCE_CAP :])
+    assert not any(closed_by_server(s, 0) for s in flood[52:])
 
 
 def test_small_caps_shed_globally_and_per_source(
     threaded: Callable[..., Threaded], sockets: list[socket.socket]
 ) -> None:
-    """The caps are parameters; the per-source cap keeps one source from filling the global one."""
+    """The caps are parameters; a source over its share pays first, then the oldest of all."""
     t = threaded(max_unauthenticated=8, max_unauthenticated_per_source=4)
     bystanders = [open_idle(t.port, "127.0.0.2", sockets) for _ in range(2)]
     flood = [open_idle(t.port, "127.0.0.1", sockets) for _ in range(20)]
-    assert all(closed_by_server(s, 2 * TIMEOUT) for s in flood[:16])
-    wait_for(lambda: t.server.unauthenticated == 6, "pending count")
-    assert not any(closed_by_server(s, 0) for s in bystanders + flood[16:])
-    # Now many sources: the global cap sheds the oldest overall, bystanders first.
+    # Full at 8 (2 + 6): each newcomer sheds the flood's oldest, never a bystander.
+    assert all(closed_by_server(s, 2 * TIMEOUT) for s in flood[:14])
+    wait_for(lambda: t.server.unauthenticated == 8, "pending count")
+    assert not any(closed_by_server(s, 0) for s in bystanders + flood[14:])
+    # Many sources: the flood loses down to its share of 4, then the oldest overall go.
     spread = [open_idle(t.port, f"127.0.2.{i}", sockets) for i in range(1, 9)]
-    assert all(closed_by_server(s, 2 * TIMEOUT) for s in bystanders + flood[16:])
+    assert all(closed_by_server(s, 2 * TIMEOUT) for s in bystanders + flood[14:])
     wait_for(lambda: t.server.unauthenticated == 8, "pending count")
     assert not any(closed_by_server(s, 0) for s in spread)
-    assert t.server.shed == 16 + 6
+    assert t.server.shed == 14 + 8
     with pytest.raises(ValueError):
         t.call(
             serve(None, "127.0.0.1", 0, keyring=make_keyring(), own_id="x", max_unauthenticated=0)

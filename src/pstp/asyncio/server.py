@@ -1,12 +1,14 @@
 """Serve PSTP/2 sessions over TCP (asyncio).
 
 Connections that have not completed the handshake (nobody has proved a key
-yet) are capped, globally and per source address (an IPv4 address, an IPv6
-/64).  A connection that would exceed a cap sheds the *oldest* unauthenticated
-one (of its source for the per-source cap) instead of being refused, so a
-flood of idle connections can hold at most the caps' worth of descriptors and
-never keeps a newcomer out: a legitimate client's handshake completes before
-the flood ages it out.
+yet) are capped per server.  When the table is full, a new connection sheds
+an *older* one instead of being refused: the oldest of the source (IPv4
+address, IPv6 /64) holding the most pending connections if it holds more than
+its share, else the oldest of all.  A flood of idle connections thus holds at
+most the cap's worth of descriptors, a flood from one address only displaces
+itself, and a newcomer is never kept out: a legitimate client's handshake
+completes before the flood ages it out.  Below the cap nothing is shed, so a
+burst of honest clients behind one address is served.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ Handler = Callable[[Session], Awaitable[None]]
 
 #: Connections that have not completed the handshake, at most, per server.
 MAX_UNAUTHENTICATED = 256
-#: The same, per source address (IPv4 address, IPv6 /64 prefix).
+#: A source's share once the table is full (IPv4 address, IPv6 /64 prefix): a fuller
+#: source loses its oldest first.
 MAX_UNAUTHENTICATED_PER_SOURCE = 32
 #: Seconds between two log lines about shed connections (at most one per interval).
 SHED_REPORT_INTERVAL = 10.0
@@ -93,16 +96,20 @@ class _Pending:
         self._accept_last_report = -SHED_REPORT_INTERVAL
 
     def add(self, proto: _ServerProtocol, key: str) -> None:
-        """Track a new connection, shedding the oldest ones it would put over a cap."""
-        same = self.by_source.get(key)
-        if same is None:
-            same = self.by_source[key] = OrderedDict()
-        while len(same) >= self.per_source:
-            self._shed(next(iter(same)))
+        """Track a new connection, shedding an older one if the table is full.
+
+        Only a full table sheds, so a burst of honest clients from one address
+        (a NAT, a test) is not cut while there is room.  When it is full, the
+        source holding the most pending connections loses its oldest if it holds
+        more than ``per_source`` (a flood from one address only displaces
+        itself); otherwise the oldest connection of all goes.
+        """
         while len(self.all) >= self.limit:
-            self._shed(next(iter(self.all)))
+            biggest = max(self.by_source.values(), key=len)
+            victims = biggest if len(biggest) > self.per_source else self.all
+            self._shed(next(iter(victims)))
         self.all[proto] = key
-        same[proto] = None
+        self.by_source.setdefault(key, OrderedDict())[proto] = None
 
     def discard(self, proto: _ServerProtocol) -> None:
         """Forget a connection (handshake done, or closed); no error if unknown."""
@@ -317,10 +324,11 @@ async def serve(
             server of channels only passes false: DATA from a peer then ends its
             session with REFUSED instead of waiting unread (docs/protocol.md §12.1).
         max_unauthenticated: connections that have not completed the handshake,
-            at most; one more sheds (aborts) the oldest of them.
-        max_unauthenticated_per_source: the same per source address (IPv4
-            address, IPv6 /64, :func:`source_key`); one more sheds the oldest
-            from that source.  Shed connections are counted (:attr:`Server.shed`)
+            at most; one more sheds (aborts) an older one.
+        max_unauthenticated_per_source: a source's share (IPv4 address, IPv6
+            /64, :func:`source_key`) when the table is full: the connection shed
+            is the oldest of the fullest source if it holds more, else the
+            oldest of all.  Shed connections are counted (:attr:`Server.shed`)
             and logged at most once per :data:`SHED_REPORT_INTERVAL` seconds.
 
     While the server is open, accept() failing for lack of descriptors is
