@@ -64,7 +64,12 @@ def responder(
     discovery_lookup: DiscoveryLookup | None,
     pake: PakeVerifier | None,
 ) -> Connection:
-    """A responder's connection for one incoming transport connection."""
+    """A responder's connection for one incoming transport connection.
+
+    It reads this process's wall clock, so an HS_INIT timestamp more than
+    :data:`~pstp.protocol.handshake.MAX_AHEAD_NS` (5 minutes) ahead of it is
+    refused, and cannot close the replay guard of its key (§5.1).
+    """
     return Connection(
         Role.SERVER,
         config,
@@ -72,6 +77,7 @@ def responder(
         own_id=own_id,
         discovery_lookup=discovery_lookup,
         pake=pake,
+        wall_clock=time.time_ns,
     )
 
 

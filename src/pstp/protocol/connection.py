@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+from collections.abc import Callable
 
 from pstp.crypto.kdf import hkdf_expand_sha256
 from pstp.exceptions import (
@@ -178,6 +179,9 @@ class Connection:
             of ``pair_key``; responder: a :class:`PakeVerifier` accepted besides
             the key ring (§15).
         logger: where debug lines go (``<`` received, ``>`` sent, ``=`` state).
+        wall_clock: responder only: nanoseconds since the Unix epoch (``time.time_ns``);
+            an HS_INIT timestamp more than 5 minutes ahead of it is refused (§5.1).
+            ``None``: no such bound (this core reads no clock of its own).
 
     Raises:
         LocalProtocolError: a role-specific argument is missing.
@@ -197,6 +201,7 @@ class Connection:
         discovery_lookup: DiscoveryLookup | None = None,
         pake: PakeProver | PakeVerifier | None = None,
         logger: logging.Logger | None = None,
+        wall_clock: Callable[[], int] | None = None,
     ) -> None:
         self.role = role
         self.config = config or Config()
@@ -240,6 +245,7 @@ class Connection:
                 own_id=own_id,
                 discovery_lookup=discovery_lookup,
                 keepalive_ms=int(keepalive * 1000) if keepalive else 0,
+                wall_clock=wall_clock,
             )
         self._inbuf = bytearray()
         self._out: list[bytes] = []

@@ -37,6 +37,7 @@ from pstp.wire.frames import (
 )
 
 __all__ = [
+    "MAX_AHEAD_NS",
     "NOISE_PROTOCOL",
     "PAIR_KEY_LEN",
     "REPLAY_SLOTS",
@@ -62,6 +63,10 @@ PAIR_KEY_LEN = 32
 REPLAY_SPAN_NS = 30_000_000_000
 #: At most this many accepted timestamps are remembered per pair key (§5.1).
 REPLAY_SLOTS = 1024
+#: How far (ns) ahead of the responder's wall clock an HS_INIT timestamp may be (§5.1):
+#: 5 minutes.  Further ahead, one HS_INIT would close the guard's window to every
+#: later, honest one of that key until the clock caught up (years, say).
+MAX_AHEAD_NS = 300_000_000_000
 
 # Domain-separation labels (§5.2, §5.5).  Each use of the pair key or of the
 # final chaining key gets its own label, so no value is valid in two roles.
@@ -417,6 +422,10 @@ class ResponderHandshake:
         discovery_lookup: finds the PING/PONG we exchanged under a nonce.
         keepalive_ms: the heartbeat interval we suggest.
         ephemeral: fixed ephemeral private key (test vectors only).
+        wall_clock: the responder's wall clock, nanoseconds since the Unix epoch
+            (``time.time_ns``); an HS_INIT timestamp more than :data:`MAX_AHEAD_NS`
+            ahead of it is refused.  ``None``: no bound (this core reads no clock;
+            the drivers pass one, see :func:`pstp.clock.responder`).
     """
 
     def __init__(
@@ -428,7 +437,9 @@ class ResponderHandshake:
         discovery_lookup: DiscoveryLookup | None = None,
         keepalive_ms: int = 0,
         ephemeral: bytes | None = None,
+        wall_clock: Callable[[], int] | None = None,
     ) -> None:
+        self._wall_clock = wall_clock
         self._keyring = keyring
         self._config = config
         self._own_id = own_id
@@ -458,7 +469,8 @@ class ResponderHandshake:
 
         Raises:
             HandshakeFailed: unknown key id, bad version, unknown discovery
-                nonce, replayed or stale timestamp, downgrade, no common suite.
+                nonce, replayed or stale timestamp, a timestamp too far ahead of
+                the wall clock, downgrade, no common suite.
             DecryptError: the payload did not decrypt.
             RemoteProtocolError: malformed.
         """
@@ -485,6 +497,8 @@ class ResponderHandshake:
         payload = InitPayload.parse(noise.read_message(msg.ephemeral + msg.ciphertext))
         if not peer.fresh(payload.timestamp):
             raise HandshakeFailed("replayed or stale HS_INIT")
+        if self._wall_clock is not None and payload.timestamp > self._wall_clock() + MAX_AHEAD_NS:
+            raise HandshakeFailed("HS_INIT timestamp too far ahead of this clock")
         # Downgrade guard (§11): the header must carry the best common version.
         if _negotiated_version(payload.versions, self._config.versions) != msg.version:
             raise HandshakeFailed("version downgrade detected")
