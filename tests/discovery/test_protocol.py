@@ -112,8 +112,8 @@ def test_responder_refuses_an_id_or_port_it_could_not_advertise(device_id: str, 
 
 
 def test_global_rate_limit_caps_answers_across_sources() -> None:
-    """Many sources together get at most global_rate answers a second."""
-    r = Responder("home", 9000, global_rate=3.0, rate=100.0, burst=100.0)
+    """Many sources together get at most the shared part of global_rate (3 of 4) a second."""
+    r = Responder("home", 9000, global_rate=4.0, rate=100.0, burst=100.0)
     hosts = [f"192.0.2.{i}" for i in range(10)]
     answered = sum(len(answer(r, Browser().ping, (h, 1))) for h in hosts)
     assert answered == 3

@@ -16,7 +16,15 @@ from pstp.crypto.kdf import hmac_sha256, random_bytes
 from pstp.discovery.packets import Caps, Ping, Pong
 from pstp.exceptions import RemoteProtocolError
 
-__all__ = ["Address", "Browser", "Found", "Responder", "discovery_tag"]
+__all__ = [
+    "KEYED_SHARE",
+    "VERIFY_FACTOR",
+    "Address",
+    "Browser",
+    "Found",
+    "Responder",
+    "discovery_tag",
+]
 
 #: (host, port) of a datagram's sender or destination.
 Address = tuple[str, int]
@@ -29,12 +37,24 @@ def discovery_tag(kid_key: bytes, nonce: bytes) -> bytes:
     return hmac_sha256(kid_key, _LABEL_DISCOVERY + nonce)[:16]
 
 
+#: The part of the global answer budget kept for PINGs with a valid key tag (§8.3).
+KEYED_SHARE = 0.25
+#: Tagged PINGs checked per second past the shared budget, as a multiple of global_rate.
+VERIFY_FACTOR = 4.0
+
+
 class _Bucket:
     __slots__ = ("stamp", "tokens")
 
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
         self.stamp = stamp
+
+
+def _refill(bucket: _Bucket, rate: float, now: float) -> _Bucket:
+    bucket.tokens = min(rate, bucket.tokens + (now - bucket.stamp) * rate)
+    bucket.stamp = now
+    return bucket
 
 
 class Responder:
@@ -51,6 +71,14 @@ class Responder:
         global_rate: answers per second in total.
         remember: seconds a (PING, PONG) pair stays available to the handshake.
         max_remembered: most pairs kept (oldest dropped first).
+        keys: the kid keys of our paired peers, to recognize PINGs that carry a
+            valid key tag outside stealth mode too (default: ``stealth_keys``).
+        keyed_share: the part of ``global_rate`` kept for PINGs with a valid key
+            tag (§8.3): any PING may spend the rest, and a tagged PING that
+            finds the rest spent is checked and answered from this reserve, so
+            a spoofed flood of untagged PINGs does not hide us from a paired peer.
+        verify_rate: tagged PINGs per second checked against the keys once the
+            shared budget is spent (each check costs one HMAC per key).
     """
 
     def __init__(
@@ -65,15 +93,25 @@ class Responder:
         global_rate: float = 200.0,
         remember: float = 120.0,
         max_remembered: int = 1024,
+        keys: Callable[[], Iterable[bytes]] | None = None,
+        keyed_share: float = KEYED_SHARE,
+        verify_rate: float | None = None,
     ) -> None:
         Pong(b"\0" * 16, port, caps, device_id).serialize()  # validates id and port
+        if not 0.0 <= keyed_share < 1.0:
+            raise ValueError("keyed_share must be in [0, 1)")
         self.device_id = device_id
         self.port = port
         self.caps = caps
         self._stealth_keys = stealth_keys
+        self._keys = keys if keys is not None else stealth_keys
         self._rate, self._burst = rate, burst
-        self._global = _Bucket(global_rate, 0.0)
-        self._global_rate = global_rate
+        self._global_rate = global_rate * (1.0 - keyed_share)
+        self._global = _Bucket(self._global_rate, 0.0)
+        self._keyed_rate = global_rate * keyed_share
+        self._keyed = _Bucket(self._keyed_rate, 0.0)
+        self._verify_rate = VERIFY_FACTOR * global_rate if verify_rate is None else verify_rate
+        self._verify = _Bucket(self._verify_rate, 0.0)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._remember = remember
         self._max_remembered = max_remembered
@@ -85,6 +123,8 @@ class Responder:
         self.dropped_stealth = 0
         self.dropped_replay = 0
         self.answered = 0
+        #: Answers given from the reserve for PINGs with a valid key tag.
+        self.answered_keyed = 0
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Handle one datagram; never raises for bad input."""
@@ -95,7 +135,8 @@ class Responder:
             return
         # The rate limit comes first, so unauthenticated PINGs cannot make a
         # stealth responder spend one HMAC per pair key without bound (§8.3).
-        if not self._allow(addr[0], now):
+        admitted = self._allow(addr[0], ping, now)
+        if admitted is None:
             self.dropped_rate += 1
             return
         self._expire(now)
@@ -106,7 +147,7 @@ class Responder:
             return
         if ping.wanted & ~self.caps:
             return  # we lack what the querier needs
-        if self._stealth_keys is not None and not self._proves_key(ping):
+        if self._stealth_keys is not None and not admitted and not self._proves_key(ping):
             self.dropped_stealth += 1
             return
         pong = Pong(ping.nonce, self.port, self.caps, self.device_id).serialize()
@@ -130,18 +171,23 @@ class Responder:
         seen = self._seen.get(nonce)
         return (seen[0], seen[1]) if seen is not None else None
 
-    def _proves_key(self, ping: Ping) -> bool:
-        if ping.kid_tag is None or self._stealth_keys is None:
+    def _proves_key(self, ping: Ping, keys: Callable[[], Iterable[bytes]] | None = None) -> bool:
+        keys = keys or self._stealth_keys
+        if ping.kid_tag is None or keys is None:
             return False
         ok = False
-        for key in self._stealth_keys():
+        for key in keys():
             ok |= hmac.compare_digest(discovery_tag(key, ping.nonce), ping.kid_tag)
         return ok
 
-    def _allow(self, host: str, now: float) -> bool:
-        g = self._global
-        g.tokens = min(self._global_rate, g.tokens + (now - g.stamp) * self._global_rate)
-        g.stamp = now
+    def _allow(self, host: str, ping: Ping, now: float) -> bool | None:
+        """Spend the tokens a PING needs: ``None`` to drop it, True if its tag was proven.
+
+        The shared global budget goes first; a PING with a key tag that finds it
+        spent may spend a verification token, and if its tag is valid an answer
+        from the keyed reserve (and then it needs no second check).
+        """
+        g = _refill(self._global, self._global_rate, now)
         b = self._buckets.get(host)
         if b is None:
             b = _Bucket(self._burst, now)
@@ -152,10 +198,24 @@ class Responder:
             self._buckets.move_to_end(host)
         b.tokens = min(self._burst, b.tokens + (now - b.stamp) * self._rate)
         b.stamp = now
-        if g.tokens < 1 or b.tokens < 1:
+        if b.tokens < 1:
+            return None
+        if g.tokens >= 1:
+            g.tokens -= 1
+            b.tokens -= 1
             return False
-        g.tokens -= 1
+        if ping.kid_tag is None or self._keys is None:
+            return None
+        k = _refill(self._keyed, self._keyed_rate, now)
+        v = _refill(self._verify, self._verify_rate, now)
+        if k.tokens < 1 or v.tokens < 1:
+            return None
+        v.tokens -= 1
+        if not self._proves_key(ping, self._keys):
+            return None
+        k.tokens -= 1
         b.tokens -= 1
+        self.answered_keyed += 1
         return True
 
     def _expire(self, now: float) -> None:
