@@ -68,6 +68,8 @@ def source_key(host: str) -> str:
     address counts as the IPv4 address.  Anything else (a Unix socket path)
     is taken as it is.
     """
+    if ":" not in host and host[-1:].isdigit():
+        return host  # dotted IPv4, the common case: no parsing (a flood calls this a lot)
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -87,6 +89,8 @@ class _Pending:
         self.per_source = per_source
         self.all: OrderedDict[_ServerProtocol, str] = OrderedDict()
         self.by_source: dict[str, OrderedDict[_ServerProtocol, None]] = {}
+        #: Sources holding more than ``per_source`` pending connections now.
+        self._over = 0
         self.shed = 0
         self._unreported = 0
         self._last_report = -SHED_REPORT_INTERVAL
@@ -105,11 +109,15 @@ class _Pending:
         itself); otherwise the oldest connection of all goes.
         """
         while len(self.all) >= self.limit:
-            biggest = max(self.by_source.values(), key=len)
-            victims = biggest if len(biggest) > self.per_source else self.all
+            victims: Mapping[_ServerProtocol, object] = self.all
+            if self._over:  # some source holds more than its share (rare: look for it)
+                victims = max(self.by_source.values(), key=len)
             self._shed(next(iter(victims)))
         self.all[proto] = key
-        self.by_source.setdefault(key, OrderedDict())[proto] = None
+        same = self.by_source.setdefault(key, OrderedDict())
+        same[proto] = None
+        if len(same) == self.per_source + 1:
+            self._over += 1
 
     def discard(self, proto: _ServerProtocol) -> None:
         """Forget a connection (handshake done, or closed); no error if unknown."""
@@ -117,6 +125,8 @@ class _Pending:
         if key is None:
             return
         same = self.by_source[key]
+        if len(same) == self.per_source + 1:
+            self._over -= 1
         del same[proto]
         if not same:
             del self.by_source[key]
@@ -348,15 +358,22 @@ async def serve(
     tasks: set[asyncio.Task[None]] = set()
     current_pake: list[PakeVerifier | None] = [pake]  # shared with Server.pake
 
-    async def run(proto: _ServerProtocol) -> None:
-        try:
-            await proto.handshake
-        except PstpError:
+    def handshake_done(proto: _ServerProtocol, result: asyncio.Future[None]) -> None:
+        # A task per session starts only once a key is proved: a flood of keyless
+        # connections costs no task, no coroutine and no wake-up each.
+        if result.cancelled():
+            return
+        if result.exception() is not None:
             # A shed connection proved nothing and failed nothing: it is counted
             # (Server.shed), not reported as a failed handshake.
             if on_handshake_failed is not None and not proto.shed:
                 on_handshake_failed(proto.conn, proto.peer_address)
             return
+        task = loop.create_task(run(proto))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def run(proto: _ServerProtocol) -> None:
         session = Session(proto)
         done = on_session(session) if on_session is not None else None
         try:
@@ -388,9 +405,7 @@ async def serve(
             admit=admit,
             session_data=session_data,
         )
-        task = loop.create_task(run(proto))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        proto.handshake.add_done_callback(lambda result: handshake_done(proto, result))
         return proto
 
     server = await loop.create_server(factory, host, port, backlog=BACKLOG)
