@@ -161,22 +161,25 @@ def _hs_init(timestamp: int) -> bytes:
 
 
 def test_a_far_future_hs_init_does_not_lock_the_key_out_after_a_restart(tmp_path: Path) -> None:
-    """A key holder's HS_INIT stamped 10 years ahead is not saved as such.
+    """A key holder's HS_INIT stamped 10 years ahead is refused and saves nothing.
 
-    Before the fix the guard saved the 10-years-ahead value and every later
-    HS_INIT of the key, at any honest time, was refused across restarts.
+    Before the fix the device accepted it and the guard saved the 10-years-ahead
+    value: every later HS_INIT of the key, at any honest time, was refused across
+    restarts.  Now the responder refuses a timestamp more than 5 minutes ahead of
+    its clock (docs/protocol.md §5.1), and the key keeps working.
     """
     port = free_port()
     cfg = tmp_path / "pstp.toml"
     cfg.write_text(CONFIG.format(port=port, key=KEY.hex()))
     os.chmod(cfg, 0o600)
     with _serve(cfg):
-        assert _answer(port, _hs_init(time.time_ns() + 10 * YEAR_NS))
+        assert not _answer(port, _hs_init(time.time_ns() + 10 * YEAR_NS))
+        assert not _answer(port, _hs_init(time.time_ns() + MAX_AHEAD_NS + 60 * 10**9))
+        assert _answer(port, _hs_init(time.time_ns()))  # the honest clock still works
     saved = json.loads((tmp_path / GUARD_NAME).read_text())["newest"]["phone"]
-    assert saved <= time.time_ns() + MAX_AHEAD_NS
+    assert saved <= time.time_ns()
     with _serve(cfg):
-        # Just beyond the bound: the key works again (honest clocks within 5 minutes).
-        assert _answer(port, _hs_init(time.time_ns() + MAX_AHEAD_NS + 60 * 10**9))
+        assert _answer(port, _hs_init(time.time_ns()))
 
 
 def test_a_saved_far_future_value_is_lowered_on_load(
