@@ -101,12 +101,14 @@ def test_phone_still_works(daemon: Served) -> None:
     assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == b"pong ok"
 
 
-def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served) -> None:
-    """Heartbeat PINGs from a peer that never reads: answers are bounded, then it is cut off.
+@pytest.mark.parametrize("flood", ["pings", "opens"])
+def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served, flood: str) -> None:
+    """A peer that never reads, sending what the daemon must answer, is cut off in bounds.
 
-    Before, every PING's PONG queued in the daemon's write buffer: 10 MiB of PINGs
-    grew it by 8 MB.  Now at most 1 MiB of answers may wait (REPLY_FLOOD), then the
-    session ends and its descriptor is released.
+    Before, every answer queued in the daemon's write buffer: 10 MiB of heartbeat
+    PINGs grew it by 8 MB.  Now a PING flood ends the session at once (§6.5), and
+    other answers (REJECTs of unknown kinds here) may queue up to 1 MiB while the peer
+    reads nothing (REPLY_FLOOD), then the session ends and its descriptor is released.
     """
     before = daemon.rss_kib()
     fds = daemon.fds()
@@ -114,9 +116,12 @@ def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served) -
     sent = 0
     cut_off = False
     try:
-        while sent < 40 << 20:  # 40 MiB of PINGs, never reading a byte
+        while sent < 40 << 20:  # 40 MiB, never reading a byte
             for _ in range(1000):
-                conn.send_ping()
+                if flood == "pings":
+                    conn.send_ping()
+                else:
+                    conn.open_channel("no-such-kind")  # each answered with a REJECT
             out = conn.data_to_send()
             sock.sendall(out)
             sent += len(out)
@@ -125,7 +130,7 @@ def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served) -
     finally:
         sock.close()
     grown = daemon.rss_kib() - before
-    assert cut_off, f"the daemon took {sent} bytes of PINGs without cutting the peer off"
+    assert cut_off, f"the daemon took {sent} bytes without cutting the peer off"
     assert grown < 8 * 1024, f"daemon grew by {grown} KiB"
     deadline = time.monotonic() + TIMEOUT
     while daemon.fds() > fds and time.monotonic() < deadline:

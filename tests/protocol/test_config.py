@@ -25,6 +25,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"rekey_after_records": 10, "reject_after_records": 10}, "rekey_after_records"),
     ({"rekey_after_bytes": 0}, "rekey_after_bytes"),
     ({"rekey_after_bytes": 10, "reject_after_bytes": 10}, "rekey_after_bytes"),
+    ({"ping_burst": 0}, "ping_burst"),
+    ({"ping_rate": 0.0}, "ping_rate"),
     ({"max_handshake_size": 255}, "max_handshake_size"),
     ({"max_handshake_size": 65536}, "max_handshake_size"),
     ({"handshake_timeout": 0.0}, "timeouts"),

@@ -1270,3 +1270,26 @@ def test_receive_message_before_start_and_after_close() -> None:
     server.close()
     server.receive_message(b"\x01\x00\x00\x00", 1.0)
     assert server.state is ConnectionState.CLOSED
+
+
+def test_a_heartbeat_flood_ends_the_session() -> None:
+    """64 PINGs at once are answered; the 65th ends the session; 16 a second go on forever.
+
+    Before, every PING was answered: a key holder could make the device spend its CPU
+    and output on PONGs at line rate (docs/protocol.md §6.5).
+    """
+    pair = Pair.new().established()
+    for _ in range(64):
+        pair.client.send_ping()
+    pair.server.receive_data(pair.client.data_to_send(), 1_000.0)
+    assert pair.server.state is ConnectionState.ESTABLISHED
+    # A second later, 16 more are fine.
+    for _ in range(16):
+        pair.client.send_ping()
+    pair.server.receive_data(pair.client.data_to_send(), 1_001.0)
+    assert pair.server.state is ConnectionState.ESTABLISHED
+    pair.client.send_ping()
+    pair.server.receive_data(pair.client.data_to_send(), 1_001.0)
+    assert pair.server.state is ConnectionState.CLOSED
+    assert "heartbeat flood" in str(pair.server.close_exc)
+    assert pair.server.close_code == ErrorCode.PROTOCOL_ERROR

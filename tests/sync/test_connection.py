@@ -572,7 +572,9 @@ class RawPeer:
             self.sock.sendall(self.conn.data_to_send())
 
 
-def raw_pair(client_sndbuf: int | None = None) -> tuple[SyncSession, RawPeer]:
+def raw_pair(
+    client_sndbuf: int | None = None, config: Config | None = None
+) -> tuple[SyncSession, RawPeer]:
     """A sync client connected over a socketpair to a RawPeer."""
     a, b = socket.socketpair()
     if client_sndbuf is not None:
@@ -580,7 +582,12 @@ def raw_pair(client_sndbuf: int | None = None) -> tuple[SyncSession, RawPeer]:
     peer = RawPeer(b)
     with ThreadPoolExecutor(1) as pool:
         client = pool.submit(
-            connect, sock=a, pair_key=PAIR_KEY, device_id=SERVER_ID, timeout=TIMEOUT
+            connect,
+            sock=a,
+            pair_key=PAIR_KEY,
+            device_id=SERVER_ID,
+            timeout=TIMEOUT,
+            config=config,
         )
         peer.pump_until(lambda: peer.conn.state is ConnectionState.ESTABLISHED)
         return client.result(TIMEOUT), peer
@@ -588,7 +595,8 @@ def raw_pair(client_sndbuf: int | None = None) -> tuple[SyncSession, RawPeer]:
 
 def test_io_thread_keeps_reading_while_its_output_waits() -> None:
     """With the socket full of unread PONGs, the I/O thread still reads; order is kept."""
-    client, peer = raw_pair(client_sndbuf=4096)
+    # 2000 PINGs at once would be a heartbeat flood (§6.5): this client allows them.
+    client, peer = raw_pair(client_sndbuf=4096, config=Config(ping_burst=4096))
     try:
         for _ in range(2000):  # ~80 KB of PONGs: far more than the socket holds
             peer.conn.send_ping()

@@ -21,6 +21,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         handshake_timeout: seconds from start until the handshake must be done.
         keepalive_interval: seconds of silence before we send a PING; ``None`` disables.
         keepalive_count_max: unanswered PINGs after which the peer is declared dead.
+        ping_burst: PINGs from the peer answered at once; more than that, beyond
+            ``ping_rate`` a second, ends the session (a heartbeat flood, §6.5).
+        ping_rate: PINGs from the peer answered per second after the burst.
         rekey_after_records: records under one key before the sender ratchets it.
         rekey_after_bytes: plaintext bytes under one key before the sender ratchets it.
         rekey_after_seconds: age of a key before the sender ratchets it.
@@ -41,6 +44,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     handshake_timeout: float = 10.0
     keepalive_interval: float | None = 15.0
     keepalive_count_max: int = 3
+    ping_burst: int = 64
+    ping_rate: float = 16.0
     rekey_after_records: int = 1 << 20
     rekey_after_bytes: int = 1 << 30
     rekey_after_seconds: float = 120.0
@@ -68,6 +73,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("max_handshake_size must be in [256, 65535]")
         if self.handshake_timeout <= 0 or self.rekey_after_seconds <= 0:
             raise ValueError("timeouts must be positive")
+        if self.ping_burst < 1 or self.ping_rate <= 0:
+            raise ValueError("ping_burst must be at least 1 and ping_rate positive")
         if self.keepalive_interval is not None and self.keepalive_interval <= 0:
             raise ValueError("keepalive_interval must be positive (or None)")
         if self.reject_after_records >= 1 << 63:

@@ -256,6 +256,8 @@ class Connection:
         self._now = 0.0
         self._handshake_deadline: float | None = None
         self._keepalive: float | None = self.config.keepalive_interval
+        self._ping_tokens = float(self.config.ping_burst)
+        self._ping_stamp = 0.0
         self._last_rx = 0.0
         self._pings_out = 0
         self._ping_sent_at: dict[int, float] = {}
@@ -412,6 +414,22 @@ class Connection:
         view = memoryview(data)
         for off in range(0, len(view), step):
             self._seal(InnerType.DATA, bytes(view[off : off + step]))
+
+    def _spend_ping(self) -> None:
+        # Every PING costs an answer: a burst, then a steady rate (§6.5), so a key
+        # holder cannot make us spend our CPU and our output on PONGs.
+        config = self.config
+        elapsed = max(0.0, self._now - self._ping_stamp)
+        self._ping_tokens = min(
+            float(config.ping_burst), self._ping_tokens + elapsed * config.ping_rate
+        )
+        self._ping_stamp = self._now
+        if self._ping_tokens < 1.0:
+            raise RemoteProtocolError(
+                f"heartbeat flood: more than {config.ping_burst} PINGs at once"
+                f" or {config.ping_rate:g} a second"
+            )
+        self._ping_tokens -= 1.0
 
     def send_ping(self) -> None:
         """Send a heartbeat PING now (heartbeats are also automatic).
@@ -805,6 +823,7 @@ class Connection:
         elif inp is Input.PING:
             if len(body) != _PING_LEN:
                 raise RemoteProtocolError("bad PING length")
+            self._spend_ping()
             self._seal(InnerType.PONG, body)
         elif inp is Input.PONG:
             if len(body) != _PING_LEN:
