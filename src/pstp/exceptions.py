@@ -43,6 +43,7 @@ __all__ = [
     "InvalidState",
     "KeyExhausted",
     "LocalProtocolError",
+    "PeerFlood",
     "PermissionDenied",
     "ProtocolError",
     "PstpError",
@@ -102,6 +103,10 @@ class DecryptError(RemoteProtocolError):
     """An AEAD tag or a MAC did not verify.  Carries no detail by design."""
 
     code = ErrorCode.DECRYPT_ERROR
+
+
+class PeerFlood(RemoteProtocolError):
+    """The peer sent more of something than this side answers (a heartbeat flood, §6.5)."""
 
 
 class FrameTooLarge(RemoteProtocolError):

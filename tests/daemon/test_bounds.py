@@ -47,13 +47,28 @@ actions = ["echo.*"]
 [peers.guest]
 key = "{guest}"
 [peers.guest.policy]
+
+# Peers the flood tests get suspended (a flooding key holder is shut out for 10 s).
+[peers.pings]
+key = "FLOOD_pings"
+[peers.pings.policy]
+
+[peers.opens]
+key = "FLOOD_opens"
+[peers.opens.policy]
 """
+
+#: Keys of the two flooding peers above.
+FLOOD = {"pings": bytes(range(40, 72)), "opens": bytes(range(50, 82))}
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One daemon for the tests that do not change its configuration."""
-    served = serve(tmp_path_factory.mktemp("bounds"), CONFIG)
+    config = CONFIG
+    for name, key in FLOOD.items():
+        config = config.replace(f"FLOOD_{name}", key.hex())
+    served = serve(tmp_path_factory.mktemp("bounds"), config)
     yield served
     served.stop()
 
@@ -112,7 +127,7 @@ def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served, f
     """
     before = daemon.rss_kib()
     fds = daemon.fds()
-    sock, conn = raw_session(daemon.port, GUEST, rcvbuf=4096)
+    sock, conn = raw_session(daemon.port, FLOOD[flood], rcvbuf=4096)
     sent = 0
     cut_off = False
     try:
@@ -136,6 +151,11 @@ def test_a_peer_that_reads_nothing_cannot_make_replies_pile_up(daemon: Served, f
     while daemon.fds() > fds and time.monotonic() < deadline:
         time.sleep(0.05)
     assert daemon.fds() <= fds
+    if flood == "pings":  # a heartbeat flood suspends the key: reconnecting costs nothing
+        with pytest.raises(AssertionError, match="handshake failed"):
+            raw_session(daemon.port, FLOOD[flood])
+        rows = AuditLog(daemon.audit).list(peer="pings", kind="session")
+        assert any("suspended for 10 s: heartbeat flood" in (r.detail or "") for r in rows)
 
 
 def test_session_data_to_the_daemon_is_refused_not_kept(daemon: Served) -> None:

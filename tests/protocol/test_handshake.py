@@ -686,3 +686,17 @@ def test_key_holders_never_print_their_keys() -> None:
     assert CLIENT_ID in shown and keys.session_id.hex() in shown
     for secret in secrets:
         assert secret.hex() not in shown and repr(secret) not in shown
+
+
+def test_a_key_taken_from_the_ring_comes_back_with_its_guard() -> None:
+    """take() removes a key (its HS_INITs match nothing); put() restores it, guard and all."""
+    ring = KeyRing()
+    ring.add("phone", bytes(32), 1_000)
+    taken = ring.take("phone")
+    assert taken is not None and "phone" not in ring and ring.take("phone") is None
+    ring.put(taken)
+    assert "phone" in ring and next(iter(ring)).last_timestamp == 1_000
+    ring.add("phone", bytes(range(32)))  # a new key meanwhile wins over the old one
+    newer = next(iter(ring))
+    ring.put(taken)
+    assert next(iter(ring)) is newer

@@ -38,10 +38,10 @@ from pstp.daemon.policy import (
     ShellRequest,
 )
 from pstp.daemon.replay import guard_path, load_guard, save_guard, snapshot
-from pstp.exceptions import ChannelFailure, ErrorCode, PermissionDenied
+from pstp.exceptions import ChannelFailure, ErrorCode, PeerFlood, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
-from pstp.protocol.handshake import KeyRing
+from pstp.protocol.handshake import KeyRing, PeerKey
 from pstp.protocol.kinds import action_args
 from pstp.protocol.pake import PAIR_CHANNEL
 from pstp.settings import Settings, load
@@ -59,6 +59,13 @@ _AUTH_FAIL_ROWS_PER_S = 10.0
 #: request is refused must not fill the disk; the rest are counted in the next row.
 _DENY_ROWS_PER_S = 5.0
 _DENY_ROWS_BURST = 20.0
+#: Seconds a flooding peer's key is not accepted (Daemon._suspend).
+SUSPEND_SECONDS = 10.0
+#: Refusals for the rate in one session after which that session is closed.
+_RATE_REFUSALS = 10
+#: The same for all peers together: many peers refused at once write no more.
+_DENY_ROWS_ALL_PER_S = 50.0
+_DENY_ROWS_ALL_BURST = 100.0
 #: What a peer is told when its request cannot be audited (docs/security.md).
 AUDIT_DOWN = "the device cannot write its audit log, so it runs nothing now"
 #: Seconds between looks at expiry and time windows while a time-bound peer is connected.
@@ -149,6 +156,8 @@ class Daemon:
     _admitted: dict[int, str] = field(default_factory=dict)
     _deny_budget: dict[str, tuple[float, float, int]] = field(default_factory=dict)
     _live: set[_Live] = field(default_factory=set)
+    _throttled: dict[int, int] = field(default_factory=dict)
+    _suspended: dict[str, PeerKey] = field(default_factory=dict)
     _guard_saved: dict[str, int] = field(default_factory=dict)
     _tasks: asyncio.TaskGroup | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -167,6 +176,8 @@ class Daemon:
             self.audit = AuditLog(audit_path(self.settings))
         self._auth_tokens = _AUTH_FAIL_ROWS_PER_S
         self._auth_stamp = time.monotonic()
+        self._deny_tokens = _DENY_ROWS_ALL_BURST
+        self._deny_stamp = self._auth_stamp
 
     # -- audit -------------------------------------------------------------------
 
@@ -184,16 +195,23 @@ class Daemon:
         return True
 
     def _deny_row(self, kind: str, peer: str, **kw: Any) -> None:
-        """A denial row, within the peer's budget; the rest are counted in the next row."""
+        """A denial row, within the peer's budget and the device's; the rest are counted
+        in the peer's next row."""
         now = time.monotonic()
         tokens, stamp, suppressed = self._deny_budget.get(peer, (_DENY_ROWS_BURST, now, 0))
         tokens = min(_DENY_ROWS_BURST, tokens + (now - stamp) * _DENY_ROWS_PER_S)
-        if tokens < 1:
+        self._deny_tokens = min(
+            _DENY_ROWS_ALL_BURST,
+            self._deny_tokens + (now - self._deny_stamp) * _DENY_ROWS_ALL_PER_S,
+        )
+        self._deny_stamp = now
+        if tokens < 1 or self._deny_tokens < 1:
             self._deny_budget[peer] = (tokens, now, suppressed + 1)
             return
         if suppressed:
             kw["result"] = {"suppressed_before": suppressed}
         self._deny_budget[peer] = (tokens - 1, now, 0)
+        self._deny_tokens -= 1
         self._record(kind, peer, "deny", **kw)
 
     def _auth_failed(self, conn: Connection, peer_address: str) -> None:
@@ -267,6 +285,8 @@ class Daemon:
             decision = self.policy.session_opened(peer)
         if not decision.allowed:
             self._deny_row("session", peer, detail=f"{decision.rule}: {decision.reason}")
+            if decision.reason.startswith("rate limit"):
+                self._suspend(peer, "sessions opened faster than its rate")
             return decision.reason
         self._admitted[id(conn)] = peer
         return None
@@ -281,6 +301,9 @@ class Daemon:
 
         def done() -> None:
             self._admitted.pop(id(conn), None)
+            self._throttled.pop(id(conn), None)
+            if isinstance(conn.close_exc, PeerFlood):  # a heartbeat flood
+                self._suspend(peer, str(conn.close_exc))
             self.policy.session_closed(peer)
             live = self.sessions.get(peer)
             if live is not None:
@@ -313,17 +336,63 @@ class Daemon:
             return "the session was not admitted"  # defence in depth: _admit runs first
         request = _request(kind, params)
         if request is None:
-            return None  # ping, and kinds nobody serves (rejected as unknown)
+            if kind == "ping":  # not governed, but held to the peer's rate like the rest
+                limited = self.policy.spend(peer, now=time.monotonic())
+                if limited is None:
+                    return None
+                self._rate_refused(conn, peer)
+                return limited.reason
+            return None  # kinds nobody serves (rejected as unknown)
         decision = self.policy.admit(
             peer, request, at=datetime.now().astimezone(), now=time.monotonic()
         )
         row = {"reason": _reason(params) or None, "args": _audit_args(kind, params)}
+        if not decision.allowed and decision.reason.startswith("rate limit"):
+            self._rate_refused(conn, peer)
         if not decision.allowed:
             self._deny_row(kind, peer, detail=f"{decision.rule}: {decision.reason}", **row)
         elif not self._record(kind, peer, "allow", detail=decision.rule, **row):
             # Fail closed: what cannot be audited does not run (docs/security.md).
             return AUDIT_DOWN
         return decision  # the core cuts a refusal to the spec's length (§14.4)
+
+    def _rate_refused(self, conn: Connection, peer: str) -> None:
+        """Count a refusal for the rate; a session that keeps asking past it is closed.
+
+        A peer held to its rate could otherwise keep the device busy refusing
+        it, as fast as it can ask: after :data:`_RATE_REFUSALS` such refusals
+        in one session, the session ends with REFUSED and the peer is suspended.
+        """
+        count = self._throttled.get(id(conn), 0) + 1
+        self._throttled[id(conn)] = count
+        if count != _RATE_REFUSALS:
+            return
+        for session in self.sessions.get(peer, ()):
+            if session.connection is conn:
+                self.spawn(session.close(ErrorCode.REFUSED, "rate limit exceeded again and again"))
+        self._suspend(peer, f"{count} requests refused for its rate in one session")
+
+    def _suspend(self, peer: str, why: str) -> None:
+        """Stop accepting ``peer``'s key for :data:`SUSPEND_SECONDS` (a flooding key holder).
+
+        Its HS_INITs then match no key: each costs the device a key-id trial,
+        not a key exchange, an audit row and a refusal, so reconnecting as fast
+        as it can gains the peer nothing.  Logged and audited once.
+        """
+        if peer in self._suspended:
+            return
+        key = self.keyring.take(peer)
+        if key is None:
+            return
+        self._suspended[peer] = key
+        _log.warning("peer %s suspended for %g s: %s", peer, SUSPEND_SECONDS, why)
+        self._record("session", peer, "deny", detail=f"suspended for {SUSPEND_SECONDS:g} s: {why}")
+        asyncio.get_running_loop().call_later(SUSPEND_SECONDS, self._unsuspend, peer)
+
+    def _unsuspend(self, peer: str) -> None:
+        key = self._suspended.pop(peer, None)
+        if key is not None and peer in self.settings.peers:  # not removed meanwhile
+            self.keyring.put(key)
 
     def _action_args(self, ch: Channel) -> dict[str, object]:
         if isinstance(ch.verdict, Decision) and ch.verdict.allowed:
@@ -547,6 +616,9 @@ class Daemon:
     def save_replay_guard(self) -> None:
         """Save each peer's newest accepted HS_INIT timestamp if it changed (§5.1)."""
         newest = snapshot(self.keyring)
+        for peer, key in self._suspended.items():  # a suspended key keeps its guard
+            if key.last_timestamp:
+                newest[peer] = key.last_timestamp
         if newest == self._guard_saved:
             return
         try:

@@ -360,9 +360,33 @@ def _text(value: str | None) -> str | None:
     return text
 
 
+def _trim(value: object, depth: int = 0) -> object:
+    """``value`` with long strings and lists shortened, before any of it is encoded.
+
+    What a peer sends (a 60 KB argument) is cut here, cheaply, rather than
+    encoded whole and thrown away: a flood of refused requests must not cost
+    the device a large JSON encoding each.
+    """
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TEXT else f"{value[:MAX_TEXT]}... [{len(value)} chars]"
+    if depth >= 4:
+        return "..."
+    if isinstance(value, (list, tuple)):
+        kept = [_trim(v, depth + 1) for v in value[:64]]
+        return [*kept, f"... [{len(value)} items]"] if len(value) > 64 else kept
+    if isinstance(value, dict):
+        pairs = list(value.items())
+        out = {str(k)[:MAX_TEXT]: _trim(v, depth + 1) for k, v in pairs[:64]}
+        if len(pairs) > 64:
+            out["..."] = f"[{len(pairs)} keys]"
+        return out
+    return value
+
+
 def _bounded_json(value: object) -> str:
-    """``canonical_json(value)``, or a marker holding its size and head if over MAX_JSON."""
-    text = canonical_json(value)
+    """``canonical_json`` of ``value`` trimmed, or a marker with its size and head if still
+    over MAX_JSON."""
+    text = canonical_json(_trim(value))
     if len(text) <= MAX_JSON:
         return text
     return canonical_json({"cut": True, "bytes": len(text), "head": text[:MAX_TEXT]})

@@ -25,6 +25,7 @@ from pstp.exceptions import (
     HandshakeFailed,
     InvalidState,
     LocalProtocolError,
+    PeerFlood,
     ProtocolError,
     PstpError,
     RemoteProtocolError,
@@ -425,7 +426,7 @@ class Connection:
         )
         self._ping_stamp = self._now
         if self._ping_tokens < 1.0:
-            raise RemoteProtocolError(
+            raise PeerFlood(
                 f"heartbeat flood: more than {config.ping_burst} PINGs at once"
                 f" or {config.ping_rate:g} a second"
             )

@@ -210,6 +210,18 @@ class KeyRing:
         """Forget a peer (no error if unknown)."""
         self._peers.pop(device_id, None)
 
+    def take(self, device_id: str) -> PeerKey | None:
+        """Remove a peer's key and hand it over, replay guard and all (``None``: unknown).
+
+        A device suspends a flooding peer this way: its HS_INITs then match no
+        key and cost no key exchange; :meth:`put` brings the same key back.
+        """
+        return self._peers.pop(device_id, None)
+
+    def put(self, peer: PeerKey) -> None:
+        """Bring back a key :meth:`take` removed, unless that device got a new one meanwhile."""
+        self._peers.setdefault(peer.device_id, peer)
+
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._peers
 

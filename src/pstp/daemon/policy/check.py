@@ -236,9 +236,22 @@ class Policy:
             ``rate limit N/period exceeded``.
         """
         decision = self.check(peer_id, request, at=at)
+        limited = self.spend(peer_id, now=now)
+        return decision if limited is None else limited
+
+    def spend(self, peer_id: str, *, now: float) -> Decision | None:
+        """Spend a token from ``peer_id``'s rate bucket (``rate``); the denial if it is empty.
+
+        :meth:`admit` spends one for each request it judges; the daemon spends
+        one for each ``ping`` too, which the policy does not otherwise govern.
+
+        Returns:
+            ``None`` if a token was there (or the peer has no ``rate``), else the
+            denial ``rate limit N/period exceeded``.
+        """
         policy = self._peers.get(peer_id)
         if policy is None or policy.rate is None:
-            return decision
+            return None
         rate = policy.rate
         bucket = self._buckets.get(peer_id)
         if bucket is None:
@@ -251,7 +264,7 @@ class Policy:
                 f"{policy.key}.rate {show_value(rate.text)}", f"rate limit {rate.text} exceeded"
             )
         bucket.tokens -= 1.0
-        return decision
+        return None
 
     def session_opened(self, peer_id: str) -> Decision:
         """Count a session opening for ``peer_id`` if ``max_sessions`` allows it.
