@@ -106,15 +106,19 @@ def test_harden_in_a_child_process() -> None:
         "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE), "
         "n, resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
-        preexec_fn=_lower_limits,
-        timeout=TIMEOUT,
-        check=True,
-    ).stdout.strip().split(maxsplit=3)
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+            preexec_fn=_lower_limits,
+            timeout=TIMEOUT,
+            check=True,
+        )
+        .stdout.strip()
+        .split(maxsplit=3)
+    )
     assert out == ["0", "(0,", "0)", "300 300"]
 
 
