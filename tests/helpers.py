@@ -12,11 +12,10 @@ from pstp.protocol.connection import Connection, ConnectionState, Role
 from pstp.protocol.events import ConnectionTerminated, DataReceived, Event
 from pstp.protocol.handshake import KeyRing
 
-#: The repository root and the shared external vectors beside it.
+#: The repository root, the external vectors kept in it (tests/vectors/README.md says
+#: where each came from), and our own published ones.
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_VECTORS = Path(os.environ.get("PSTP_SHARED_VECTORS", ROOT.parent / "shared" / "vectors"))
-if not SHARED_VECTORS.is_dir():  # fail loudly: these tests must never be skipped
-    raise RuntimeError(f"external test vectors not found at {SHARED_VECTORS}")
+EXTERNAL_VECTORS = ROOT / "tests" / "vectors"
 OUR_VECTORS = ROOT / "docs" / "test-vectors"
 
 #: Time unit for waits in driver tests; scale with PSTP_TEST_TIMEOUT_SCALE on slow machines.

@@ -9,9 +9,9 @@ import pytest
 
 from pstp.crypto.aead import MAX_NONCE, Aead, CipherName, open_raw, seal_raw
 from pstp.exceptions import DecryptError
-from tests.helpers import SHARED_VECTORS
+from tests.helpers import EXTERNAL_VECTORS
 
-VECTORS = SHARED_VECTORS / "wycheproof"
+VECTORS = EXTERNAL_VECTORS / "wycheproof"
 
 
 def _cases(filename: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -22,9 +22,9 @@ from pstp.crypto.kdf import (
     random_bytes,
     verify_hmac_sha256,
 )
-from tests.helpers import SHARED_VECTORS
+from tests.helpers import EXTERNAL_VECTORS
 
-VECTORS = SHARED_VECTORS / "wycheproof"
+VECTORS = EXTERNAL_VECTORS / "wycheproof"
 
 
 def _tests(filename: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -9,9 +9,9 @@ import pytest
 
 from pstp.crypto.keys import P256, X448, X25519, DHFunction, get_dh
 from pstp.exceptions import HandshakeFailed, LocalProtocolError
-from tests.helpers import SHARED_VECTORS
+from tests.helpers import EXTERNAL_VECTORS
 
-VECTORS = SHARED_VECTORS / "wycheproof"
+VECTORS = EXTERNAL_VECTORS / "wycheproof"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 

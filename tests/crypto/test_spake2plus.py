@@ -32,9 +32,9 @@ from pstp.crypto.spake2plus import (
     derive_w0_w1,
 )
 from pstp.exceptions import HandshakeFailed, LocalProtocolError
-from tests.helpers import SHARED_VECTORS
+from tests.helpers import EXTERNAL_VECTORS
 
-_RAW = json.loads((SHARED_VECTORS / "spake2plus" / "rfc9383-p256-sha256.json").read_text())
+_RAW = json.loads((EXTERNAL_VECTORS / "spake2plus" / "rfc9383-p256-sha256.json").read_text())
 VEC: dict[str, bytes] = {k: bytes.fromhex(v) for k, v in _RAW.items() if k != "source"}
 W0 = int.from_bytes(VEC["w0"], "big")
 W1 = int.from_bytes(VEC["w1"], "big")
@@ -120,7 +120,7 @@ def _valid_point(scalar: int) -> bytes:
 
 def _wycheproof_invalid_65() -> list[Any]:
     data = json.loads(
-        (SHARED_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text()
+        (EXTERNAL_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text()
     )
     return [
         pytest.param(bytes.fromhex(t["public"]), id=f"wycheproof-{t['tcId']}")

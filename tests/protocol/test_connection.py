@@ -48,9 +48,9 @@ from pstp.protocol.record import RecordReceiver, cipher_for_suite
 from pstp.wire.frames import FrameType, HsInit, HsResp, InitPayload, InnerType, Suite
 from tests.helpers import (
     CLIENT_ID,
+    EXTERNAL_VECTORS,
     PAIR_KEY,
     SERVER_ID,
-    SHARED_VECTORS,
     FakeClock,
     Pair,
     feed_all_ways,
@@ -542,7 +542,7 @@ def test_same_pair_key_under_another_protocol_label_is_useless() -> None:
 
 def _wycheproof_invalid_points() -> list[bytes]:
     data = json.loads(
-        (SHARED_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text()
+        (EXTERNAL_VECTORS / "wycheproof" / "ecdh_secp256r1_ecpoint_test.json").read_text()
     )
     points = []
     for group in data["testGroups"]:

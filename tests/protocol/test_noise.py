@@ -22,9 +22,9 @@ from pstp.protocol.noise import (
     NoiseProtocol,
     SymmetricState,
 )
-from tests.helpers import SHARED_VECTORS
+from tests.helpers import EXTERNAL_VECTORS
 
-VECTORS = SHARED_VECTORS / "noise"
+VECTORS = EXTERNAL_VECTORS / "noise"
 CACOPHONY: list[dict[str, Any]] = json.loads((VECTORS / "cacophony.txt").read_text())["vectors"]
 PSTP_NAME = "Noise_NNpsk0_P256_AESGCM_SHA256"
 PSK = bytes(range(32))
