@@ -94,3 +94,31 @@ async def test_nothing_found_raises_peer_not_found(
     with pytest.raises(PeerNotFound, match=f"127.0.0.1:{port}"):
         await connect_peer(load(path), "home", discovery_timeout=0.1)
     assert load(path).peers["home"].address == f"127.0.0.1:{port}"
+
+
+async def test_an_explicit_address_is_used_alone(
+    tmp_path: Path, home: tuple[Server, ResponderThread, int], calls: list[dict[str, Any]]
+) -> None:
+    """--address that does not answer fails, although the remembered address and
+    discovery would work: no silent fallback (before, it "connected" through them)."""
+    _, _, port = home
+    path = phone_config(tmp_path, f"127.0.0.1:{port}")
+    dead = free_port()
+    with pytest.raises(PeerNotFound, match=f"127.0.0.1:{dead}.*used alone"):
+        await connect_peer(load(path), "home", address=f"127.0.0.1:{dead}")
+    assert not calls  # no discovery either
+    session = await connect_peer(load(path), "home", address=f"127.0.0.1:{port}")
+    await session.close()
+
+
+def test_an_explicit_address_is_used_alone_by_the_blocking_path(
+    tmp_path: Path, home: tuple[Server, ResponderThread, int]
+) -> None:
+    """connect_known (pstp run's fast path) follows the same rule."""
+    from pstp.client.quick import connect_known
+
+    _, _, port = home
+    path = phone_config(tmp_path, f"127.0.0.1:{port}")
+    dead = free_port()
+    with pytest.raises(PeerNotFound, match="used alone"):
+        connect_known(load(path), "home", address=f"127.0.0.1:{dead}")

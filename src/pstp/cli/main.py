@@ -89,7 +89,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ping = sub.add_parser("ping", help="authenticate to a peer and time a round trip")
     ping.add_argument("peer", help="the peer's device id")
-    ping.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    ping.add_argument(
+        "--address",
+        metavar="HOST[:PORT]",
+        help="use this address alone (no remembered address, no discovery)",
+    )
     ping.add_argument("-c", "--count", type=int, default=1, help="round trips")
     ping.set_defaults(func=_lazy("pstp.cli.cmd_ping", "ping"))
 
@@ -211,7 +215,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     exec_.add_argument("peer", help="the peer's device id")
     exec_.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
-    exec_.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    exec_.add_argument(
+        "--address",
+        metavar="HOST[:PORT]",
+        help="use this address alone (no remembered address, no discovery)",
+    )
     exec_.add_argument(
         "-n", "--no-stdin", action="store_true", help="send no input (stdin from /dev/null)"
     )
@@ -221,7 +229,11 @@ def _build_parser() -> argparse.ArgumentParser:
     shell = sub.add_parser("shell", help="an interactive shell on a peer")
     shell.add_argument("peer", help="the peer's device id")
     shell.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
-    shell.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    shell.add_argument(
+        "--address",
+        metavar="HOST[:PORT]",
+        help="use this address alone (no remembered address, no discovery)",
+    )
     shell.set_defaults(func=_lazy("pstp.cli.cmd_exec", "shell_command"))
 
     run = sub.add_parser("run", help="run a peer's configured action; exits with its status")
@@ -229,7 +241,11 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("action", help="the action's name")
     run.add_argument("assignments", nargs="*", metavar="ARG=VALUE", help="action arguments")
     run.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
-    run.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+    run.add_argument(
+        "--address",
+        metavar="HOST[:PORT]",
+        help="use this address alone (no remembered address, no discovery)",
+    )
     run.set_defaults(func=_lazy("pstp.cli.cmd_exec", "run_command"))
 
     discover = sub.add_parser(
@@ -293,7 +309,11 @@ def _build_parser() -> argparse.ArgumentParser:
         xfer.add_argument("--no-progress", action="store_true", help="draw no progress bar")
         xfer.add_argument("--limit", metavar="RATE", help="at most RATE bytes/s (500K, 20M, 1G)")
         xfer.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
-        xfer.add_argument("--address", metavar="HOST[:PORT]", help="use this address")
+        xfer.add_argument(
+            "--address",
+            metavar="HOST[:PORT]",
+            help="use this address alone (no remembered address, no discovery)",
+        )
         xfer.set_defaults(func=_lazy("pstp.cli.cmd_files", f"{verb}_command"))
 
     demo = sub.add_parser(

@@ -12,8 +12,8 @@ import msgspec
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
-from pstp.client.quick import Attempts, remember_address
-from pstp.exceptions import HandshakeFailed, PermissionDenied, PstpError
+from pstp.client.quick import Attempts, PeerNotFound, remember_address
+from pstp.exceptions import HandshakeFailed, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import PeerKey
 from pstp.protocol.pake import PAIR_CHANNEL, PAIR_KEY_LABEL, PairHello, PakeProver
@@ -26,10 +26,6 @@ from pstp.settings import (
 )
 
 __all__ = ["PeerNotFound", "connect_peer", "discover_peer", "pair_with"]
-
-
-class PeerNotFound(PstpError):
-    """The peer answered at no remembered address and not to discovery."""
 
 
 async def connect_peer(
@@ -45,13 +41,15 @@ async def connect_peer(
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: ``host[:port]`` to use instead of the remembered one.
+        address: ``host[:port]`` to use alone: no remembered address and no
+            discovery if it fails (as ssh with a host name).
         config: protocol limits.
         discovery_timeout: seconds to wait for PONGs when no address works.
 
     Raises:
         KeyError: no such peer in the configuration.
-        PeerNotFound: no address worked and discovery found nothing.
+        PeerNotFound: no address worked and discovery found nothing, or the
+            given ``address`` did not answer.
         HandshakeFailed: the device answered but did not prove the pair key.
     """
     attempts = Attempts(settings, peer_id, address, config)
@@ -63,6 +61,7 @@ async def connect_peer(
             continue
         attempts.worked(candidate)
         return session
+    attempts.give_up()
     return await discover_peer(
         settings, peer_id, tried=attempts.tried, config=config, discovery_timeout=discovery_timeout
     )

@@ -32,6 +32,7 @@ from pstp.wire.messages import ChannelCode, Params
 
 __all__ = [
     "Attempts",
+    "PeerNotFound",
     "action_params",
     "connect_known",
     "failure_note",
@@ -55,12 +56,19 @@ def remember_address(settings: Settings, peer_id: str, address: str) -> None:
         )
 
 
+class PeerNotFound(PstpError):
+    """The peer answered at no address tried (and, unless one was given, not to discovery)."""
+
+
 class Attempts:
     """The addresses to try for a peer, in order, and how each went (no I/O).
 
     Both drivers' connect loops (:func:`connect_known` here and
-    :func:`pstp.client.api.connect_peer`) share it: ``address`` first, then the
-    remembered one; an address that works and is new is remembered.
+    :func:`pstp.client.api.connect_peer`) share it.  An explicit ``address``
+    (``--address``) is tried alone: if it fails, that is the answer, with no
+    remembered address and no discovery behind it.  Without one, the
+    remembered address is tried (then the caller discovers).  An address that
+    works and is new is remembered.
 
     Args:
         settings: our configuration (holds the peer's pair key).
@@ -77,7 +85,9 @@ class Attempts:
     ) -> None:
         peer = settings.peers[peer_id]
         self.settings, self.peer_id, self.remembered = settings, peer_id, peer.address
-        wanted = dict.fromkeys(a for a in (address, peer.address) if a)
+        #: An address was given: it is the only one tried, and no discovery follows.
+        self.explicit = address is not None
+        wanted = [address] if address is not None else [peer.address] if peer.address else []
         #: (address as written, host, port) in the order to try them.
         self.candidates = [(a, *parse_address(a)) for a in wanted]
         #: The keyword arguments of either driver's ``connect``.
@@ -93,6 +103,18 @@ class Attempts:
     def failed(self, candidate: str, exc: OSError) -> None:
         """Note that ``candidate`` could not be reached."""
         self.tried.append(f"{candidate} ({exc.strerror or exc})")
+
+    def give_up(self) -> None:
+        """After every candidate failed: raise if an address was given (no discovery then).
+
+        Raises:
+            PeerNotFound: the given address did not answer.
+        """
+        if self.explicit:
+            raise PeerNotFound(
+                f"{self.peer_id} not reached at {'; '.join(self.tried)}"
+                f" (--address is used alone; try `pstp doctor {self.peer_id}`)"
+            )
 
     def worked(self, candidate: str) -> None:
         """Remember ``candidate`` if it is not the remembered address already."""
@@ -122,6 +144,7 @@ def connect_known(
     Raises:
         KeyError: no such peer in the configuration.
         HandshakeFailed: a device answered but did not prove the pair key.
+        PeerNotFound: ``address`` was given and did not answer.
     """
     attempts = Attempts(settings, peer_id, address, config)
     for candidate, host, port in attempts.candidates:
@@ -132,6 +155,7 @@ def connect_known(
             continue
         attempts.worked(candidate)
         return session, attempts.tried
+    attempts.give_up()
     return None, attempts.tried
 
 
