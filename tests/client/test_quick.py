@@ -21,16 +21,18 @@ def settings_with(tmp_path: Path, address: str | None) -> Path:
     return path
 
 
-def test_attempts_try_the_given_address_then_the_remembered_one(tmp_path: Path) -> None:
-    """The given address comes first, a repeat is tried once, options name the peer."""
+def test_attempts_try_the_given_address_alone_else_the_remembered_one(tmp_path: Path) -> None:
+    """A given address is the only candidate; without one the remembered one is tried."""
     settings = load(settings_with(tmp_path, "10.0.0.2:7000"))
     attempts = Attempts(settings, "home", "10.0.0.9", None)
-    assert [c[0] for c in attempts.candidates] == ["10.0.0.9", "10.0.0.2:7000"]
-    assert attempts.candidates[1][1:] == ("10.0.0.2", 7000)
+    assert [c[0] for c in attempts.candidates] == ["10.0.0.9"]
+    assert attempts.explicit
     assert attempts.options["device_id"] == "home"
     assert attempts.options["pair_key"] == KEY
-    again = Attempts(settings, "home", "10.0.0.2:7000", None)
-    assert len(again.candidates) == 1
+    remembered = Attempts(settings, "home", None, None)
+    assert [c[1:] for c in remembered.candidates] == [("10.0.0.2", 7000)]
+    assert not remembered.explicit
+    remembered.give_up()  # nothing given: the caller goes on to discovery
 
 
 def test_attempts_note_failures_and_remember_a_new_address(tmp_path: Path) -> None:
