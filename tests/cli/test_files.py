@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,87 @@ def test_sigkill_of_the_sending_process_then_the_same_put_resumes(
     assert sha256(target) == sha256(src)
 
 
+def _mib(text: str, pattern: str) -> float:
+    """The MiB figure ``pattern`` (a regex with one group) finds in ``text``."""
+    m = re.search(pattern, text)
+    assert m is not None, text
+    return float(m[1])
+
+
+def test_ctrl_c_of_put_says_what_was_kept_and_the_same_put_resumes(
+    served: Served, tmp_path: Path
+) -> None:
+    """`pstp put` sent SIGINT mid-file: exit 130, the complete files and the bytes of the
+    partial one are named, with "run the same command again"; run again, it resumes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-small.txt").write_text("small\n")
+    (src / "b-big.bin").write_bytes(os.urandom(40 * MiB))
+    args = ("put", "home", str(src), f"{served.rw}/ctrl-c/")
+    proc = spawn(served, *args, "--limit", "20M")
+    target = served.rw / "ctrl-c" / "src" / "b-big.bin"
+    wait_for_size(target.parent / part_names(target.name)[0], 8 * MiB, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT * 2)
+    assert proc.returncode == 130, err
+    assert "interrupted: 1 file(s) sent" in err
+    sent = _mib(err, r"src/b-big\.bin: up to ([0-9.]+) MiB of 40\.0 MiB sent")
+    assert 8 <= sent < 40
+    assert "hidden partial file" in err and "run the same command again to resume" in err
+    assert not target.exists() and (served.rw / "ctrl-c" / "src" / "a-small.txt").exists()
+    code, out, err = cli(served, *args, "--json")
+    assert code == 0, err
+    again = summary(out)
+    assert again["skipped"] == 1 and again["files"] == 1
+    assert 4 * MiB <= again["bytes_resumed"] <= sent * MiB + 0.05 * MiB
+    assert again["bytes_sent"] == 40 * MiB - again["bytes_resumed"]
+    assert sha256(target) == sha256(src / "b-big.bin")
+
+
+def test_ctrl_c_of_get_names_the_local_partial_file_and_the_same_get_resumes(
+    served: Served, tmp_path: Path
+) -> None:
+    """`pstp get` sent SIGINT mid-file: the local hidden partial file and its kept bytes
+    are named (in JSON too); run again, the get resumes from exactly those bytes."""
+    remote = served.rw / "ctrl-c-get.bin"
+    remote.write_bytes(os.urandom(30 * MiB))
+    local = tmp_path / "got.bin"
+    part = tmp_path / part_names(local.name)[0]
+    args = ("get", "home", str(remote), str(local))
+    proc = spawn(served, *args, "--limit", "20M")
+    wait_for_size(part, 8 * MiB, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT * 2)
+    assert proc.returncode == 130, err
+    kept = _mib(err, r"ctrl-c-get\.bin: ([0-9.]+) MiB of 30\.0 MiB kept in its hidden partial file")
+    assert f"partial file {part}\n" in err
+    assert "interrupted: 0 file(s) received" in err and "run the same command again" in err
+    assert not local.exists() and part.exists()
+    code, out, err = cli(served, *args, "--json")
+    assert code == 0, err
+    again = summary(out)
+    assert abs(again["bytes_resumed"] - kept * MiB) <= 0.05 * MiB
+    assert sha256(local) == sha256(remote)
+
+
+def test_ctrl_c_with_json_prints_what_was_kept(served: Served, tmp_path: Path) -> None:
+    """--json: an interrupted get prints {"ok": false, "interrupted": true, ...}."""
+    remote = served.rw / "ctrl-c-json.bin"
+    remote.write_bytes(os.urandom(30 * MiB))
+    local = tmp_path / "got.bin"
+    part = tmp_path / part_names(local.name)[0]
+    proc = spawn(served, "get", "home", str(remote), str(local), "--json", "--limit", "20M")
+    wait_for_size(part, 4 * MiB, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT * 2)
+    assert proc.returncode == 130, err
+    result = summary(out)
+    assert (result["ok"], result["interrupted"], result["files"]) == (False, True, 0)
+    partial = result["partial"]
+    assert partial["path"] == "ctrl-c-json.bin" and partial["part"] == str(part)
+    assert MiB <= partial["bytes"] < partial["size"] == 30 * MiB  # verified: a chunk behind
+
+
 def test_sigkill_of_the_daemon_then_the_same_put_resumes(tmp_path: Path) -> None:
     """The receiving daemon killed with SIGKILL mid-put; restarted, the put resumes."""
     daemon = Served.make(tmp_path / "d")
@@ -168,12 +250,43 @@ def test_refusals_and_failed_entries_exit_1_and_say_why(served: Served, tmp_path
     assert "refused by home" in err and "outside the roots" in err
     (served.rw / "f.txt").write_text("older")
     code, out, err = cli(served, "put", "home", str(src), str(served.rw))
-    assert code == 1 and "f.txt: exists (use --force to replace it)" in err
+    assert code == 1 and f"the target home:{served.rw}," in err and "--force replaces it" in err
     assert "0 file(s)" in out and "1 failed" in out
     assert (served.rw / "f.txt").read_text() == "older"
+    code, out, err = cli(served, "put", "home", str(src), f"{served.rw}/")
+    assert code == 1 and f"f.txt: home:{served.rw}/f.txt exists, not replaced" in err
+    assert "--force replaces it" in err and (served.rw / "f.txt").read_text() == "older"
     code, _, err = cli(served, "put", "home", str(src), str(served.rw), "--force")
     assert code == 0, err
     assert (served.rw / "f.txt").read_text() == "new"
+
+
+def test_get_refusing_to_overwrite_names_both_ends(served: Served, tmp_path: Path) -> None:
+    """An existing local file is not replaced: the message names it, the remote source
+    (PEER:/path) and --force, for a single file and for a file inside a tree."""
+    tree = served.rw / "get-exists"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "x.txt").write_text("remote")
+    (tmp_path / "x.txt").write_text("local!!")
+    code, _, err = cli(served, "get", "home", str(tree / "sub" / "x.txt"), str(tmp_path))
+    assert code == 1
+    assert f"{tmp_path}/x.txt: exists here, not replaced by home:{tree}/sub/x.txt" in err
+    assert "--force replaces it" in err and (tmp_path / "x.txt").read_text() == "local!!"
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    code, _, err = cli(served, "get", "home", str(tree / "sub" / "x.txt"), str(mine))
+    assert code == 1 and f"{mine}: exists here, not replaced by home:{tree}/sub/x.txt" in err
+    (tmp_path / "get-exists" / "sub").mkdir(parents=True)
+    (tmp_path / "get-exists" / "sub" / "x.txt").write_text("local!!")
+    code, _, err = cli(served, "get", "home", str(tree), f"{tmp_path}/")
+    assert code == 1
+    assert (
+        f"{tmp_path}/get-exists/sub/x.txt: exists here, not replaced by home:{tree}/sub/x.txt"
+        in err
+    )
+    code, _, err = cli(served, "get", "home", str(tree), f"{tmp_path}/", "--force")
+    assert code == 0, err
+    assert (tmp_path / "get-exists" / "sub" / "x.txt").read_text() == "remote"
 
 
 def test_get_of_a_tree_says_what_the_device_left_out(served: Served, tmp_path: Path) -> None:

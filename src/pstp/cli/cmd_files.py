@@ -7,8 +7,9 @@ it is a terminal, unless ``--no-progress``; ``--json`` prints the summary as
 one JSON object on standard output.
 
 Exit status: 0 if everything went through, 1 if the peer refused the
-transfer or some entries failed (each is named on standard error), and the
-usual connection and protocol codes of ``pstp`` otherwise.
+transfer or some entries failed (each is named on standard error), 130 if
+interrupted (Ctrl-C: what was kept is said, and the same command resumes),
+and the usual connection and protocol codes of ``pstp`` otherwise.
 """
 
 from __future__ import annotations
@@ -17,21 +18,26 @@ import argparse
 import contextlib
 import json
 import os
+import posixpath
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pstp.cli.common import load_settings, run
-from pstp.cli.main import Console
+from pstp.cli.main import EXIT_INTERRUPTED, Console
 from pstp.exceptions import ChannelError, PstpError, TransferFailed
 
 if TYPE_CHECKING:
     from pstp.asyncio.connection import Session
     from pstp.client.files import Progress, TransferSummary
+    from pstp.files.client import TransferState
 
 __all__ = ["get_command", "parse_rate", "put_command"]
 
 _Callback = Callable[["Progress"], None] | None
+_Work = Callable[["Session", _Callback, "TransferState"], Coroutine[Any, Any, "TransferSummary"]]
+#: How the engine words a refusal to overwrite (docs/protocol.md §18.6, §18.8).
+_EXISTS = ("exists (use --force to replace it)", "exists with different content (use --force")
 _RATE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmg]?)(?:i?b)?(?:/s)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 #: Channel windows and records for transfers (docs/benchmarks.md, bench/files.py).
@@ -112,10 +118,15 @@ def _transfer(
     args: argparse.Namespace,
     console: Console,
     verb: str,
-    work: Callable[[Session, _Callback], Coroutine[Any, Any, TransferSummary]],
+    work: _Work,
+    describe: Callable[[str, str], str],
 ) -> int:
-    """Connect, run ``work`` with a progress callback, and report."""
+    """Connect, run ``work`` with a progress callback, and report.
+
+    ``describe(path, error)`` words a failed entry for standard error.
+    """
     from pstp.client.api import connect_peer
+    from pstp.files.client import TransferState
     from pstp.protocol.config import Config
 
     try:
@@ -127,15 +138,18 @@ def _transfer(
     if settings is None:
         return 2
     config = Config(max_record_size=_RECORD_SIZE, channel_window=_WINDOW)
+    state = TransferState()
 
     async def main(progress: Callable[[Progress], None] | None) -> TransferSummary:
         session = await connect_peer(settings, args.peer, address=args.address, config=config)
         async with session:
-            return await work(session, progress)
+            return await work(session, progress, state)
 
     try:
         with _progress_bar(console, not args.no_progress and not args.json) as progress:
             summary = run(main(progress))
+    except KeyboardInterrupt:
+        return _interrupted(args, console, verb, state)
     except TransferFailed as exc:
         return _failed(args, console, str(exc))
     except ChannelError as exc:
@@ -148,7 +162,7 @@ def _transfer(
         console.print(json.dumps(summary.as_dict(), ensure_ascii=False))
     else:
         for path, error in summary.failed:
-            console.error(f"{path}: {error}")
+            console.error(describe(path, error))
         rate = summary.bytes_sent / summary.seconds / 1e6 if summary.seconds > 0 else 0.0
         parts = [
             f"{verb} {summary.files} file(s), {_size(summary.bytes_sent)} in "
@@ -162,6 +176,52 @@ def _transfer(
             parts.append(f"{len(summary.failed)} failed")
         console.print("; ".join(parts))
     return 0 if summary.ok else 1
+
+
+def _interrupted(
+    args: argparse.Namespace, console: Console, verb: str, state: TransferState
+) -> int:
+    """Ctrl-C: say what was kept and that the same command resumes (exit 130)."""
+    partial = state.partial
+    part = state.local_part()
+    if args.json:
+        out: dict[str, Any] = {
+            "ok": False,
+            "interrupted": True,
+            "files": state.files,
+            "skipped": state.skipped,
+            "partial": None,
+        }
+        if partial is not None:
+            out["partial"] = {
+                "path": partial.path,
+                "bytes": partial.file_bytes,
+                "size": partial.file_size,
+                "part": part,
+            }
+        console.print(json.dumps(out, ensure_ascii=False))
+    if state.last is None and not state.files and not state.skipped:
+        console.error("interrupted before any file was transferred; nothing was kept")
+        return EXIT_INTERRUPTED
+    done = f"{state.files} file(s) {verb}"
+    if state.skipped:
+        done += f", {state.skipped} already there"
+    console.error(f"interrupted: {done}")
+    if partial is not None:
+        of = f"{_size(partial.file_bytes)} of {_size(partial.file_size)}"
+        if part is not None:  # get: the receiver is here, and its verified bytes are known
+            console.error(f"{partial.path}: {of} kept in its hidden partial file {part}")
+        else:  # put: what reached the peer; it keeps the part of it that verified
+            console.error(
+                f"{partial.path}: up to {of} sent; {args.peer} keeps what it verified in a "
+                f"hidden partial file beside the target"
+            )
+    console.error("run the same command again to resume (files already there are skipped)")
+    return EXIT_INTERRUPTED
+
+
+def _exists(error: str) -> bool:
+    return error.startswith(_EXISTS)
 
 
 def _failed(args: argparse.Namespace, console: Console, message: str) -> int:
@@ -184,9 +244,9 @@ def put_command(args: argparse.Namespace, console: Console) -> int:
         console.error(f"no such local file or directory: {', '.join(missing)}")
         return 2
 
-    async def work(
-        session: Session, progress: Callable[[Progress], None] | None
-    ) -> TransferSummary:
+    into = len(local) > 1 or remote.endswith("/")
+
+    async def work(session: Session, progress: _Callback, state: TransferState) -> TransferSummary:
         return await put(
             session,
             local,
@@ -195,9 +255,22 @@ def put_command(args: argparse.Namespace, console: Console) -> int:
             force=args.force,
             reason=args.reason,
             limit=parse_rate(args.limit),
+            state=state,
         )
 
-    return _transfer(args, console, "sent", work)
+    def describe(path: str, error: str) -> str:
+        if not _exists(error):
+            return f"{path}: {error}"
+        if into:
+            where = f"{args.peer}:{remote.rstrip('/')}/{path}"
+            return f"{path}: {where} exists, not replaced (--force replaces it)"
+        # The device decides whether REMOTE is a directory to put into (§18.11).
+        return (
+            f"{path}: exists on {args.peer}, not replaced (the target {args.peer}:{remote}, "
+            "or this name in it if it is a directory); --force replaces it"
+        )
+
+    return _transfer(args, console, "sent", work, describe)
 
 
 def get_command(args: argparse.Namespace, console: Console) -> int:
@@ -209,9 +282,7 @@ def get_command(args: argparse.Namespace, console: Console) -> int:
         return 2
     *remote, local = args.paths
 
-    async def work(
-        session: Session, progress: Callable[[Progress], None] | None
-    ) -> TransferSummary:
+    async def work(session: Session, progress: _Callback, state: TransferState) -> TransferSummary:
         return await get(
             session,
             remote,
@@ -220,6 +291,22 @@ def get_command(args: argparse.Namespace, console: Console) -> int:
             force=args.force,
             reason=args.reason,
             limit=parse_rate(args.limit),
+            state=state,
         )
 
-    return _transfer(args, console, "received", work)
+    # As get() decides it, before the transfer creates anything.
+    into = len(remote) > 1 or local.endswith("/") or os.path.isdir(local)
+    tops = {posixpath.basename(r.rstrip("/")): r for r in remote}
+
+    def describe(path: str, error: str) -> str:
+        if not _exists(error):
+            return f"{path}: {error}"
+        top, _, rest = path.partition("/")
+        source = tops.get(top)
+        if source is None:  # pragma: no cover - the device named an entry it was not asked for
+            return f"{path}: {error}"
+        there = posixpath.join(source, rest) if rest else source
+        here = os.path.join(local, path) if into else os.path.join(local, rest) if rest else local
+        return f"{here}: exists here, not replaced by {args.peer}:{there} (--force replaces it)"
+
+    return _transfer(args, console, "received", work, describe)

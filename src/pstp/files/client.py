@@ -19,17 +19,17 @@ import os
 import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pstp.asyncio.connection import Channel, Session
 from pstp.exceptions import ChannelError, ConnectionClosed
-from pstp.files.disk import Tree, is_utf8
-from pstp.files.engine import ProgressCallback, Receiver, Sender, TransferResult
+from pstp.files.disk import Tree, is_utf8, part_names
+from pstp.files.engine import Progress, ProgressCallback, Receiver, Sender, TransferResult
 from pstp.files.frames import CHUNK_SIZE, valid_chunk_size
 from pstp.wire.messages import ChannelCode, ParamValue
 
-__all__ = ["TransferSummary", "get", "put"]
+__all__ = ["TransferState", "TransferSummary", "get", "put"]
 
 
 @dataclass
@@ -53,6 +53,62 @@ class TransferSummary(TransferResult):
         out["failed"] = [{"path": p, "error": e} for p, e in self.failed]
         out["ok"] = self.ok
         return out
+
+
+@dataclass
+class TransferState:
+    """Where a running :func:`put` or :func:`get` stands, kept up to date as it goes.
+
+    Pass one as ``state=``: if the transfer is interrupted (Ctrl-C cancels it, so it
+    returns no summary), this still says what was kept, as ``pstp put`` and ``pstp
+    get`` report it.
+
+    Attributes:
+        last: the latest progress report (None before the first one).
+        local_dir: for :func:`get`, the local directory entries are written under.
+        local_rename: for :func:`get`, the local name the single source takes, if not its own.
+    """
+
+    last: Progress | None = None
+    local_dir: str | None = None
+    local_rename: str | None = None
+    _results: list[TransferResult] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        """Files complete under their final names (for :func:`put`: confirmed by the peer)."""
+        return sum(r.files for r in self._results)
+
+    @property
+    def skipped(self) -> int:
+        """Files the receiver already had with the same digests."""
+        return sum(r.skipped for r in self._results)
+
+    @property
+    def partial(self) -> Progress | None:
+        """The latest report if it is of a file under way (some of it in place, not all)."""
+        last = self.last
+        if last is None or not 0 < last.file_bytes < last.file_size:
+            return None
+        return last
+
+    def local_part(self) -> str | None:
+        """For :func:`get`: the hidden partial file of the file under way, on this machine."""
+        last = self.partial
+        if last is None or self.local_dir is None:
+            return None
+        parts = last.path.split("/")
+        if self.local_rename is not None:
+            parts[0] = self.local_rename
+        return os.path.join(self.local_dir, *parts[:-1], part_names(parts[-1])[0])
+
+    def _watch(self, progress: ProgressCallback | None) -> ProgressCallback:
+        def report(p: Progress) -> None:
+            self.last = p
+            if progress is not None:
+                progress(p)
+
+        return report
 
 
 def _local_tree(path: str) -> Tree:
@@ -80,12 +136,16 @@ async def _transfer(
     session: Session,
     params: dict[str, ParamValue],
     side: Callable[[Channel], Sender | Receiver],
+    state: TransferState | None,
 ) -> TransferResult:
     """Open a ``file`` channel, run one side of the transfer on it and wait for the
     device's CLOSE; a client that stops closes with CANCELLED (§18.1, §18.9)."""
     ch = await session.open_channel("file", params)
     try:
-        result = await side(ch).run()
+        running = side(ch)
+        if state is not None:
+            state._results.append(running.result)
+        result = await running.run()
         await ch.wait_closed()
         return result
     except BaseException:
@@ -104,6 +164,7 @@ async def put(
     reason: str | None = None,
     limit: float | None = None,
     chunk_size: int = CHUNK_SIZE,
+    state: TransferState | None = None,
 ) -> TransferSummary:
     """Send local files and directories (recursively, with modes and mtimes) to the peer.
 
@@ -122,6 +183,7 @@ async def put(
         reason: why, for the peer's policy and audit log.
         limit: at most this many bytes per second.
         chunk_size: bytes per verified chunk (a power of two, 64 KiB to 4 MiB).
+        state: kept up to date as the put goes (what was kept, if it is interrupted).
 
     Returns:
         What was sent, skipped, resumed and refused (``failed``).
@@ -143,6 +205,8 @@ async def put(
         raise ValueError(f"chunk size {chunk_size} is not a power of two in 64 KiB..4 MiB")
     trees: list[Tree] = []
     started = time.monotonic()
+    if state is not None:
+        progress = state._watch(progress)
     try:
         for path in local_paths:
             trees.append(_local_tree(path))
@@ -158,6 +222,7 @@ async def put(
             session,
             params,
             lambda ch: Sender(ch, trees, chunk_size=chunk_size, progress=progress, limit=limit),
+            state,
         )
     finally:
         for tree in trees:
@@ -175,6 +240,7 @@ async def get(
     progress: ProgressCallback | None = None,
     reason: str | None = None,
     limit: float | None = None,
+    state: TransferState | None = None,
 ) -> TransferSummary:
     """Fetch files and directories from the peer (recursively, with modes and mtimes).
 
@@ -192,6 +258,7 @@ async def get(
         progress: called with a :class:`Progress` after each chunk.
         reason: why, for the peer's policy and audit log.
         limit: at most this many bytes per second.
+        state: kept up to date as the get goes (what was kept, if it is interrupted).
 
     Returns:
         What was received, skipped, resumed and refused (``failed``).
@@ -212,6 +279,9 @@ async def get(
         os.mkdir(local)
     target = os.path.abspath(local)
     directory, rename = (target, None) if into else os.path.split(target)
+    if state is not None:
+        state.local_dir, state.local_rename = directory, rename
+        progress = state._watch(progress)
     summary = TransferSummary()
     started = time.monotonic()
     for remote in remote_paths:
@@ -229,6 +299,7 @@ async def get(
                     progress=progress,
                     limit=limit,
                 ),
+                state,
             )
         finally:
             os.close(base)
