@@ -8,6 +8,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 
 from pstp.asyncio.runner import run as run_loop
 from pstp.cli.main import Console
@@ -78,22 +79,44 @@ async def _both(port: int, console: Console) -> int:
             console.error("the demo device did not start")
             return 1
         host, port = line[1], int(line[2])
-        console.print(f'device "{_SERVER_ID}" serving on {host}:{port} (process {child.pid})')
-        console.print(f'peer "{_CLIENT_ID}" connecting with a fresh 32-byte pair key')
+        say = console.print
+        say("pstp demo: two devices on this machine, one encrypted session between them.")
+        say()
+        say(f'1. Device "{_SERVER_ID}" runs in its own process (pid {child.pid}) on {host}:{port}.')
+        say(f'   It and peer "{_CLIENT_ID}" hold the same fresh 32-byte pair key, as paired')
+        say("   devices do; the key reached it over a pipe and never crosses the network.")
+        started = time.perf_counter()
         async with await connect(host, port, pair_key=key, device_id=_SERVER_ID) as session:
+            took = (time.perf_counter() - started) * 1000
             challenge, response = session.connection.challenge_response
-            console.print(f"-> challenge received (e_R):   {challenge[:12].hex()}...")
-            console.print(f"-> response sent (confirm_I):  {response[:12].hex()}...")
             suite = "AES-256-GCM" if session.connection.suite == 1 else "ChaCha20-Poly1305"
-            console.print(
-                f"-> authenticated {session.peer_id!r}: session "
-                f"{session.session_id[:8].hex()}..., {suite}"
-            )
+            say(f'2. "{_CLIENT_ID}" connected to "{session.peer_id}"; both sides were')
+            say(f"   authenticated in one round trip ({took:.1f} ms):")
+            say(f"   - challenge received from {_SERVER_ID}: a one-time public key")
+            say(f"     ({challenge[:8].hex()}...) and its proof that it holds the pair key;")
+            say(f"   - {_CLIENT_ID} checked it and sent its own proof ({response[:8].hex()}...).")
+            say("   Each side proved it holds the pair key without sending it. The session")
+            say("   keys come from a fresh key exchange (P-256): new for this session, so")
+            say("   even the pair key, if stolen later, cannot decrypt it.")
+            say(f"3. Encrypted session {session.session_id[:8].hex()}... is open ({suite}):")
+            say("   every record below is encrypted and authenticated.")
+            say("4. Round trips over it:")
             for word in (b"kettle.on", b"lights.off"):
+                started = time.perf_counter()
                 await session.send(word)
                 reply = await session.recv()
-                console.print(f"-> sent {word.decode()!r}, device answered {reply.decode()!r}")
-        console.print("-> session closed cleanly")
+                took = (time.perf_counter() - started) * 1000
+                say(
+                    f"   sent {word.decode()!r}, device answered {reply.decode()!r} ({took:.2f} ms)"
+                )
+        say("5. The session closed cleanly.")
+        say()
+        say("Next, with your own devices:")
+        say("  pstp init --id NAME     once on each device (NAME: how the others call it)")
+        say("  pstp pair --allow       on the device to reach: it shows a short code")
+        say("  pstp pair HOST          on the other one, then type that code")
+        say("  pstp ping NAME          check that the two reach each other")
+        say('Walkthrough: "Your first two devices" in README.md.')
         return 0
     finally:
         with contextlib.suppress(ProcessLookupError):
