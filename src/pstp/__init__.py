@@ -1,13 +1,13 @@
 """PSTP/2: private, authenticated, encrypted access to your own devices.
 
-The names below load on first use, so ``import pstp`` (and the CLI) stays
-cheap until a session is actually opened.
+The names below load on first use (PEP 562), so ``import pstp`` (and the CLI)
+stays cheap until a session is actually opened: it imports nothing at all, not
+even :mod:`typing` (tests/cli/test_startup.py checks it).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from pstp.asyncio.client import connect
     from pstp.asyncio.connection import Channel, Session
     from pstp.asyncio.server import Server, serve
@@ -80,6 +82,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pstp' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
