@@ -28,6 +28,8 @@ from pstp.cli.main import Console, main
 from pstp.daemon.actions import ActionSpec, action_handler
 from pstp.daemon.exec import exec_handler, make_shell_handler
 from pstp.settings import add_peer, create
+from tests.daemon.serving import PHONE
+from tests.daemon.serving import serve as serve_daemon
 from tests.helpers import PAIR_KEY, TIMEOUT, make_keyring
 
 PY = sys.executable
@@ -243,7 +245,7 @@ def set_size(fd: int, rows: int, cols: int) -> None:
 class Pty:
     """`pstp shell home` running on a pseudo-terminal the test drives."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *options: str) -> None:
         self.master, self.slave = os.openpty()
         set_size(self.slave, 24, 80)
         self.before = termios.tcgetattr(self.slave)
@@ -254,7 +256,7 @@ class Pty:
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
         self.proc = subprocess.Popen(
-            [PY, "-m", "pstp", "shell", "home", "--reason", "test"],
+            [PY, "-m", "pstp", "shell", "home", "--reason", "test", *options],
             stdin=slave,
             stdout=slave,
             stderr=slave,
@@ -346,3 +348,94 @@ def test_shell_client_killed_by_sigterm_restores_the_terminal(pty_client: Pty) -
     t.proc.send_signal(signal.SIGTERM)
     assert t.proc.wait(TIMEOUT * 2) == 128 + signal.SIGTERM
     assert termios.tcgetattr(t.slave) == t.before
+
+
+# -- pstp shell without a terminal (as ssh: a remote PTY only for a local terminal) --------
+
+#: `pstp shell </dev/null` hung for ever before; it must end well within this.
+NO_HANG = 20.0
+
+
+def shell_from(
+    config: Path, stdin: int | bytes, *options: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`pstp shell home OPTIONS` with ``stdin`` (a descriptor, or bytes through a pipe)."""
+    return subprocess.run(
+        [PY, "-m", "pstp", "shell", "home", *options],
+        stdin=stdin if isinstance(stdin, int) else None,
+        input=stdin if isinstance(stdin, bytes) else None,
+        capture_output=True,
+        env=env_for(config),
+        timeout=NO_HANG,
+        check=False,
+    )
+
+
+def test_shell_from_a_pipe_runs_without_a_terminal(phone: Path) -> None:
+    """`echo 'echo hi; exit 3' | pstp shell home` prints hi (no escape codes) and exits 3."""
+    done = shell_from(phone, b"echo hi; echo oops >&2; test -t 0 || echo no-tty; exit 3\n")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"hi\nno-tty\n", b"oops\n")
+
+
+def test_shell_with_stdin_from_dev_null_ends(phone: Path) -> None:
+    """Standard input at its end at once: the remote shell sees EOF and exits 0."""
+    done = shell_from(phone, subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+def test_shell_t_forces_a_remote_terminal(phone: Path) -> None:
+    """-t asks for a PTY even from a pipe: the remote shell is on a terminal (CR LF)."""
+    done = shell_from(phone, b"test -t 0 && echo on-a-tty; exit 4\n", "-t")
+    assert done.returncode == 4, done.stderr
+    assert b"on-a-tty\r\n" in done.stdout
+
+
+def test_shell_big_t_on_a_terminal_uses_pipes(phone: Path) -> None:
+    """-T on a local terminal: no raw mode, no remote PTY; ^D (the local EOF) ends it."""
+    t = Pty(phone, "-T")
+    try:
+        t.type("test -t 0 || echo no-$((1+1))-tty\n")
+        t.expect(r"no-2-tty\r\n")  # the local terminal's echo shows "$((1+1))"
+        assert termios.tcgetattr(t.slave)[3] & termios.ICANON  # never raw
+        t.type("\x04")
+        assert t.proc.wait(TIMEOUT * 2) == 0
+        assert termios.tcgetattr(t.slave) == t.before
+    finally:
+        t.close()
+
+
+def test_shell_t_and_big_t_exclude_each_other(phone: Path) -> None:
+    """-t and -T together are a usage error (255 under the exec/run/shell convention)."""
+    done = shell_from(phone, subprocess.DEVNULL, "-t", "-T")
+    assert done.returncode in (2, 255)
+    assert b"not allowed with argument" in done.stderr
+
+
+HOME_SHELL = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+shell = true
+"""
+
+
+def test_pstp_serve_shell_from_a_pipe_and_from_dev_null(tmp_path: Path) -> None:
+    """A real `pstp serve` (the service user's login shell): a pipe runs and exits 3;
+    /dev/null ends."""
+    served = serve_daemon(tmp_path, HOME_SHELL)
+    try:
+        phone = create(tmp_path / "phone.toml", "phone")
+        add_peer(phone, "home", PHONE, address=f"127.0.0.1:{served.port}")
+        done = shell_from(phone, b"unset HISTFILE; echo hi; exit 3\n")
+        assert done.returncode == 3, done.stderr
+        assert done.stdout.endswith(b"hi\n") and b"\x1b" not in done.stdout
+        assert b"\r" not in done.stdout
+        done = shell_from(phone, subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+    finally:
+        served.stop()

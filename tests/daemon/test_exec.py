@@ -423,7 +423,15 @@ async def test_default_shell_is_the_login_shell_from_the_password_database() -> 
 
 @pytest.mark.parametrize(
     "params",
-    [{"rows": "24"}, {"cols": -1}, {"rows": True}, {"term": "x y"}, {"reason": ["a"]}],
+    [
+        {"rows": "24"},
+        {"cols": -1},
+        {"rows": True},
+        {"term": "x y"},
+        {"reason": ["a"]},
+        {"pty": 0},
+        {"pty": "false"},
+    ],
 )
 async def test_bad_shell_params_close_with_an_error(params: dict[str, object]) -> None:
     """Ill-typed shell params close the channel with BAD_PARAMS 'bad params: ...'."""
@@ -433,6 +441,64 @@ async def test_bad_shell_params_close_with_an_error(params: dict[str, object]) -
             await asyncio.wait_for(ch.read_all(), TIMEOUT)
         assert info.value.code == ChannelCode.BAD_PARAMS
         assert info.value.reason.startswith("bad params: ")
+
+
+async def read_frames(ch: Channel) -> tuple[bytes, bytes]:
+    """Everything a channel sends until it closes, as (STDOUT, STDERR) payloads."""
+    decoder = FrameDecoder(Direction.TO_CLIENT)
+    out, err = bytearray(), bytearray()
+    while data := await asyncio.wait_for(ch.read(), TIMEOUT * 2):
+        for frame in decoder.feed(data):
+            (out if frame.type == STDOUT else err).extend(frame.payload)
+    return bytes(out), bytes(err)
+
+
+async def test_shell_without_a_pty_uses_pipes_and_ends_at_eof() -> None:
+    """``pty`` false: no terminal, no TERM, stdout and stderr apart, the client's EOF ends it."""
+    async with session() as s:
+        ch = await s.open_channel("shell", {"term": "xterm", "pty": False})
+        script = (
+            "test -t 0 || echo no-tty; echo term=${TERM-unset}; echo oops >&2; "
+            "echo shell=$SHELL; exec cat\n"
+        )
+        await ch.write(encode_frame(STDIN, script.encode()))
+        await asyncio.sleep(0.2)  # not needed for the test to pass: cat may get it or sh
+        await ch.write(encode_frame(STDIN, b"got=typed\n"))
+        await ch.write_eof()
+        out, err = await read_frames(ch)
+        assert out == b"no-tty\nterm=unset\nshell=/bin/sh\ngot=typed\n"
+        assert err == b"oops\n"
+        assert await asyncio.wait_for(ch.wait_closed(), TIMEOUT) == 0
+
+
+async def test_shell_without_a_pty_at_once_eof_ends_and_exit_status_passes() -> None:
+    """No input at all (stdin /dev/null on the client) ends the shell; `exit 3` is 3."""
+    async with session() as s:
+        ch = await s.open_channel("shell", {"pty": False})
+        await ch.write_eof()
+        assert await read_frames(ch) == (b"", b"")
+        assert await asyncio.wait_for(ch.wait_closed(), TIMEOUT) == 0
+        ch = await s.open_channel("shell", {"pty": False})
+        await ch.write(encode_frame(STDIN, b"echo hi; exit 3\n"))
+        await ch.write_eof()
+        assert await read_frames(ch) == (b"hi\n", b"")
+        assert await asyncio.wait_for(ch.wait_closed(), TIMEOUT) == 3
+
+
+async def test_shell_that_cannot_start_without_a_pty_is_cannot_execute() -> None:
+    """A missing shell is CANNOT_EXECUTE, status 126, with or without a terminal."""
+    async with serving({"shell": make_shell_handler("/nonexistent/sh")}) as s:
+        for pty in (False, True):
+            ch = await s.open_channel("shell", {"pty": pty})
+            with pytest.raises(ChannelError) as info:
+                await asyncio.wait_for(ch.read_all(), TIMEOUT)
+            assert info.value.code == ChannelCode.CANNOT_EXECUTE
+            assert info.value.reason == "cannot execute: /nonexistent/sh"
+        null = os.open(os.devnull, os.O_RDONLY)
+        try:
+            assert await remote.run_shell(s, pty=False, stdin_fd=null) == 126
+        finally:
+            os.close(null)
 
 
 # -- the client side in this process: run_shell on a PTY, iter_fd --------------------------

@@ -165,7 +165,11 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def shell_command(args: argparse.Namespace, console: Console) -> int:
-    """An interactive shell on PEER, on this terminal."""
+    """A shell on PEER: on this terminal, or reading standard input to its end.
+
+    As ssh: a remote terminal only if standard input is a terminal, unless
+    ``-t`` (always) or ``-T`` (never) says otherwise.
+    """
     from pstp.client.api import connect_peer
     from pstp.client.remote import run_shell
 
@@ -175,6 +179,6 @@ def shell_command(args: argparse.Namespace, console: Console) -> int:
 
     async def main() -> int:
         async with await connect_peer(settings, args.peer, address=args.address) as session:
-            return await run_shell(session, reason=args.reason)
+            return await run_shell(session, reason=args.reason, pty=getattr(args, "pty", None))
 
     return run(main())

@@ -229,6 +229,23 @@ def _build_parser() -> argparse.ArgumentParser:
     shell = sub.add_parser("shell", help="an interactive shell on a peer")
     shell.add_argument("peer", help="the peer's device id")
     shell.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+    terminal = shell.add_mutually_exclusive_group()
+    terminal.add_argument(
+        "-t",
+        dest="pty",
+        action="store_const",
+        const=True,
+        default=None,
+        help="a remote terminal even if standard input is not one (default: only if it is)",
+    )
+    terminal.add_argument(
+        "-T",
+        dest="pty",
+        action="store_const",
+        const=False,
+        help="no remote terminal: the shell reads standard input to its end, output and "
+        "errors apart",
+    )
     shell.add_argument(
         "--address",
         metavar="HOST[:PORT]",

@@ -274,13 +274,19 @@ async def run_shell(
     stdin_fd: int = 0,
     stdout_fd: int = 1,
     term: str | None = None,
+    pty: bool | None = None,
+    stderr_fd: int = 2,
 ) -> int:
-    """An interactive shell on the peer, on this process's terminal.
+    """A shell on the peer: on this process's terminal, or fed from a pipe or file.
 
-    The local terminal is put in raw mode (keys, ^C included, go to the
-    remote shell) and always restored: on return, on an exception, and on
-    SIGTERM, SIGHUP or SIGINT, which end the shell.  Window-size changes
-    (SIGWINCH) are passed on.
+    With a remote terminal (``pty``), a local terminal on ``stdin_fd`` is put
+    in raw mode (keys, ^C included, go to the remote shell) and always
+    restored: on return, on an exception, and on SIGTERM, SIGHUP or SIGINT,
+    which end the shell.  Window-size changes (SIGWINCH) are passed on.
+
+    Without one (as ``ssh -T``), the shell reads ``stdin_fd`` through a pipe
+    until its end (EOF reaches the shell, which then exits), and its standard
+    output and error come back apart, to ``stdout_fd`` and ``stderr_fd``.
 
     Args:
         session: an established session to the peer.
@@ -288,6 +294,9 @@ async def run_shell(
         stdin_fd: the keyboard side (a terminal, or any readable fd).
         stdout_fd: where the shell's output goes.
         term: the terminal type (default: $TERM, else ``dumb``).
+        pty: ask for a remote terminal; ``None`` (the default): only if
+            ``stdin_fd`` is a terminal, as ssh decides.
+        stderr_fd: where the shell's standard error goes without a terminal.
 
     Returns:
         The shell's exit status; 128 + n if signal n stopped us first.
@@ -298,16 +307,22 @@ async def run_shell(
         RemoteProtocolError: the peer sent a malformed stream frame.
     """
     loop = asyncio.get_running_loop()
+    if pty is None:
+        pty = os.isatty(stdin_fd)
     rows, cols = _window_size(stdout_fd, stdin_fd)
     opened = ShellOpen(
-        term=term or os.environ.get("TERM") or "dumb", rows=rows, cols=cols, reason=reason
+        term=term or os.environ.get("TERM") or "dumb",
+        rows=rows,
+        cols=cols,
+        reason=reason,
+        pty=pty,
     )
     channel = await session.open_channel("shell", opened.to_params())
     sender = _FrameSender(channel)
     tasks: set[asyncio.Task[None]] = set()
     stopped_by: list[int] = []
     installed: list[int] = []
-    saved = termios.tcgetattr(stdin_fd) if os.isatty(stdin_fd) else None
+    saved = termios.tcgetattr(stdin_fd) if pty and os.isatty(stdin_fd) else None
 
     def spawn(coro: Coroutine[Any, Any, None]) -> None:
         task = loop.create_task(coro)
@@ -325,14 +340,16 @@ async def run_shell(
     try:
         if saved is not None:
             tty.setraw(stdin_fd)
-        loop.add_signal_handler(signal.SIGWINCH, lambda: spawn(resize()))
-        installed.append(signal.SIGWINCH)
+        if pty:
+            loop.add_signal_handler(signal.SIGWINCH, lambda: spawn(resize()))
+            installed.append(signal.SIGWINCH)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             loop.add_signal_handler(sig, stop, int(sig))
             installed.append(sig)
         out = _fd_output(stdout_fd)
+        err = out if pty else _fd_output(stderr_fd)
         try:
-            return await _drive(channel, iter_fd(stdin_fd), out, out, sender)
+            return await _drive(channel, iter_fd(stdin_fd), out, err, sender)
         except ChannelError:
             if stopped_by:
                 return 128 + stopped_by[0]

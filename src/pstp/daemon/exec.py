@@ -75,19 +75,22 @@ pipes streamed both ways.  SIGNAL frames go to the process group; RESIZE
 frames are ignored.
 
 ``shell``: params ``{"term": str, "rows": int, "cols": int, "reason": str |
-nil}`` (defaults ``"dumb"``, 24, 80).  The service user's login shell (from
+nil, "pty": bool}`` (defaults ``"dumb"``, 24, 80).  The service user's login shell (from
 the password database, else ``/bin/sh``; :func:`make_shell_handler` can name
 another) runs with ``-l`` on a new
 pseudo-terminal as its controlling terminal (session leader), with the
 initial window size set.  STDIN frames are written to the terminal, RESIZE
 frames set its window size (the foreground job gets SIGWINCH), SIGNAL
-frames go to the terminal's foreground process group.
+frames go to the terminal's foreground process group.  With ``"pty": false``
+(absent means true) there is no terminal: the shell runs as ``exec`` runs a
+command, with pipes for its three streams (STDOUT and STDERR apart, RESIZE
+ignored, the client's EOF closes its input) and no ``TERM``.
 
 Environment.  Commands never inherit the daemon's environment.  They get
 exactly ``PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin``,
 ``HOME`` (the service user's home directory) and ``LANG`` (the daemon's own
 if it looks like a locale name, else ``C.UTF-8``); a shell also gets
-``TERM`` (from the params), ``SHELL``, ``USER`` and ``LOGNAME``.  The
+``TERM`` (from the params, on a terminal only), ``SHELL``, ``USER`` and ``LOGNAME``.  The
 working directory is the service user's home, or ``/`` if it has none.
 
 When the channel ends, for whatever reason (the command finished, the
@@ -377,12 +380,14 @@ async def run_process(
     stdin: bool = True,
     timeout: float | None = None,
     max_output: int | None = None,
+    env: dict[str, str] | None = None,
+    as_shell: bool = False,
 ) -> int | None:
     """Run ``argv`` (no shell) and stream it over ``channel`` in stream frames.
 
-    Used by ``exec`` and by argv actions.  The process runs in its own
-    session with :func:`safe_environment`; its process group is killed when
-    this returns, however it returns.
+    Used by ``exec``, by argv actions and by a ``shell`` without a terminal.
+    The process runs in its own session with :func:`safe_environment` (or
+    ``env``); its process group is killed when this returns, however it returns.
 
     Args:
         channel: the accepted channel.
@@ -391,6 +396,9 @@ async def run_process(
             and STDIN frames are dropped).
         timeout: seconds before the process group is killed (status 124).
         max_output: cap on STDOUT + STDERR bytes (see :class:`FrameWriter`).
+        env: the whole environment (default: :func:`safe_environment`).
+        as_shell: ``argv[0]`` is the shell: a program that cannot be started is
+            reported as ``cannot execute`` (126) even if it does not exist (§17.5).
 
     Returns:
         The exit status (128 + n for signal n, 124 on timeout), or ``None`` when
@@ -401,17 +409,19 @@ async def run_process(
         ChannelError: the channel failed while output was being sent.
         ConnectionClosed: the session ended.
     """
+    # A shell that cannot be found is "cannot execute" (§17.5), as with a terminal.
+    missing: tuple[type[OSError], ...] = () if as_shell else (FileNotFoundError, NotADirectoryError)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=safe_environment(),
+            env=safe_environment() if env is None else env,
             cwd=service_home(),
             start_new_session=True,
         )
-    except (FileNotFoundError, NotADirectoryError):
+    except missing:
         await fail_channel(channel, f"{NOT_FOUND}: {argv[0]}", 127, ChannelCode.NOT_FOUND)
         return None
     except ValueError:  # an embedded NUL: no execve can carry it
@@ -638,7 +648,12 @@ async def _serve_shell(channel: Channel, shell: str | None) -> int | None:
     term, rows, cols = opened.term, opened.rows, opened.cols
     login_shell, user = _login_shell()
     shell = shell or login_shell
-    env = {**safe_environment(), "TERM": term, "SHELL": shell, "USER": user, "LOGNAME": user}
+    env = {**safe_environment(), "SHELL": shell, "USER": user, "LOGNAME": user}
+    if not opened.pty:
+        # No terminal (``pty`` false, §17.5): pipes, as ``exec`` has, so that the
+        # client's EOF closes the shell's input and it exits; no TERM, as ssh -T.
+        return await run_process(channel, [shell, "-l"], env=env, as_shell=True)
+    env["TERM"] = term
     master, slave = os.openpty()
     try:
         _set_winsize(slave, rows, cols)

@@ -152,6 +152,8 @@ class ShellOpen(msgspec.Struct, frozen=True, kw_only=True):
         rows: the window's height.
         cols: the window's width.
         reason: why (policy and audit).
+        pty: run the shell on a pseudo-terminal (the default); false: with pipes,
+            standard output and error apart, as ``ssh -T`` does.
     """
 
     KIND: ClassVar[str] = "shell"
@@ -160,18 +162,27 @@ class ShellOpen(msgspec.Struct, frozen=True, kw_only=True):
     rows: int = 24
     cols: int = 80
     reason: str | None = None
+    pty: bool = True
 
     def to_params(self) -> Params:
-        """The OPEN params map."""
-        return {"term": self.term, "rows": self.rows, "cols": self.cols, "reason": self.reason}
+        """The OPEN params map (``pty`` only when false: absent means a terminal)."""
+        params: Params = {
+            "term": self.term,
+            "rows": self.rows,
+            "cols": self.cols,
+            "reason": self.reason,
+        }
+        if not self.pty:
+            params["pty"] = False
+        return params
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> ShellOpen:
         """Decode and validate OPEN params (absent keys take their defaults).
 
         Raises:
-            BadParams: a bad terminal type, a size outside 0..65535 or a bool, or a
-                ``reason`` that is not a string or nil.
+            BadParams: a bad terminal type, a size outside 0..65535 or a bool, a
+                ``reason`` that is not a string or nil, or a ``pty`` that is not a bool.
         """
         term = params.get("term", "dumb")
         if not isinstance(term, str) or not _TERM_RE.match(term):
@@ -182,7 +193,11 @@ class ShellOpen(msgspec.Struct, frozen=True, kw_only=True):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U16:
                 raise BadParams(f"{name} must be an integer in 0..65535")
             size[name] = value
-        return cls(term=term, rows=size["rows"], cols=size["cols"], reason=_reason(params))
+        reason = _reason(params)
+        pty = params.get("pty", True)
+        if not isinstance(pty, bool):
+            raise BadParams("pty must be a bool")
+        return cls(term=term, rows=size["rows"], cols=size["cols"], reason=reason, pty=pty)
 
 
 class PingOpen(msgspec.Struct, frozen=True, kw_only=True):
