@@ -28,10 +28,32 @@ def test_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "already exists" in capsys.readouterr().err
     assert main(["--config", str(cfg), "device", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "phone" in listed and key.hex() not in listed and "sessions only" in listed
+    assert "phone" in listed and key.hex() not in listed and "sessions and ping only" in listed
     assert main(["--config", str(cfg), "device", "remove", "phone"]) == 0
     assert "phone" not in load(cfg).peers
     assert main(["--config", str(cfg), "device", "remove", "phone"]) == 2
+
+
+def test_add_on_a_wildcard_shows_reachable_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Listening on 0.0.0.0, the link carries this host's addresses, never 0.0.0.0."""
+    from pstp.daemon.pairing import parse_link
+    from pstp.netif import addresses
+
+    cfg = create(tmp_path / "home.toml", "home", listen="0.0.0.0:9000")
+    assert main(["--config", str(cfg), "device", "add", "phone"]) == 0
+    out = capsys.readouterr().out
+    assert "0.0.0.0" not in out
+    (uri,) = [w for w in out.split() if w.startswith("pstp://")]
+    link = parse_link(uri)
+    assert link.kind == "peer" and link.params["id"] == "home"
+    assert link.params["key"] == load(cfg).peers["phone"].key.hex()
+    lan = [a.address for a in addresses() if a.up and not a.loopback and ":" not in a.address]
+    assert {h for h, _ in link.addresses} == set(lan[:8] or ["127.0.0.1"])
+    assert all(p == 9000 for _, p in link.addresses)
+    if not lan:
+        assert "reachable only from this machine" in out
 
 
 def test_removing_a_peer_closes_its_live_session(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pstp.cli.main import main
+from pstp.daemon.audit import AuditLog
 from pstp.settings import create, load
 from tests.helpers import ROOT, TIMEOUT
 
@@ -127,21 +128,87 @@ def test_two_processes_pair_then_open_a_pstp_hs_session(
 def test_wrong_code_fails_counts_and_the_window_stays_open(
     two_devices: tuple[Path, Path, int],
 ) -> None:
-    """A wrong code fails the pairing (exit 3) and is counted; the right code still works."""
+    """A wrong code fails the pairing (exit 3) saying "wrong code" and the budget on the
+    client, and a line with the tries left on the device; the right code still works."""
     home, phone, port = two_devices
     window, code = open_window(home)
     try:
         wrong = "0000-0000" if code != "0000-0000" else "1111-1111"
-        bad = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=wrong + "\n")
-        assert bad.returncode == 3, bad.stderr
-        assert "handshake failed" in bad.stderr
+        for _ in range(2):
+            bad = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=wrong + "\n")
+            assert bad.returncode == 3, bad.stderr
+            assert "wrong code" in bad.stderr and "20 wrong codes per pairing window" in bad.stderr
+            assert "SPAKE2+" not in bad.stderr and "pair key" not in bad.stderr
         assert "home" not in load(phone).peers
         good = pstp("pair", f"127.0.0.1:{port}", config=phone, PSTP_PAIR_CODE=code)
         assert good.returncode == 0, good.stderr
-        window.communicate(timeout=TIMEOUT * 2)
+        out, _err = window.communicate(timeout=TIMEOUT * 2)
     finally:
         window.kill()
     assert window.returncode == 0
+    lines = [line for line in out.splitlines() if line.startswith("wrong code from 127.0.0.1:")]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "19 tries left in this window",
+        "18 tries left in this window",
+    ]
+    audit = AuditLog(home.with_name("audit.sqlite")).list()
+    fails = [(r.kind, r.decision, r.detail) for r in audit if r.decision == "fail"]
+    assert [(k, d) for k, d, _ in fails] == [("pairing", "fail")] * 2
+    assert all("wrong code" in (detail or "") for _, _, detail in fails)
+
+
+def test_pairing_where_no_window_is_open_says_so(two_devices: tuple[Path, Path, int]) -> None:
+    """A device that serves but shows no window: "no pairing window is open there"."""
+    home, phone, port = two_devices
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(home),
+    )
+    try:
+        assert server.stdout is not None
+        assert "serving" in server.stdout.readline()
+        bad = pstp("pair", f"127.0.0.1:{port}", config=phone, PSTP_PAIR_CODE="12345678")
+    finally:
+        server.terminate()
+        server.wait(TIMEOUT)
+    assert bad.returncode == 3
+    assert "no pairing window is open there" in bad.stderr and "wrong key" not in bad.stderr
+
+
+def test_the_window_shows_every_reachable_address(tmp_path: Path) -> None:
+    """Listening on 0.0.0.0, the window lists this host's non-loopback IPv4 addresses
+    (or loopback, said to be local only), never 0.0.0.0; the route's address first.
+
+    The same without a default route, in a namespace: tests/cli/test_pair_netns.py.
+    """
+    from pstp.netif import addresses, route_source
+
+    port = free_port()
+    home = create(tmp_path / "home.toml", "home", listen=f"0.0.0.0:{port}")
+    home.write_text(home.read_text().replace("discovery = true", "discovery = false"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pstp", "pair", "--allow", "--timeout", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_for(home),
+    )
+    out, err = proc.communicate(timeout=TIMEOUT * 4)
+    assert proc.returncode == 1, err
+    lan = [a.address for a in addresses() if a.up and not a.loopback and ":" not in a.address]
+    assert "0.0.0.0" not in out
+    if lan:
+        assert "127.0.0.1" not in out
+        for a in lan:
+            assert f"  {a}:{port} (" in out
+        first = route_source() if route_source() in lan else lan[0]
+    else:
+        assert f"127.0.0.1:{port} (reachable only from this machine" in out
+        first = "127.0.0.1"
+    assert f"on the other device: pstp pair {first}:{port}" in out
 
 
 def test_window_closes_after_its_timeout(two_devices: tuple[Path, Path, int]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+from collections.abc import Mapping
+from typing import Any
 
 from pstp.cli.common import load_settings
 from pstp.cli.main import Console
@@ -48,8 +50,10 @@ def _signal_daemon(args: argparse.Namespace, console: Console) -> None:
 
 def add(args: argparse.Namespace, console: Console) -> int:
     """Create a peer with a fresh pair key and show what the other device needs."""
+    from pstp.cli.cmd_pair import describe_addresses, reachable_addresses
     from pstp.crypto.kdf import random_bytes
-    from pstp.settings import add_peer, format_address
+    from pstp.daemon.pairing import link_uri
+    from pstp.settings import add_peer, parse_address
 
     settings = load_settings(args)
     if args.name in settings.peers and not args.replace:
@@ -67,8 +71,18 @@ def add(args: argparse.Namespace, console: Console) -> int:
     if args.address:
         console.print(f'address = "{args.address}"')
     console.print("")
-    authority = args.address or format_address(host, port)  # IPv6 in brackets (RFC 3986)
-    uri = f"pstp://{authority}/peer?id={settings.device_id}&key={key.hex()}"
+    if args.address:
+        shown_host, port = parse_address(args.address)
+        hosts = [shown_host]
+    else:  # a wildcard is no address: every address a peer can reach (§16.2)
+        where = reachable_addresses(host)
+        hosts = [r.host for r in where]
+        console.print(f"{settings.device_id!r} answers on:")
+        for line in describe_addresses(where, port):
+            console.print(f"  {line}")
+        console.print("")
+    key_hex = key.hex()
+    uri = link_uri("peer", hosts, port, id=settings.device_id, key=key_hex)
     console.print(f"or as a URI: {uri}")
     if args.qr:
         try:
@@ -83,21 +97,36 @@ def add(args: argparse.Namespace, console: Console) -> int:
 
 
 def list_(args: argparse.Namespace, console: Console) -> int:
-    """List trusted peers (never their keys)."""
+    """List trusted peers (never their keys); ``--json`` for a JSON list."""
     settings = load_settings(args)
-    if not settings.peers:
+    rows = [
+        (peer.id, peer.address, _policy_summary(peer.table)) for peer in settings.peers.values()
+    ]
+    if args.json:
+        import json
+
+        listed = [{"id": i, "address": a, "policy": p} for i, a, p in rows]
+        console.print(json.dumps(listed))
+        return 0
+    if not rows:
         console.print("no peers yet: pair one with `pstp pair --allow`")
         return 0
-    for peer in settings.peers.values():
-        table = peer.table.get("policy")
-        if table is None:
-            policy = "no policy: denied everything"
-        elif not table:
-            policy = "sessions only (see `pstp policy check`)"
-        else:
-            policy = "policy: " + ", ".join(sorted(table))
-        console.print(f"{peer.id:20} {peer.address or '-':24} {policy}")
+    width_id = max(len("PEER"), *(len(i) for i, _, _ in rows))
+    width_addr = max(len("ADDRESS"), *(len(a or "-") for _, a, _ in rows))
+    console.print(f"{'PEER':{width_id}}  {'ADDRESS':{width_addr}}  ALLOWED")
+    for peer_id, address, policy in rows:
+        console.print(f"{peer_id:{width_id}}  {address or '-':{width_addr}}  {policy}")
     return 0
+
+
+def _policy_summary(table: Mapping[str, Any]) -> str:
+    """What a peer's policy table allows, in a few words."""
+    policy = table.get("policy")
+    if policy is None:
+        return "nothing (no policy table)"
+    if not policy:
+        return "sessions and ping only"
+    return ", ".join(sorted(policy))
 
 
 def remove(args: argparse.Namespace, console: Console) -> int:

@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pstp.cli.common import load_settings, run
-from pstp.cli.main import Console
+from pstp.cli.main import EXIT_PROTOCOL, Console
+from pstp.settings import format_address
+
+if TYPE_CHECKING:
+    from pstp.netif import Reachable
 
 __all__ = ["run_pair"]
 
@@ -44,9 +49,12 @@ def _allow(args: argparse.Namespace, console: Console) -> int:
         first = next(events)
     except NoDaemon:
         return _allow_here(args, console, code)
+    last = first
     try:
         _show_window(args, console, settings.device_id, host, int(first["port"]), code)
-        last = next(events)
+        for last in events:
+            if last.get("event") == "failed":
+                _wrong_code(console, str(last.get("from", "?")), int(last.get("left", 0)))
     finally:
         events.close()  # closes the window if we stop early (^C)
     if last.get("event") == "paired":
@@ -59,18 +67,53 @@ def _allow(args: argparse.Namespace, console: Console) -> int:
     return 1
 
 
+def _wrong_code(console: Console, peer: str, left: int) -> None:
+    """One line per wrong code, on the device showing the code."""
+    if left:
+        console.print(f"wrong code from {peer}: {left} tries left in this window")
+    else:
+        console.print(f"wrong code from {peer}: no tries left, the window closes")
+
+
 def _show_window(
     args: argparse.Namespace, console: Console, device_id: str, host: str, port: int, code: str
 ) -> None:
     from pstp.daemon.pairing import code_uri
 
-    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
-    shown_host = _lan_address() if wildcard else host
-    console.print(f"pairing window open for {args.timeout:g} s on {shown_host}:{port}")
+    where = reachable_addresses(host)
+    console.print(f"pairing window open for {args.timeout:g} s; this device answers on:")
+    for line in describe_addresses(where, port):
+        console.print(f"  {line}")
     console.print(f"code: {code[:4]}-{code[4:]}")
-    console.print(f"on the other device: pstp pair {shown_host}:{port}")
+    others = " (or another address above)" if len(where) > 1 else ""
+    console.print(f"on the other device: pstp pair {format_address(where[0].host, port)}{others}")
     if args.qr or console.out.isatty():
-        _print_qr(code_uri(shown_host, port, device_id, code), console)
+        _print_qr(code_uri([r.host for r in where], port, device_id, code), console)
+
+
+def reachable_addresses(host: str) -> list[Reachable]:
+    """Where a peer reaches a service listening on ``host`` (see :func:`pstp.netif.reachable`)."""
+    from pstp.netif import reachable
+
+    try:
+        return reachable(host)
+    except OSError:  # no getifaddrs: the configured address, or loopback, is all we know
+        wild = host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
+        return reachable("127.0.0.1" if wild else host)
+
+
+def describe_addresses(where: list[Reachable], port: int) -> list[str]:
+    """One line per address: ``HOST:PORT (interface)``, loopback said to be local only."""
+    lines = []
+    for r in where:
+        text = format_address(r.host, port)
+        if r.local_only:
+            why = "this device has no other network address" if r.interface else "configured"
+            text += f" (reachable only from this machine: {why})"
+        elif r.interface:
+            text += f" ({r.interface})"
+        lines.append(text)
+    return lines
 
 
 def _allow_here(args: argparse.Namespace, console: Console, code: str) -> int:
@@ -90,6 +133,7 @@ def _allow_here(args: argparse.Namespace, console: Console, code: str) -> int:
             timeout=args.timeout,
             now=time.monotonic(),
         )
+        window.on_failed = lambda peer, left: _wrong_code(console, peer, left)
         daemon = Daemon(settings, pairing=window, control=False)
         await daemon.start()
         _show_window(args, console, settings.device_id, host, port, code)
@@ -114,15 +158,44 @@ def _allow_here(args: argparse.Namespace, console: Console, code: str) -> int:
 
 def _join(args: argparse.Namespace, console: Console) -> int:
     from pstp.client.api import pair_with
-    from pstp.daemon.pairing import normalize_code
+    from pstp.daemon.pairing import MAX_FAILURES, normalize_code
+    from pstp.exceptions import HandshakeFailed
     from pstp.settings import parse_address
 
     settings = load_settings(args)
     host, port = parse_address(args.host)
     code = normalize_code(_read_code(console))
-    peer = run(pair_with(settings, host, port, code))
+    try:
+        peer = run(pair_with(settings, host, port, code))
+    except HandshakeFailed as exc:
+        text = str(exc)
+        if text.startswith(_WRONG_CODE):
+            # The prover learns the code was wrong from confirmV before the device
+            # does, and the device never says how many tries it has left (§16.3).
+            console.error(
+                f"wrong code: {host}:{port} did not accept it. Check the code it shows and "
+                f"run `pstp pair {args.host}` again; a device allows {MAX_FAILURES} wrong "
+                "codes per pairing window (it shows how many are left), then a new window "
+                "and code are needed"
+            )
+            return EXIT_PROTOCOL
+        if text.startswith(_HUNG_UP):
+            console.error(
+                f"{host}:{port} refused to pair: no pairing window is open there (it closes "
+                f"after a pairing, {MAX_FAILURES} wrong codes or its timeout), or another "
+                "device is trying a code right now. Run `pstp pair --allow` on it and try "
+                "again"
+            )
+            return EXIT_PROTOCOL
+        raise
     console.print(f"paired with {peer!r}; its key is stored in {settings.path}")
     return 0
+
+
+#: How PSTP-PAKE says the code was wrong (pstp.crypto.spake2plus, the prover's
+#: check of confirmV) and how a silent refusal reads (pstp.protocol.connection).
+_WRONG_CODE = "SPAKE2+ verifier confirmation failed"
+_HUNG_UP = "the peer hung up during the handshake"
 
 
 def _read_code(console: Console) -> str:
@@ -146,14 +219,3 @@ def _print_qr(uri: str, console: Console) -> None:
         console.print(uri)
         return
     segno.make(uri, error="m").terminal(out=console.out, compact=True)
-
-
-def _lan_address() -> str:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-            return str(s.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"

@@ -32,8 +32,9 @@ def pair_through_daemon(
 ) -> Generator[dict[str, Any], None, None]:
     """Ask the running daemon to open a pairing window; yield its events.
 
-    The first event is ``{"event": "open", ...}``; the last ``paired`` or
-    ``closed``.  Closing the generator (or leaving the loop) closes the
+    The first event is ``{"event": "open", ...}``; then one ``failed`` per
+    wrong code (``from``, ``left``: the tries the window has left); the last
+    ``paired`` or ``closed``.  Closing the generator (or leaving the loop) closes the
     connection, and with it the window.
 
     Raises:
@@ -51,7 +52,7 @@ def pair_through_daemon(
         uid = peer_uid(sock)
         if uid not in (0, os.getuid()):
             raise ControlError(f"{path} is served by uid {uid}, not by us or root: not trusted")
-        request = {"op": "pair", "code": code, "timeout": timeout}
+        request = {"op": "pair", "code": code, "timeout": timeout, "progress": True}
         sock.sendall(json.dumps(request).encode() + b"\n")
         with sock.makefile("rb") as lines:
             for line in lines:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
-from pstp.daemon.actions import action_handler, load_actions
+from pstp.daemon.actions import ACTIONS_CHANNEL, action_handler, actions_list_handler, load_actions
 from pstp.daemon.audit import AuditLog, audit_path, audit_reserve
 from pstp.daemon.control import ControlServer
 from pstp.daemon.exec import exec_handler, shell_handler
@@ -215,6 +215,22 @@ class Daemon:
         self._record(kind, peer, "deny", **kw)
 
     def _auth_failed(self, conn: Connection, peer_address: str) -> None:
+        window = self.pairing
+        # A PAKE attempt names its prover in PAIR_REQ; a PSTP-HS peer that failed has
+        # no id yet, so it is never mistaken for the wrong code counted meanwhile.
+        left = None
+        if window is not None and conn.peer_id is not None:
+            left = window.note_failure(peer_address)
+        if left is not None:
+            # A wrong pairing code: at most MAX_FAILURES per window, so never throttled,
+            # and said as such (not "wrong key or id?", which is about pair keys).
+            self._record(
+                "pairing",
+                conn.peer_id or "?",
+                "fail",
+                detail=f"{peer_address}: wrong code ({left} tries left in this window)",
+            )
+            return
         now = time.monotonic()
         self._auth_tokens = min(
             _AUTH_FAIL_ROWS_PER_S,
@@ -336,7 +352,9 @@ class Daemon:
             return "the session was not admitted"  # defence in depth: _admit runs first
         request = _request(kind, params)
         if request is None:
-            if kind == "ping":  # not governed, but held to the peer's rate like the rest
+            # ping and the listing of actions (which judges each action itself) are
+            # not governed, but held to the peer's rate like the rest.
+            if kind in ("ping", ACTIONS_CHANNEL):
                 limited = self.policy.spend(peer, now=time.monotonic())
                 if limited is None:
                     return None
@@ -491,6 +509,7 @@ class Daemon:
         handlers: dict[str, ChannelHandler] = {
             "ping": ping_handler,
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
+            ACTIONS_CHANNEL: actions_list_handler(lambda: self.policy, self.actions, self._record),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
             "file": self._audited(

@@ -13,7 +13,9 @@ service stopped).  The daemon answers ``{"event": "open", "port": P,
 "device_id": ID}``, and when the window closes ``{"event": "paired", "peer":
 ID}`` or ``{"event": "closed", "why": TEXT, "failures": N}``; or at once
 ``{"event": "error", "message": TEXT}``.  Closing the connection closes the
-window.
+window.  A request with ``"progress": true`` is also sent, for each wrong code
+while the window is open, ``{"event": "failed", "from": "HOST:PORT", "left":
+N}`` (the tries the window has left); a client that does not ask never sees it.
 """
 
 from __future__ import annotations
@@ -173,6 +175,12 @@ class ControlServer:
             timeout=float(timeout),
             now=time.monotonic(),
         )
+        if request.get("progress") is True:
+            # Called on the event loop as the failed attempt ends; the line is small,
+            # so it goes out without waiting for drain.
+            window.on_failed = lambda peer, left: _post(
+                writer, {"event": "failed", "from": peer, "left": left}
+            )
         try:
             daemon.open_pairing(window)
         except PstpError as exc:
@@ -213,5 +221,10 @@ async def _hang_up(reader: asyncio.StreamReader) -> None:
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
+    _post(writer, message)
     await writer.drain()
+
+
+def _post(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    if not writer.is_closing():
+        writer.write(json.dumps(message).encode() + b"\n")
