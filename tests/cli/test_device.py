@@ -28,7 +28,7 @@ def test_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "already exists" in capsys.readouterr().err
     assert main(["--config", str(cfg), "device", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "phone" in listed and key.hex() not in listed and "sessions only" in listed
+    assert "phone" in listed and key.hex() not in listed and "sessions and ping only" in listed
     assert main(["--config", str(cfg), "device", "remove", "phone"]) == 0
     assert "phone" not in load(cfg).peers
     assert main(["--config", str(cfg), "device", "remove", "phone"]) == 2

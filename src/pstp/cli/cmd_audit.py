@@ -171,6 +171,20 @@ def run_verify(args: argparse.Namespace, console: Console) -> int:
     if checked is None:
         return EXIT_BAD
     path, report = checked
+    if args.json:
+        console.print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "path": str(path),
+                    "rows": report.rows,
+                    "head": report.head,
+                    "first_bad_seq": report.first_bad_seq,
+                    "problem": report.problem or None,
+                }
+            )
+        )
+        return 0 if report.ok else EXIT_BAD
     if report.ok:
         console.print(f"ok: {report.rows} rows, head {report.head}")
         return 0
@@ -186,5 +200,8 @@ def run_head(args: argparse.Namespace, console: Console) -> int:
     head = _with_log(args, console, lambda log: log.head())
     if head is None:
         return EXIT_BAD
-    console.print(f"{head[0]}:{head[1]}")
+    if args.json:
+        console.print(json.dumps({"seq": head[0], "hash": head[1]}))
+    else:
+        console.print(f"{head[0]}:{head[1]}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+from collections.abc import Mapping
+from typing import Any
 
 from pstp.cli.common import load_settings
 from pstp.cli.main import Console
@@ -95,21 +97,36 @@ def add(args: argparse.Namespace, console: Console) -> int:
 
 
 def list_(args: argparse.Namespace, console: Console) -> int:
-    """List trusted peers (never their keys)."""
+    """List trusted peers (never their keys); ``--json`` for a JSON list."""
     settings = load_settings(args)
-    if not settings.peers:
+    rows = [
+        (peer.id, peer.address, _policy_summary(peer.table)) for peer in settings.peers.values()
+    ]
+    if args.json:
+        import json
+
+        listed = [{"id": i, "address": a, "policy": p} for i, a, p in rows]
+        console.print(json.dumps(listed))
+        return 0
+    if not rows:
         console.print("no peers yet: pair one with `pstp pair --allow`")
         return 0
-    for peer in settings.peers.values():
-        table = peer.table.get("policy")
-        if table is None:
-            policy = "no policy: denied everything"
-        elif not table:
-            policy = "sessions only (see `pstp policy check`)"
-        else:
-            policy = "policy: " + ", ".join(sorted(table))
-        console.print(f"{peer.id:20} {peer.address or '-':24} {policy}")
+    width_id = max(len("PEER"), *(len(i) for i, _, _ in rows))
+    width_addr = max(len("ADDRESS"), *(len(a or "-") for _, a, _ in rows))
+    console.print(f"{'PEER':{width_id}}  {'ADDRESS':{width_addr}}  ALLOWED")
+    for peer_id, address, policy in rows:
+        console.print(f"{peer_id:{width_id}}  {address or '-':{width_addr}}  {policy}")
     return 0
+
+
+def _policy_summary(table: Mapping[str, Any]) -> str:
+    """What a peer's policy table allows, in a few words."""
+    policy = table.get("policy")
+    if policy is None:
+        return "nothing (no policy table)"
+    if not policy:
+        return "sessions and ping only"
+    return ", ".join(sorted(policy))
 
 
 def remove(args: argparse.Namespace, console: Console) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 from pstp.cli.common import load_settings, run
@@ -24,12 +25,27 @@ def ping(args: argparse.Namespace, console: Console) -> int:
         t0 = time.perf_counter()
         async with await connect_peer(settings, args.peer, address=args.address) as session:
             t1 = time.perf_counter()
-            console.print(f"connected to {session.peer_id!r} in {(t1 - t0) * 1000:.1f} ms")
+            connect_ms = (t1 - t0) * 1000
+            if not args.json:
+                console.print(f"connected to {session.peer_id!r} in {connect_ms:.1f} ms")
+            rtts: list[float] = []
             for i in range(args.count):
                 t = time.perf_counter()
                 reply = await session.request("ping", str(i).encode())
                 ms = (time.perf_counter() - t) * 1000
-                console.print(f"{reply.decode(errors='replace')} from {args.peer}: {ms:.2f} ms")
+                rtts.append(ms)
+                if not args.json:
+                    console.print(f"{reply.decode(errors='replace')} from {args.peer}: {ms:.2f} ms")
+        if args.json:
+            console.print(
+                json.dumps(
+                    {
+                        "peer": session.peer_id,
+                        "connect_ms": round(connect_ms, 3),
+                        "rtt_ms": [round(ms, 3) for ms in rtts],
+                    }
+                )
+            )
         return 0
 
     return run(main())

@@ -71,6 +71,20 @@ def check(args: argparse.Namespace, console: Console) -> int:
         return EXIT_USAGE
     policy = Policy.from_settings(load_settings(args))
     decision = policy.check(args.peer, request, at=at)
+    if args.json:
+        console.print(
+            json.dumps(
+                {
+                    "allowed": decision.allowed,
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "args": decision.args,
+                    "argv": None if decision.argv is None else list(decision.argv),
+                    "at": at.isoformat(),
+                }
+            )
+        )
+        return EXIT_ALLOWED if decision.allowed else EXIT_DENIED
     _show(console, decision, at)
     if (
         isinstance(request, ExecRequest)

@@ -8,20 +8,43 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from pstp import __version__
 
-__all__ = ["Console", "main"]
+__all__ = ["EXIT_TABLE", "Console", "OutputClosed", "build_parser", "main"]
 
-#: Exit codes (sysexits-style where one fits).
+#: Exit statuses.  ``exec``, ``run`` and ``shell`` pass the remote status through,
+#: so every failure of pstp itself is 255 there, as ssh does (:data:`PASSTHROUGH`).
+#: The table a user reads is :data:`EXIT_TABLE` (``pstp --help``, docs/cli.md).
 EXIT_OK = 0
+EXIT_NO = 1  # a "no" answer: policy denied, audit chain bad, doctor failed, a file refused
 EXIT_USAGE = 2
 EXIT_PROTOCOL = 3
 EXIT_CONNECTION = 4
 EXIT_CONFIG = 78  # sysexits EX_CONFIG
-EXIT_REMOTE = 255  # a refusal or failure on the remote side, as ssh reports its own errors
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141  # 128 + SIGPIPE: standard output was closed (``| head``), as C tools end
+EXIT_REMOTE = 255  # any failure of pstp itself in exec/run/shell, as ssh reports its own
+
+#: The commands that exit with the remote command's status.
+PASSTHROUGH = frozenset({"exec", "run", "shell"})
+
+EXIT_TABLE = """\
+exit status:
+  exec, run, shell   the remote command's or action's status (0-254; 128+N if
+                     signal N ended it, 124 action timed out, 126 cannot execute,
+                     127 not found), and 255 for every failure of pstp itself
+                     (usage, configuration, connection, handshake, refusal)
+  other commands     0   success
+                     1   the answer is no: policy check denied, audit verify
+                         found a bad row, doctor did not reach the peer, a
+                         file was refused or failed
+                     2   usage error, unknown peer
+                     3   handshake or protocol failure (wrong key or device id)
+                     4   connection failed (not reached, bind failed)
+                     78  configuration error
+  any command        130 interrupted (Ctrl-C), 141 standard output closed"""
 
 
 class Console:
@@ -36,36 +59,62 @@ class Console:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
 
+    #: ``-q``: commands leave out notes and progress (errors are always written).
+    quiet = False
+
     def print(self, *parts: object) -> None:
-        """Write a line to standard output."""
-        print(*parts, file=self.out, flush=True)
+        """Write a line to standard output.
+
+        Raises:
+            OutputClosed: the reader went away (``pstp audit list | head -1``).
+        """
+        try:
+            print(*parts, file=self.out, flush=True)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def note(self, *parts: object) -> None:
+        """Write a diagnostic line to standard error, unless ``-q``."""
+        if not self.quiet:
+            print(*parts, file=self.err, flush=True)
 
     def error(self, *parts: object) -> None:
         """Write a line to standard error."""
         print("pstp:", *parts, file=self.err, flush=True)
 
 
+class OutputClosed(Exception):
+    """Standard output's reader closed it: stop quietly, as ``cat | head`` does."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our usage status: 255 under exec/run/shell (ssh's), else 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        words = self.prog.split()
+        status = EXIT_REMOTE if len(words) > 1 and words[1] in PASSTHROUGH else EXIT_USAGE
+        self.exit(status, f"{self.prog}: error: {message}\n")
+
+
 Command = Callable[[argparse.Namespace, Console], int]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``pstp`` command line (completion scripts are generated from it)."""
+    parser = _Parser(
         prog="pstp",
         description="Reach and control your own devices privately (PSTP/2).",
+        epilog=EXIT_TABLE + "\n\nMore: docs/cli.md; `pstp COMMAND --help` shows examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pstp {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $PSTP_CONFIG or pstp.toml in the config directory)",
-    )
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     init = sub.add_parser("init", help="create this device's configuration")
     init.add_argument("--id", help="this device's id (default: the host name)")
-    init.add_argument("--listen", default="0.0.0.0:9000", help="HOST:PORT to serve on")
+    init.add_argument("--listen", default="0.0.0.0:9000", help="HOST:PORT to serve (%(default)s)")
     init.set_defaults(func=_lazy("pstp.cli.cmd_init", "run"))
 
     serve = sub.add_parser("serve", help="run this device (sessions, discovery)")
@@ -95,6 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="use this address alone (no remembered address, no discovery)",
     )
     ping.add_argument("-c", "--count", type=int, default=1, help="round trips")
+    ping.add_argument("--json", action="store_true", help="print one JSON object")
     ping.set_defaults(func=_lazy("pstp.cli.cmd_ping", "ping"))
 
     device = sub.add_parser("device", help="manage the peers this device trusts")
@@ -106,6 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dadd.add_argument("--qr", action="store_true", help="also print a QR code")
     dadd.set_defaults(func=_lazy("pstp.cli.cmd_device", "add"))
     dlist = dsub.add_parser("list", help="list trusted peers")
+    dlist.add_argument("--json", action="store_true", help="print a JSON list")
     dlist.set_defaults(func=_lazy("pstp.cli.cmd_device", "list_"))
     drm = dsub.add_parser("remove", help="forget a peer (its live sessions are closed)")
     drm.add_argument("name", help="the peer's device id")
@@ -138,8 +189,10 @@ def _build_parser() -> argparse.ArgumentParser:
     audit_verify.add_argument(
         "--expect", metavar="SEQ:HASH", help="also check a head exported by `pstp audit head`"
     )
+    audit_verify.add_argument("--json", action="store_true", help="print one JSON object")
     audit_verify.set_defaults(func=_lazy("pstp.cli.cmd_audit", "run_verify"))
     audit_head = audit_sub.add_parser("head", help="print SEQ:HASH of the last row (keep it)")
+    audit_head.add_argument("--json", action="store_true", help="print one JSON object")
     audit_head.set_defaults(func=_lazy("pstp.cli.cmd_audit", "run_head"))
 
     policy_p = sub.add_parser(
@@ -165,7 +218,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    policy_opts = argparse.ArgumentParser(add_help=False)
+    policy_opts = _Parser(add_help=False)
     for parser_ in (policy_check, policy_opts):
         # SUPPRESS after WHAT, so a value given before WHAT is not reset to the default
         default = None if parser_ is policy_check else argparse.SUPPRESS
@@ -177,6 +230,12 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         parser_.add_argument(
             "--reason", metavar="TEXT", default=default, help='the request\'s "why"'
+        )
+        parser_.add_argument(
+            "--json",
+            action="store_true",
+            default=False if parser_ is policy_check else argparse.SUPPRESS,
+            help="print one JSON object",
         )
     policy_check.add_argument("peer", metavar="PEER", help="the peer's device id")
     policy_what = policy_check.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -255,13 +314,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a peer's configured action; exits with its status")
     run.add_argument("peer", help="the peer's device id")
-    run.add_argument("action", help="the action's name")
+    run.add_argument(
+        "action",
+        nargs="?",
+        help="the action's name; without it, list the actions the peer lets this device run",
+    )
     run.add_argument("assignments", nargs="*", metavar="ARG=VALUE", help="action arguments")
     run.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
     run.add_argument(
         "--address",
         metavar="HOST[:PORT]",
         help="use this address alone (no remembered address, no discovery)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="with no action: print the listing as JSON"
     )
     run.set_defaults(func=_lazy("pstp.cli.cmd_exec", "run_command"))
 
@@ -333,6 +399,25 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         xfer.set_defaults(func=_lazy("pstp.cli.cmd_files", f"{verb}_command"))
 
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh, fish)",
+        description=(
+            "Print a completion script for SHELL on standard output, generated from this "
+            "command's own options, so it never goes stale."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pstp completion bash > ~/.local/share/bash-completion/completions/pstp\n"
+            "  pstp completion zsh > ~/.zfunc/_pstp       # with fpath+=~/.zfunc\n"
+            "  pstp completion fish > ~/.config/fish/completions/pstp.fish"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument("shell", nargs="?", choices=["bash", "zsh", "fish"], help="the shell")
+    completion.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)
+    completion.set_defaults(func=_lazy("pstp.cli.cmd_completion", "completion"))
+
     demo = sub.add_parser(
         "demo",
         help="run a device and a peer on this machine and show a session end to end",
@@ -349,7 +434,144 @@ def _build_parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,  # "server": the child half; reads the pair key from stdin
     )
     demo.set_defaults(func=_lazy("pstp.cli.cmd_demo", "run"))
+    _finish(parser)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """-v, -q and --config, accepted before the command and after it (``pstp ping -v home``).
+
+    Below the top level they default to SUPPRESS, so leaving them out there
+    keeps what was given before the command.
+    """
+    unset = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0 if top else argparse.SUPPRESS,
+        help="more logging (-vv: debug)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="no notes or progress, only results and errors",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=unset,
+        help="configuration file (default: $PSTP_CONFIG or pstp.toml in the config directory)",
+    )
+
+
+def _finish(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Give every subcommand the common options, and its description and examples."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, child in action.choices.items():
+            words = (*path, name)
+            if not any("--quiet" in a.option_strings for a in child._actions):
+                _add_common(child)
+            text = _HELP_TEXT.get(" ".join(words))
+            if text is not None:
+                description, examples = text
+                child.description = child.description or description
+                if examples and not child.epilog:
+                    child.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+                    child.formatter_class = argparse.RawDescriptionHelpFormatter
+            _finish(child, words)
+
+
+#: Description and examples of the commands that do not set their own.
+_HELP_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
+    "init": (
+        "Create this device's configuration file (mode 0600) with its id and the address "
+        "it serves on. Nothing is paired yet: see `pstp pair`.",
+        ("pstp init --id home", "pstp init --id pi --listen 192.168.1.20:9000"),
+    ),
+    "serve": (
+        "Serve this device: answer discovery, authenticate paired peers and do what their "
+        "policy allows, writing every use to the audit log. Runs until SIGTERM or Ctrl-C; "
+        "SIGHUP re-reads the configuration (a broken file is refused and the running one kept).",
+        ("pstp serve", "pstp serve -v          # log each session"),
+    ),
+    "pair": (
+        "",
+        (
+            "pstp pair --allow           # on home: shows a code",
+            "pstp pair 192.168.1.20      # on laptop: asks for it",
+        ),
+    ),
+    "ping": (
+        "Authenticate to PEER (the remembered address, then discovery; or --address alone) "
+        "and time round trips on the session.",
+        ("pstp ping home", "pstp ping -c 5 home", "pstp ping --address 192.168.1.20:9000 home"),
+    ),
+    "device": ("Add, list and remove the peers this device trusts.", ()),
+    "device add": (
+        "Add a peer with a fresh pair key and print it once, as a pstp:// link (and QR "
+        "code), for the other device to import. Prefer `pstp pair`.",
+        ("pstp device add phone --qr",),
+    ),
+    "device list": (
+        "List the peers this device trusts, with their last known address and what their "
+        "policy allows (never their keys).",
+        ("pstp device list", "pstp device list --json"),
+    ),
+    "device remove": (
+        "Forget a peer; a running `pstp serve` closes its live sessions at once.",
+        ("pstp device remove phone",),
+    ),
+    "audit list": (
+        "Show audit entries, oldest first.",
+        ("pstp audit list --since 1h", "pstp audit list --peer phone --kind exec --json"),
+    ),
+    "audit verify": (
+        "Check the audit log's hash chain from the first row to the last; exit 1 naming "
+        "the first bad row. With --expect, also check that a head kept elsewhere is still "
+        "part of the chain.",
+        ("pstp audit verify", "pstp audit verify --expect 1234:9f2c..."),
+    ),
+    "audit head": (
+        "Print SEQ:HASH of the newest row. Keep it on another machine: a later "
+        "`pstp audit verify --expect SEQ:HASH` detects a rewrite of the history before it.",
+        ("pstp audit head >> ~/audit-heads.txt",),
+    ),
+    "exec": (
+        "",
+        (
+            "pstp exec home -- uptime",
+            "pstp exec home --reason backup -- tar -C /srv -c . > srv.tar",
+        ),
+    ),
+    "shell": (
+        "Open an interactive shell on PEER. A terminal (PTY) is used when standard input "
+        "is one; exits with the shell's status.",
+        ("pstp shell home", "echo 'uname -a' | pstp shell home"),
+    ),
+    "run": (
+        "Run one of PEER's declared actions with typed arguments; exits with its status.",
+        ('pstp run home lights.on level=40 --reason "movie night"',),
+    ),
+    "discover": ("", ("pstp discover", "pstp discover --timeout 3 --json")),
+    "doctor": ("", ("pstp doctor", "pstp doctor home")),
+    "put": (
+        "",
+        (
+            "pstp put home notes.txt /srv/share/",
+            "pstp put home photos/ /srv/share/photos --limit 5M",
+        ),
+    ),
+    "get": (
+        "",
+        ("pstp get home /srv/share/notes.txt .", "pstp get home /srv/share/photos ./photos"),
+    ),
+    "demo": ("", ("pstp demo",)),
+}
 
 
 def _lazy(module: str, name: str) -> Command:
@@ -363,27 +585,38 @@ def _lazy(module: str, name: str) -> Command:
 
 
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
-    """Run the CLI and return its exit code.
+    """Run the CLI and return its exit status.
 
     Args:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
         console: where to write (default: the process's stdout/stderr).
 
     Returns:
-        The exit code: 0 on success, 2 on usage errors, 3 when the peer broke the
-        protocol or the handshake failed, 4 when the connection failed.
+        The exit status of :data:`EXIT_TABLE`: for ``exec``, ``run`` and
+        ``shell`` the remote one, or 255 for a failure of pstp itself.
     """
     console = console or Console()
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words == ["--version"]:  # the one answer that needs no parser (start-up time)
+        console.print(f"pstp {__version__}")
+        return EXIT_OK
+    parser = build_parser()
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(console.out)
         return EXIT_USAGE
-    if args.verbose:
+    console.quiet = bool(args.quiet)
+    if args.verbose or args.quiet:
         import logging
 
         logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            level=(
+                logging.ERROR
+                if args.quiet and not args.verbose
+                else logging.DEBUG
+                if args.verbose > 1
+                else logging.INFO
+            ),
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
             stream=console.err,
         )
@@ -391,11 +624,44 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
         return int(args.func(args, console))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OutputClosed:
+        return _output_closed(console)
     except Exception as exc:
-        return _report(exc, console)
+        if isinstance(exc, BrokenPipeError) and _stdout_gone(console):
+            return _output_closed(console)
+        status = _report(exc, console, args)
+        return EXIT_REMOTE if args.command in PASSTHROUGH and status != EXIT_OK else status
 
 
-def _report(exc: Exception, console: Console) -> int:
+def _stdout_gone(console: Console) -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll says POLLERR)."""
+    import select
+
+    try:
+        fd = console.out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
+def _output_closed(console: Console) -> int:
+    """End quietly: point stdout at /dev/null so the exit-time flush fails no more."""
+    import os
+
+    try:
+        fd = console.out.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return EXIT_PIPE
+
+
+def _report(exc: Exception, console: Console, args: argparse.Namespace) -> int:
+    """Say what failed in a line on stderr; its status for commands without passthrough."""
     from pstp.exceptions import (
         ChannelError,
         ConnectionClosed,
@@ -415,14 +681,18 @@ def _report(exc: Exception, console: Console) -> int:
         console.error(f"protocol error: {exc}")
         return EXIT_PROTOCOL
     if isinstance(exc, ChannelError):
-        # Like ssh's own failures: 255, never a number a remote command could return.
         console.error(f"refused: {exc.reason}" if exc.reason else str(exc))
-        return EXIT_REMOTE
+        return EXIT_NO
     if isinstance(exc, ConnectionClosed):
         console.error(str(exc))
         return EXIT_CONNECTION
+    if isinstance(exc, OSError) and _listening(args):
+        console.error(f"cannot serve: {_bind_reason(exc)}")
+        return EXIT_CONNECTION
     if isinstance(exc, (OSError, TimeoutError)):
-        console.error(f"connection failed: {exc}")
+        from pstp.client.quick import os_reason
+
+        console.error(f"connection failed: {os_reason(exc)}")
         return EXIT_CONNECTION
     if isinstance(exc, PstpError):
         console.error(str(exc))
@@ -431,3 +701,21 @@ def _report(exc: Exception, console: Console) -> int:
         console.error(str(exc))
         return EXIT_USAGE
     raise exc
+
+
+def _listening(args: argparse.Namespace) -> bool:
+    """Whether the command binds a listening socket (an OSError is then a bind error)."""
+    return bool(args.command == "serve" or (args.command == "pair" and args.allow))
+
+
+def _bind_reason(exc: OSError) -> str:
+    """A bind failure in words, with the likely fix."""
+    import errno
+
+    hints = {
+        errno.EADDRINUSE: "another program (a running `pstp serve`?) uses this port",
+        errno.EADDRNOTAVAIL: "the address is not one of this host's: fix [device] listen",
+        errno.EACCES: "ports below 1024 need privileges: use a port above 1023",
+    }
+    hint = hints.get(exc.errno or 0)
+    return f"{exc}" + (f" ({hint})" if hint else "")

@@ -12,7 +12,7 @@ import msgspec
 from pstp.asyncio.client import connect
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
-from pstp.client.quick import Attempts, PeerNotFound, remember_address
+from pstp.client.quick import Attempts, PeerNotFound, info, os_reason, remember_address
 from pstp.exceptions import HandshakeFailed, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import PeerKey
@@ -115,15 +115,22 @@ async def discover_peer(
                 own_id=settings.device_id,
             )
         except (OSError, HandshakeFailed) as exc:
-            tried.append(f"{dev.host}:{dev.port} ({exc})")
+            why = exc if isinstance(exc, HandshakeFailed) else os_reason(exc)
+            tried.append(f"{dev.host}:{dev.port} (discovered): {why}")
             failure = exc
             continue
+        info("%s: connected at %s:%d (found by discovery)", peer_id, dev.host, dev.port)
         remember_address(settings, peer_id, format_address(dev.host, dev.port))
         return session
     if isinstance(failure, HandshakeFailed):
         raise failure
-    where = "; ".join(tried) or "no remembered address"
-    raise PeerNotFound(f"{peer_id} not reached ({where}) and not found by discovery")
+    if not any(dev.device_id == peer_id for dev in found):
+        tried.append(f"discovery on port {port}: no answer in {discovery_timeout:g} s")
+    if not peer.address:
+        tried.insert(0, "no remembered address")
+    raise PeerNotFound(
+        f"{peer_id} not reached: tried {'; '.join(tried)}. `pstp doctor {peer_id}` says why"
+    )
 
 
 async def pair_with(
