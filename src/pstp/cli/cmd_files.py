@@ -195,7 +195,7 @@ def _interrupted(
         if partial is not None:
             out["partial"] = {
                 "path": partial.path,
-                "bytes": partial.file_bytes,
+                "bytes": state.local_kept() if part is not None else partial.file_bytes,
                 "size": partial.file_size,
                 "part": part,
             }
@@ -209,6 +209,9 @@ def _interrupted(
     console.error(f"interrupted: {done}")
     if partial is not None:
         of = f"{_size(partial.file_bytes)} of {_size(partial.file_size)}"
+        kept = state.local_kept()
+        if kept is not None:
+            of = f"{_size(kept)} of {_size(partial.file_size)}"
         if part is not None:  # get: the receiver is here, and its verified bytes are known
             console.error(f"{partial.path}: {of} kept in its hidden partial file {part}")
         else:  # put: what reached the peer; it keeps the part of it that verified

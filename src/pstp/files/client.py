@@ -24,7 +24,7 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, Session
 from pstp.exceptions import ChannelError, ConnectionClosed
-from pstp.files.disk import Tree, is_utf8, part_names
+from pstp.files.disk import DIR_FLAGS, Tree, is_utf8, part_names, read_meta
 from pstp.files.engine import Progress, ProgressCallback, Receiver, Sender, TransferResult
 from pstp.files.frames import CHUNK_SIZE, valid_chunk_size
 from pstp.wire.messages import ChannelCode, ParamValue
@@ -94,13 +94,42 @@ class TransferState:
 
     def local_part(self) -> str | None:
         """For :func:`get`: the hidden partial file of the file under way, on this machine."""
+        names = self._local_names()
+        return None if names is None else os.path.join(names[0], names[1])
+
+    def local_kept(self) -> int | None:
+        """For :func:`get`: the bytes of the partial file that a rerun resumes from.
+
+        Read from its sidecar (the digests of the chunks verified and written,
+        §18.8), not from the last progress report, which lags behind the disk.
+        """
+        names = self._local_names()
+        if names is None:
+            return None
+        directory, _, sidecar = names
+        try:
+            dir_fd = os.open(directory, DIR_FLAGS)
+        except OSError:
+            return None
+        try:
+            found = read_meta(dir_fd, sidecar)
+        finally:
+            os.close(dir_fd)
+        if found is None:
+            return None
+        meta, digests = found
+        return min(meta.size, meta.chunk_size * len(digests))
+
+    def _local_names(self) -> tuple[str, str, str] | None:
+        """The directory, partial file and sidecar names of the file a get has under way."""
         last = self.partial
         if last is None or self.local_dir is None:
             return None
         parts = last.path.split("/")
         if self.local_rename is not None:
             parts[0] = self.local_rename
-        return os.path.join(self.local_dir, *parts[:-1], part_names(parts[-1])[0])
+        part, sidecar = part_names(parts[-1])
+        return os.path.join(self.local_dir, *parts[:-1]), part, sidecar
 
     def _watch(self, progress: ProgressCallback | None) -> ProgressCallback:
         def report(p: Progress) -> None:
