@@ -314,3 +314,10 @@ def test_zsh_and_fish_scripts_name_every_command(shell: str, tmp_path: Path) -> 
         (tmp_path / "script").write_text(done.stdout)
         check = subprocess.run([binary, *flag, str(tmp_path / "script")], capture_output=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_docs_cli_holds_the_same_exit_table() -> None:
+    """docs/cli.md shows exactly the table `pstp --help` prints."""
+    from tests.helpers import ROOT
+
+    assert EXIT_TABLE in (ROOT / "docs" / "cli.md").read_text()
