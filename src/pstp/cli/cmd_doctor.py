@@ -5,9 +5,12 @@ The checks, in order, each printed with what a failure most likely means:
 1. interfaces: which can broadcast, and whether 255.255.255.255 has a route;
 2. a discovery PING (carrying PEER's key id, so a stealth PEER answers, §8.2)
    and an mDNS browse: who answered;
-3. for PEER: every address we know (remembered, discovered), whether it is on a
-   local subnet, a TCP connect (refused or timed out: firewall?), then a
-   handshake (a key mismatch shows as a handshake failure).
+3. for PEER: every address we know (remembered, discovered), once each,
+   whether it is on a local subnet, then one authenticated handshake (TCP
+   refused or timed out: firewall?; a key mismatch shows as a handshake
+   failure).  A working address costs the device one audited session and no
+   failed-authentication row; a bare TCP connect is made only to explain a
+   handshake that timed out.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pstp.cli.cmd_discover import answers, caps_names, gather, load_optional, merge
 from pstp.cli.main import Console
@@ -35,6 +38,7 @@ class _Candidate:
     port: int
     source: str
     binding: tuple[bytes, bytes, bytes] | None = None
+    also: set[str] = field(default_factory=set)  # other sources of the same address
 
 
 def local_subnet(host: str, ifaces: list[Interface]) -> Interface | None:
@@ -87,35 +91,55 @@ def _interfaces(console: Console, port: int) -> list[Interface]:
     return ifaces
 
 
-async def _tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except ConnectionRefusedError:
-        return False, (
+def _tcp_failure(exc: OSError, host: str, timeout: float) -> str:
+    """What a failed TCP connect most likely means."""
+    if isinstance(exc, ConnectionRefusedError):
+        return (
             "TCP connection refused: nothing listens on that port (daemon not running, "
             "listening on another address or port), or a firewall rejects it"
         )
-    except TimeoutError:
-        return False, (
+    if isinstance(exc, TimeoutError):
+        return (
             f"TCP connect timed out after {timeout:g} s: the host is down or a firewall "
             "drops the packets"
         )
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return f"no route to {host} ({exc.strerror}): not on a network we reach"
+    return f"TCP connect failed: {exc.strerror or exc}"
+
+
+async def _tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """A bare TCP connect, closed at once: only to tell a dead host from a silent device.
+
+    The device sees a connection that sent nothing (it may audit it as a failed
+    handshake), so this runs only after a handshake has already failed.
+    """
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError as exc:
+        return False, _tcp_failure(exc, host, timeout)
     except OSError as exc:
-        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return False, f"no route to {host} ({exc.strerror}): not on a network we reach"
-        return False, f"TCP connect failed: {exc.strerror or exc}"
+        return False, _tcp_failure(exc, host, timeout)
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True, "TCP connect ok"
 
 
-async def _handshake(
+async def _probe(
     settings: Settings, peer: PeerSettings, cand: _Candidate, timeout: float
-) -> tuple[bool, str]:
+) -> list[tuple[bool, str]]:
+    """Connect and authenticate once; the verdicts on TCP and on the handshake.
+
+    One real session, and nothing else when it works: the device audits one
+    successful authentication, no failed one (a bare TCP probe first would read
+    as a failed handshake in its audit log).  Only a handshake that timed out is
+    followed by a bare TCP connect, to say whether TCP got through.
+    """
     from pstp.asyncio.client import connect
     from pstp.exceptions import PstpError
 
+    handshake_timeout = max(2 * timeout, 3.0)
     try:
         session = await connect(
             cand.host,
@@ -124,23 +148,53 @@ async def _handshake(
             device_id=peer.id,
             own_id=settings.device_id,
             discovery=cand.binding,
-            timeout=timeout,
+            timeout=handshake_timeout,
         )
     except TimeoutError:
-        return False, (
-            f"handshake timed out after {timeout:g} s: the device accepted TCP but never "
-            "answered (overloaded, or not a PSTP/2 device)"
-        )
-    except (PstpError, OSError) as exc:
-        return False, (
-            f"handshake failed ({exc}): this device did not prove our pair key for "
-            f"{peer.id!r}. Its key for us ({settings.device_id!r}) differs or is missing "
-            "(pair again, or check `pstp device list` on both sides), or it is another "
-            "device answering for that id"
-        )
+        reachable, why = await _tcp(cand.host, cand.port, max(timeout, 1.0))
+        if not reachable:
+            return [(False, why)]
+        return [
+            (True, why),
+            (
+                False,
+                f"handshake timed out after {handshake_timeout:g} s: the device accepted TCP "
+                "but never answered (overloaded, or not a PSTP/2 device)",
+            ),
+        ]
+    except PstpError as exc:
+        return [
+            (True, "TCP connect ok"),
+            (
+                False,
+                f"handshake failed ({exc}): this device did not prove our pair key for "
+                f"{peer.id!r}. Its key for us ({settings.device_id!r}) differs or is missing "
+                "(pair again, or check `pstp device list` on both sides), or it is another "
+                "device answering for that id",
+            ),
+        ]
+    except OSError as exc:  # the TCP connect itself failed
+        return [(False, _tcp_failure(exc, cand.host, handshake_timeout))]
     async with session:
         got = session.peer_id
-    return True, f"handshake ok: authenticated as {got!r}"
+    return [(True, "TCP connect ok"), (True, f"handshake ok: authenticated as {got!r}")]
+
+
+def _distinct(cands: list[_Candidate]) -> list[_Candidate]:
+    """One candidate per address, named by its first source, all sources in ``also``.
+
+    A discovery binding is kept if any source had one: one handshake per
+    address, so the device audits one session, not one per way we learnt it.
+    """
+    out: dict[tuple[str, int], _Candidate] = {}
+    for c in cands:
+        seen = out.get((c.host, c.port))
+        if seen is None:
+            out[(c.host, c.port)] = _Candidate(c.host, c.port, c.source, c.binding)
+        else:
+            seen.also.add(c.source)
+            seen.binding = seen.binding or c.binding
+    return list(out.values())
 
 
 async def _diagnose(args: argparse.Namespace, console: Console, settings: Settings | None) -> int:
@@ -210,6 +264,7 @@ async def _diagnose(args: argparse.Namespace, console: Console, settings: Settin
         return 1
     ok = False
     remembered_ok = False
+    cands = _distinct(cands)
     for cand in cands:
         label = f"{cand.host}:{cand.port} ({cand.source})"
         subnet = local_subnet(cand.host, ifaces)
@@ -218,14 +273,12 @@ async def _diagnose(args: argparse.Namespace, console: Console, settings: Settin
                 f"  {label}: not on a local subnet; only this address (not discovery) can "
                 "reach it, through a router"
             )
-        reachable, why = await _tcp(cand.host, cand.port, max(timeout, 1.0))
-        console.print(f"  {_OK if reachable else _BAD} {label}: {why}")
-        if not reachable:
-            continue
-        good, why = await _handshake(settings, peer, cand, max(2 * timeout, 3.0))
-        console.print(f"  {_OK if good else _BAD} {label}: {why}")
+        verdicts = await _probe(settings, peer, cand, timeout)
+        for passed, why in verdicts:
+            console.print(f"  {_OK if passed else _BAD} {label}: {why}")
+        good = len(verdicts) == 2 and verdicts[1][0]
         ok |= good
-        remembered_ok |= good and cand.source == "remembered"
+        remembered_ok |= good and "remembered" in {cand.source, *cand.also}
     remembered = peer.address and parse_address(peer.address)
     for cand in cands:
         if remembered_ok or not remembered:
