@@ -146,7 +146,9 @@ def _transfer(
             return await work(session, progress, state)
 
     try:
-        with _progress_bar(console, not args.no_progress and not args.json) as progress:
+        with _progress_bar(
+            console, not (args.no_progress or args.json or console.quiet)
+        ) as progress:
             summary = run(main(progress))
     except KeyboardInterrupt:
         return _interrupted(args, console, verb, state)
