@@ -96,6 +96,32 @@ def test_pairing_with_a_running_daemon_needs_no_restart(
     assert ("pairing", "?", "allow") in kinds and ("pairing", "phone", "ok") in kinds
 
 
+def test_wrong_codes_are_shown_by_the_window_and_audited_as_such(
+    running: tuple[Path, Path, int, subprocess.Popen[str]],
+) -> None:
+    """Through the running daemon: one "wrong code ... N tries left" line per failed try on
+    the window, "wrong code" on the client, and `pairing fail` rows (no `auth fail`)."""
+    home, phone, port, _daemon = running
+    window, code = open_window(home)
+    try:
+        wrong = "0000-0000" if code != "0000-0000" else "1111-1111"
+        for _ in range(2):
+            bad = pstp("pair", f"127.0.0.1:{port}", config=phone, stdin=wrong + "\n")
+            assert bad.returncode == 3 and "wrong code" in bad.stderr, bad.stderr
+        good = pstp("pair", f"127.0.0.1:{port}", config=phone, PSTP_PAIR_CODE=code)
+        assert good.returncode == 0, good.stderr
+        out, err = window.communicate(timeout=TIMEOUT * 2)
+    finally:
+        window.kill()
+    assert window.returncode == 0, err
+    assert "wrong code from 127.0.0.1:" in out and ": 19 tries left in this window" in out
+    assert ": 18 tries left in this window" in out
+    rows = AuditLog(home.with_name("audit.sqlite")).list()
+    fails = [(r.kind, r.detail) for r in rows if r.decision == "fail"]
+    assert [k for k, _ in fails] == ["pairing", "pairing"]
+    assert "wrong code (18 tries left in this window)" in (fails[1][1] or "")
+
+
 def test_the_window_closes_when_its_requester_leaves(
     running: tuple[Path, Path, int, subprocess.Popen[str]],
 ) -> None:
