@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import fcntl
 import io
+import json
 import os
 import re
 import select
@@ -164,7 +165,7 @@ def test_run_errors(phone: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Unknown action: 127; a malformed NAME=VALUE: usage error 2."""
     assert main(["--config", str(phone), "run", "home", "nope"]) == 127
     assert "no such action: nope" in capsys.readouterr().err
-    assert main(["--config", str(phone), "run", "home", "greet", "novalue"]) == 2
+    assert main(["--config", str(phone), "run", "home", "greet", "novalue"]) == 255
     assert "not NAME=VALUE" in capsys.readouterr().err
 
 
@@ -184,12 +185,13 @@ def test_run_with_an_address_never_imports_asyncio(phone: Path) -> None:
 def test_run_falls_back_to_discovery_when_no_address_answers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A dead remembered address, then no PONG: exit 4 naming what was tried."""
+    """A dead remembered address, then no PONG: exit 255 naming what was tried."""
     path = create(tmp_path / "lost.toml", "phone", listen="127.0.0.1:1")
     add_peer(path, "home", PAIR_KEY, address="127.0.0.1:1")
-    assert main(["--config", str(path), "run", "home", "greet", "name=x"]) == 4
+    assert main(["--config", str(path), "run", "home", "greet", "name=x"]) == 255
     err = capsys.readouterr().err
-    assert "home not reached (127.0.0.1:1" in err and "not found by discovery" in err
+    assert "home not reached: tried 127.0.0.1:1 (remembered): connection refused" in err
+    assert "discovery on port 1: no answer" in err and "pstp doctor home" in err
 
 
 def test_options_may_follow_the_peer_and_the_command_keeps_its_own(phone: Path) -> None:
@@ -197,7 +199,7 @@ def test_options_may_follow_the_peer_and_the_command_keeps_its_own(phone: Path) 
     done = pstp(phone, "exec", "home", "-n", "--reason=why", "--", "echo", "-n", "--reason", "x")
     assert (done.returncode, done.stdout) == (0, b"--reason x")
     assert pstp(phone, "exec", "--reason", "r", "home", "echo", "a").stdout == b"a\n"
-    assert pstp(phone, "exec", "home", "--reason").returncode == 2
+    assert pstp(phone, "exec", "home", "--reason").returncode == 255
 
 
 def test_split_command_takes_our_options_and_leaves_the_command() -> None:
@@ -226,11 +228,11 @@ def test_exec_output_to_a_text_only_console(phone: Path) -> None:
 
 
 def test_unknown_peer_and_missing_command(phone: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every command refuses an unknown peer (exit 2); exec needs a command."""
+    """Every command refuses an unknown peer (exit 255, as ssh); exec needs a command."""
     for args in (["exec", "nobody", "--", "true"], ["run", "nobody", "x"], ["shell", "nobody"]):
-        assert main(["--config", str(phone), *args]) == 2
+        assert main(["--config", str(phone), *args]) == 255
         assert "no peer 'nobody'" in capsys.readouterr().err
-    assert main(["--config", str(phone), "exec", "home", "--"]) == 2
+    assert main(["--config", str(phone), "exec", "home", "--"]) == 255
     assert "no command given" in capsys.readouterr().err
 
 
@@ -439,3 +441,102 @@ def test_pstp_serve_shell_from_a_pipe_and_from_dev_null(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
     finally:
         served.stop()
+
+
+# -- pstp run PEER without an action: the actions it lets us run --------------------------
+
+HOME_ACTIONS = """\
+[device]
+id = "home"
+listen = ["127.0.0.1:{port}"]
+discovery = false
+
+[actions."gate.open"]
+argv = ["/bin/true", "--for={{seconds}}s"]
+description = "open the gate"
+args = {{ seconds = {{ type = "int", min = 1, max = 600 }} }}
+
+[actions."lamp.set"]
+argv = ["/bin/true", "{{level}}"]
+args = {{ level = {{ type = "int", min = 0, max = 100, default = 50 }} }}
+
+[actions.reboot]
+argv = ["/bin/true"]
+
+[peers.phone]
+key = "{phone}"
+[peers.phone.policy]
+actions = ["gate.*", "lamp.set"]
+"""
+
+
+def test_run_without_an_action_lists_what_the_peer_allows(tmp_path: Path) -> None:
+    """`pstp run home` prints a table of the allowed actions and their arguments (not
+    reboot, which the policy does not allow); --json prints the same as JSON."""
+    served = serve_daemon(tmp_path, HOME_ACTIONS)
+    try:
+        phone = create(tmp_path / "phone.toml", "phone")
+        add_peer(phone, "home", PHONE, address=f"127.0.0.1:{served.port}")
+        table = pstp(phone, "run", "home")
+        listed = pstp(phone, "run", "home", "--json", "--reason", "which?")
+    finally:
+        served.stop()
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.decode().splitlines()
+    assert lines == [
+        "ACTION     ARGUMENT  TYPE  BOUNDS  DEFAULT     DESCRIPTION",
+        "gate.open  seconds   int   1..600  (required)  open the gate",
+        "lamp.set   level     int   0..100  50",
+    ]
+    assert listed.returncode == 0, listed.stderr
+    actions = json.loads(listed.stdout)
+    assert [a["name"] for a in actions] == ["gate.open", "lamp.set"]
+    assert actions[1]["args"][0] | {"min": 0, "max": 100} == {
+        "name": "level",
+        "type": "int",
+        "required": False,
+        "default": 50,
+        "min": 0,
+        "max": 100,
+        "max_len": None,
+        "choices": None,
+        "pattern": None,
+    }
+
+
+def test_run_without_an_action_on_an_older_device_says_so(phone: Path) -> None:
+    """A device that does not serve the listing (UNKNOWN_KIND): a clear note, status 255."""
+    done = pstp(phone, "run", "home")
+    assert done.returncode == 255
+    assert b"does not list its actions" in done.stderr
+    assert b"pstp run home ACTION" in done.stderr
+
+
+def test_actions_table_shows_bounds_choices_and_defaults() -> None:
+    """Every kind of bound reads as text; an action without arguments has one row."""
+    from pstp.cli.cmd_exec import actions_table
+    from pstp.protocol.kinds import ActionInfo, ArgInfo
+
+    lines = actions_table(
+        [
+            ActionInfo(
+                name="say",
+                description="speak\nup",
+                args=[
+                    ArgInfo(name="text", type="str", required=True, max_len=20, pattern="[a-z]+"),
+                    ArgInfo(name="loud", type="bool", required=False, default=False),
+                    ArgInfo(name="vol", type="float", required=False, default=0.5, max=1.5),
+                    ArgInfo(name="n", type="int", required=False, min=1),
+                    ArgInfo(name="room", type="str", required=False, choices=["a", "b"]),
+                ],
+            ),
+            ActionInfo(name="reboot"),
+        ]
+    )
+    assert lines[1].startswith("say     text      str    matching")
+    assert 'matching "[a-z]+"; at most 20 characters  (required)  speak up' in lines[1]
+    assert lines[2].split() == ["loud", "bool", "-", "false"]
+    assert lines[3].split() == ["vol", "float", "<=", "1.5", "0.5"]
+    assert lines[4].split() == ["n", "int", ">=", "1", "(optional)"]
+    assert lines[5].split()[:5] == ["room", "str", "one", "of", '"a",']
+    assert lines[6].split() == ["reboot", "-", "-", "-", "-"]

@@ -9,22 +9,27 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pstp.asyncio.connection import Channel, Session
-from pstp.client.remote import run_action
+from pstp.client.remote import list_actions, run_action
 from pstp.daemon.actions import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_TIMEOUT,
     ActionSpec,
     GetArgs,
     action_handler,
+    allowed_actions,
     load_actions,
     raw_args,
     resolve_callable,
 )
+from pstp.daemon.audit import AuditLog
+from pstp.daemon.policy import Policy
 from pstp.exceptions import ChannelError
 from pstp.settings import ConfigError, create, load
 from pstp.wire.messages import ChannelCode
@@ -396,3 +401,117 @@ async def test_allow_dash_lets_an_option_through_pstp_serve(tmp_path: Path) -> N
                 await run_action(s, "sort.flags", {"flags": "-r", "file": "-o/tmp/x"})
     assert (status, b"".join(out)) == (0, b"b\na\n")
     assert info.value.code == ChannelCode.REFUSED
+
+
+# -- the listing (the actions channel, docs/protocol.md §17.12) ----------------------------
+
+LISTED_TABLES = """\
+[actions."kettle.on"]
+argv = ["/bin/true", "{temp}"]
+description = "boil water"
+args = { temp = { type = "int", min = 40, max = 100, default = 100 } }
+
+[actions."lights.on"]
+argv = ["/bin/true", "{room}"]
+args = { room = { type = "str", choices = ["hall", "kitchen"] } }
+
+[actions.say]
+argv = ["/bin/echo", "{text}"]
+args.text = { type = "str", max_len = 20, pattern = "[a-z ]+" }
+args.loud = { type = "bool", default = false }
+
+[peers.phone.policy]
+actions = ["kettle.*", "say"]
+"""
+
+
+def listing_policy(tmp_path: Path, extra: str = "") -> tuple[Policy, dict[str, ActionSpec]]:
+    """The policy and actions of LISTED_TABLES (peer phone), ``extra`` added to its policy."""
+    path = config_with(tmp_path, LISTED_TABLES + extra)
+    with path.open("a") as f:
+        f.write(f'\n[peers.phone]\nkey = "{"ab" * 32}"\n')
+    settings = load(path)
+    return Policy.from_settings(settings), load_actions(settings)
+
+
+def test_allowed_actions_lists_only_what_the_policy_allows_with_schemas(tmp_path: Path) -> None:
+    """kettle.on and say are allowed (say's required text is not needed to list it);
+    lights.on is declared but not allowed, so it is not listed."""
+    policy, actions = listing_policy(tmp_path)
+    listed = allowed_actions(policy, "phone", actions, at=datetime.now().astimezone())
+    assert msgspec.to_builtins(listed) == [
+        {
+            "name": "kettle.on",
+            "description": "boil water",
+            "args": [
+                {
+                    "name": "temp",
+                    "type": "int",
+                    "required": False,
+                    "default": 100,
+                    "min": 40,
+                    "max": 100,
+                    "max_len": None,
+                    "choices": None,
+                    "pattern": None,
+                }
+            ],
+        },
+        {
+            "name": "say",
+            "description": "",
+            "args": [
+                {
+                    "name": "loud",
+                    "type": "bool",
+                    "required": False,
+                    "default": False,
+                    "min": None,
+                    "max": None,
+                    "max_len": None,
+                    "choices": None,
+                    "pattern": None,
+                },
+                {
+                    "name": "text",
+                    "type": "str",
+                    "required": True,
+                    "default": None,
+                    "min": None,
+                    "max": None,
+                    "max_len": 20,
+                    "choices": None,
+                    "pattern": "[a-z ]+",
+                },
+            ],
+        },
+    ]
+    assert allowed_actions(policy, "nobody", actions, at=datetime.now().astimezone()) == []
+
+
+def test_allowed_actions_follow_expiry_and_not_require_reason(tmp_path: Path) -> None:
+    """An expired policy lists nothing; require_reason does not hide what may run."""
+    now = datetime.now().astimezone()
+    policy, actions = listing_policy(tmp_path, "require_reason = true\n")
+    assert [a.name for a in allowed_actions(policy, "phone", actions, at=now)] == [
+        "kettle.on",
+        "say",
+    ]
+    policy, actions = listing_policy(tmp_path, "expires = 2000-01-01T00:00:00Z\n")
+    assert allowed_actions(policy, "phone", actions, at=now) == []
+
+
+async def test_pstp_serve_lists_the_allowed_actions_and_audits_it(tmp_path: Path) -> None:
+    """Over a real session: the listing names what phone may run; an audit row says so."""
+    with pstp_serve(tmp_path, LISTED_TABLES) as port:
+        async with peer_session(port) as s:
+            listed = await asyncio.wait_for(list_actions(s, reason="which?"), TIMEOUT)
+            ch = await s.open_channel("actions", {"reason": 3})
+            with pytest.raises(ChannelError) as info:
+                await asyncio.wait_for(ch.read_all(), TIMEOUT)
+    assert [a.name for a in listed] == ["kettle.on", "say"]
+    assert listed[0].description == "boil water"
+    assert info.value.code == ChannelCode.BAD_PARAMS
+    rows = AuditLog(tmp_path / "audit.sqlite").list(kind="actions")
+    assert [(r.peer, r.decision, r.reason) for r in rows] == [("phone", "ok", "which?")]
+    assert rows[0].result == {"exit_status": 0, "listed": ["kettle.on", "say"]}

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import codecs
-from collections.abc import Callable
-from typing import TextIO
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from pstp.cli.common import load_settings, run
 from pstp.cli.main import Console
 from pstp.settings import Settings
 
+if TYPE_CHECKING:
+    from pstp.protocol.kinds import ActionInfo, ArgInfo
+
 __all__ = [
+    "actions_table",
     "exec_command",
     "parse_assignments",
     "run_command",
@@ -135,8 +140,101 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _bounds(arg: ArgInfo) -> str:
+    parts = []
+    if arg.min is not None and arg.max is not None:
+        parts.append(f"{_number(arg.min)}..{_number(arg.max)}")
+    elif arg.min is not None:
+        parts.append(f">= {_number(arg.min)}")
+    elif arg.max is not None:
+        parts.append(f"<= {_number(arg.max)}")
+    if arg.choices is not None:
+        parts.append("one of " + ", ".join(json.dumps(c) for c in arg.choices))
+    if arg.pattern is not None:
+        parts.append(f"matching {json.dumps(arg.pattern)}")
+    if arg.max_len is not None:
+        parts.append(f"at most {arg.max_len} characters")
+    return "; ".join(parts) or "-"
+
+
+def _default(arg: ArgInfo) -> str:
+    if arg.required:
+        return "(required)"
+    if arg.default is None:
+        return "(optional)"
+    if isinstance(arg.default, (bool, str)):
+        return json.dumps(arg.default)
+    return _number(arg.default)
+
+
+def actions_table(actions: Sequence[ActionInfo]) -> list[str]:
+    """The lines ``pstp run PEER`` prints: one row per argument, in aligned columns."""
+    rows = [("ACTION", "ARGUMENT", "TYPE", "BOUNDS", "DEFAULT", "DESCRIPTION")]
+    for action in actions:
+        described = action.description.replace("\n", " ")
+        if not action.args:
+            rows.append((action.name, "-", "-", "-", "-", described))
+        for i, arg in enumerate(action.args):
+            rows.append(
+                (
+                    action.name if i == 0 else "",
+                    arg.name,
+                    arg.type,
+                    _bounds(arg),
+                    _default(arg),
+                    described if i == 0 else "",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return [
+        "  ".join([*(row[i].ljust(widths[i]) for i in range(5)), row[5]]).rstrip() for row in rows
+    ]
+
+
+def _list_actions(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    """``pstp run PEER`` without an action: what PEER lets us run, as a table or JSON."""
+    import msgspec
+
+    from pstp.client.api import connect_peer
+    from pstp.client.remote import list_actions
+    from pstp.exceptions import ChannelError
+    from pstp.wire.messages import ChannelCode
+
+    async def main() -> list[ActionInfo] | None:
+        async with await connect_peer(settings, args.peer, address=args.address) as session:
+            try:
+                return await list_actions(session, reason=args.reason)
+            except ChannelError as exc:
+                if exc.code != ChannelCode.UNKNOWN_KIND:
+                    raise
+                console.error(
+                    f"{args.peer} does not list its actions (its pstp is older); "
+                    f"name one: pstp run {args.peer} ACTION [ARG=VALUE ...]"
+                )
+                return None
+
+    listing = run(main())
+    if listing is None:
+        return 255  # a failure of pstp itself, never a remote status
+    if getattr(args, "json", False):
+        console.print(json.dumps(msgspec.to_builtins(listing), ensure_ascii=False))
+    elif not listing:
+        console.print(f"{args.peer} lets this device run no action")
+    else:
+        for line in actions_table(listing):
+            console.print(line)
+    return 0
+
+
 def run_command(args: argparse.Namespace, console: Console) -> int:
     """Run the configured action ACTION on PEER with NAME=VALUE arguments.
+
+    Without ACTION, list the actions PEER lets this device run, with their
+    arguments (``--json``: as JSON).
 
     :func:`pstp.client.quick.run_peer_action` chooses the driver: the blocking
     one when there is an address to try, which makes a one-shot ``pstp run``
@@ -147,6 +245,11 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     settings = load_settings(args)
     if not _known(settings, args.peer, console):
         return 2
+    if args.action is None:
+        return _list_actions(args, settings, console)
+    if "=" in args.action:
+        console.error(f"{args.action!r} is not an action name (pstp run PEER ACTION ARG=VALUE...)")
+        return 255  # a failure of pstp itself, never a remote status
     try:
         values = parse_assignments(args.assignments)
     except ValueError as exc:

@@ -26,8 +26,15 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, Session
 from pstp.client.quick import action_params, failure_note
-from pstp.exceptions import ChannelError, PstpError
-from pstp.protocol.kinds import ExecOpen, ShellOpen
+from pstp.exceptions import ChannelError, PstpError, RemoteProtocolError
+from pstp.protocol.kinds import (
+    LISTING_MAX,
+    ActionInfo,
+    ActionsOpen,
+    ExecOpen,
+    ShellOpen,
+    decode_listing,
+)
 from pstp.protocol.streams import (
     EXIT_REMOTE_FAILURE,
     MAX_FRAME,
@@ -54,6 +61,7 @@ __all__ = [
     "encode_resize",
     "encode_signal",
     "iter_fd",
+    "list_actions",
     "run_action",
     "run_exec",
     "run_shell",
@@ -257,6 +265,37 @@ async def run_action(
     """
     channel = await session.open_channel("action", action_params(name, args, reason))
     return await _drive(channel, None, stdout or _fd_output(1), stderr or _fd_output(2))
+
+
+async def list_actions(session: Session, *, reason: str | None = None) -> list[ActionInfo]:
+    """The actions the peer's policy lets us run now, with their arguments (§17.12).
+
+    Args:
+        session: an established session to the peer.
+        reason: why, for the peer's audit log.
+
+    Returns:
+        The actions, in name order (empty if none is allowed).
+
+    Raises:
+        ChannelError: the peer refused the listing, or does not serve it (code
+            UNKNOWN_KIND: a device older than the ``actions`` kind).
+        ConnectionClosed: the session ended.
+        RemoteProtocolError: the answer is not a listing.
+    """
+    channel = await session.open_channel("actions", ActionsOpen(reason=reason).to_params())
+    try:
+        await channel.write_eof()
+        data = await channel.read_all(limit=LISTING_MAX)
+        await channel.wait_closed()
+    except ValueError as exc:  # TooMuchData
+        with contextlib.suppress(PstpError):
+            await channel.close(code=ChannelCode.CANCELLED)
+        raise RemoteProtocolError(str(exc)) from None
+    try:
+        return decode_listing(data)
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc)) from None
 
 
 def _window_size(*fds: int) -> tuple[int, int]:

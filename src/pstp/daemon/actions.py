@@ -35,6 +35,10 @@ The ``action`` channel: OPEN params ``{"name": str, "reason": str | nil,
 and the channel closes with the exit status (see :mod:`pstp.daemon.exec`
 for the frames and error reasons).  Standard input is /dev/null; SIGNAL
 frames reach an argv action's process group.
+
+The ``actions`` channel (docs/protocol.md §17.12) lists the actions the peer's
+policy lets it run now, with their arguments' schemas: one MessagePack array
+(:func:`pstp.protocol.kinds.encode_listing`), then CLOSE with status 0.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.daemon.exec import (
@@ -59,12 +64,25 @@ from pstp.daemon.exec import (
     fail_channel,
     run_process,
 )
+from pstp.daemon.files import Recorder
+from pstp.daemon.policy import ActionRequest, Policy
+from pstp.daemon.policy.model import ArgSpec
 from pstp.exceptions import PstpError
-from pstp.protocol.kinds import ActionOpen, BadParams, action_args
+from pstp.protocol.kinds import (
+    LISTING_MAX,
+    ActionInfo,
+    ActionOpen,
+    ActionsOpen,
+    ArgInfo,
+    BadParams,
+    action_args,
+    encode_listing,
+)
 from pstp.settings import ConfigError, Settings
 from pstp.wire.messages import ChannelCode
 
 __all__ = [
+    "ACTIONS_CHANNEL",
     "ACTION_CHANNEL",
     "DEFAULT_MAX_OUTPUT",
     "DEFAULT_TIMEOUT",
@@ -72,6 +90,8 @@ __all__ = [
     "ActionSpec",
     "GetArgs",
     "action_handler",
+    "actions_list_handler",
+    "allowed_actions",
     "load_actions",
     "raw_args",
     "resolve_callable",
@@ -81,6 +101,10 @@ _log = logging.getLogger("pstp.daemon.actions")
 
 #: The channel kind that runs actions.
 ACTION_CHANNEL = "action"
+#: The channel kind that lists the actions a peer may run (§17.12).
+ACTIONS_CHANNEL = "actions"
+#: What a listing is refused with when its audit row cannot be written.
+_LISTING_AUDIT_DOWN = "the device cannot write its audit log, so it lists nothing now"
 #: Seconds an action may run.
 DEFAULT_TIMEOUT = 30.0
 #: Bytes of output an action may send.
@@ -386,5 +410,115 @@ def action_handler(
         return await run_process(
             channel, argv, stdin=False, timeout=spec.timeout, max_output=spec.max_output
         )
+
+    return handle
+
+
+# -- the listing ------------------------------------------------------------------
+
+
+def _arg_info(spec: ArgSpec) -> ArgInfo:
+    return ArgInfo(
+        name=spec.name,
+        type=spec.type,
+        required=spec.required,
+        default=spec.default,
+        min=spec.min,
+        max=spec.max,
+        max_len=spec.max_len if spec.type == "str" else None,
+        choices=list(spec.choices) if spec.choices is not None else None,
+        pattern=spec.pattern.pattern if spec.pattern is not None else None,
+    )
+
+
+def allowed_actions(
+    policy: Policy,
+    peer: str,
+    actions: Mapping[str, ActionSpec],
+    *,
+    at: datetime,
+    reason: str = "",
+) -> list[ActionInfo]:
+    """The declared actions ``policy`` lets ``peer`` run at ``at``, by name (§17.12).
+
+    Each action is judged as a request to run it without arguments, with
+    ``reason`` (or, when there is none, a stand-in: listing runs nothing, so
+    ``require_reason`` does not hide what could be run with one).  Arguments
+    are judged last (§17.10), so a refusal that names the action's ``args``
+    means the action itself is allowed: it is listed.  Nothing is spent.
+
+    Args:
+        policy: the current policy.
+        peer: the authenticated peer.
+        actions: the actions this device can run (their descriptions are listed).
+        at: the moment to judge (expiry, time windows).
+        reason: the listing's reason ("" for none).
+
+    Returns:
+        One :class:`ActionInfo` per allowed action, in name order, its
+        arguments in name order.
+    """
+    listed: list[ActionInfo] = []
+    for name in sorted(set(policy.actions) & set(actions)):
+        schema = policy.actions[name]
+        request = ActionRequest(name, {}, reason or "listing the actions it may run")
+        decision = policy.check(peer, request, at=at)
+        if not decision.allowed and not decision.rule.startswith(f"{schema.key}.args"):
+            continue
+        args = [_arg_info(schema.args[arg]) for arg in sorted(schema.args)]
+        listed.append(ActionInfo(name=name, description=actions[name].description, args=args))
+    return listed
+
+
+def actions_list_handler(
+    policy: Callable[[], Policy],
+    actions: Mapping[str, ActionSpec],
+    record: Recorder | None = None,
+) -> ChannelHandler:
+    """A handler for ``actions`` channels: the listing of :func:`allowed_actions`.
+
+    Args:
+        policy: returns the current policy (it may be reloaded meanwhile).
+        actions: the configured actions (the daemon's, updated on reload).
+        record: writes the audit row (``Daemon._record``: false if it could not,
+            and then nothing is listed).
+
+    Returns:
+        The handler; it returns 0 once the listing is sent.
+    """
+
+    async def handle(channel: Channel) -> int | None:
+        try:
+            opened = ActionsOpen.from_params(channel.params)
+        except BadParams as exc:
+            await fail_channel(channel, exc.reason, code=exc.code)
+            return None
+        peer = channel.connection.peer_id or "?"
+        listing = allowed_actions(
+            policy(), peer, actions, at=datetime.now().astimezone(), reason=opened.reason or ""
+        )
+        data = encode_listing(listing)
+        names = [info.name for info in listing]
+        if len(data) > LISTING_MAX:
+            await fail_channel(
+                channel,
+                f"the listing is longer than {LISTING_MAX} bytes",
+                code=ChannelCode.RESOURCE_LIMIT,
+            )
+            return None
+        if record is not None:
+            written = record(
+                ACTIONS_CHANNEL,
+                peer,
+                "ok",
+                reason=opened.reason,
+                args={"kind": ACTIONS_CHANNEL},
+                result={"exit_status": 0, "listed": names},
+            )
+            if written is False:  # what cannot be audited is not answered
+                await fail_channel(channel, _LISTING_AUDIT_DOWN, code=ChannelCode.REFUSED)
+                return None
+        await channel.write(data)
+        return 0
 
     return handle

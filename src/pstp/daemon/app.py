@@ -20,7 +20,7 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
-from pstp.daemon.actions import action_handler, load_actions
+from pstp.daemon.actions import ACTIONS_CHANNEL, action_handler, actions_list_handler, load_actions
 from pstp.daemon.audit import AuditLog, audit_path, audit_reserve
 from pstp.daemon.control import ControlServer
 from pstp.daemon.exec import exec_handler, shell_handler
@@ -352,7 +352,9 @@ class Daemon:
             return "the session was not admitted"  # defence in depth: _admit runs first
         request = _request(kind, params)
         if request is None:
-            if kind == "ping":  # not governed, but held to the peer's rate like the rest
+            # ping and the listing of actions (which judges each action itself) are
+            # not governed, but held to the peer's rate like the rest.
+            if kind in ("ping", ACTIONS_CHANNEL):
                 limited = self.policy.spend(peer, now=time.monotonic())
                 if limited is None:
                     return None
@@ -507,6 +509,7 @@ class Daemon:
         handlers: dict[str, ChannelHandler] = {
             "ping": ping_handler,
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
+            ACTIONS_CHANNEL: actions_list_handler(lambda: self.policy, self.actions, self._record),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
             "file": self._audited(

@@ -1,4 +1,4 @@
-"""The OPEN parameters of each channel kind, typed (docs/protocol.md §17.4 to §17.8).
+"""The OPEN parameters of each channel kind, typed (docs/protocol.md §17.4 to §17.8, §17.12).
 
 Each kind has one struct, one encoder (:meth:`to_params`, the ``params`` map an
 OPEN carries, §14.4) and one decoder (:meth:`from_params`, which validates and
@@ -26,7 +26,11 @@ from pstp.wire.messages import ChannelCode, Params, ParamValue
 __all__ = [
     "ARG_PREFIX",
     "KINDS",
+    "LISTING_MAX",
+    "ActionInfo",
     "ActionOpen",
+    "ActionsOpen",
+    "ArgInfo",
     "BadParams",
     "ExecOpen",
     "FileOpen",
@@ -34,6 +38,8 @@ __all__ = [
     "PingOpen",
     "ShellOpen",
     "action_args",
+    "decode_listing",
+    "encode_listing",
 ]
 
 #: Prefix of an action's argument keys in OPEN params (§17.6): ``arg.<name>``.
@@ -106,6 +112,100 @@ class ActionOpen(msgspec.Struct, frozen=True, kw_only=True):
             raise BadParams("name must be a string")
         args = action_args(params)
         return cls(name=name, reason=_reason(params), args=args)  # type: ignore[arg-type]
+
+
+class ActionsOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``actions``, the listing of the actions the peer may run (§17.12).
+
+    Attributes:
+        reason: why (audit).
+    """
+
+    KIND: ClassVar[str] = "actions"
+
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ActionsOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: ``reason`` is not a string or nil.
+        """
+        return cls(reason=_reason(params))
+
+
+#: The largest listing a device sends and a client accepts, in bytes (§17.12).
+LISTING_MAX = 1 << 20
+
+Number = int | float
+
+
+class ArgInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One argument of a listed action, as its schema declares it (§17.12).
+
+    Attributes:
+        name: the argument's name (sent as ``arg.<name>``).
+        type: ``"int"``, ``"float"``, ``"bool"`` or ``"str"``.
+        required: whether it must be given (no default).
+        default: the value when omitted, or nil.
+        min: the least number allowed (numbers), or nil.
+        max: the greatest number allowed (numbers), or nil.
+        max_len: the longest string allowed (strings), or nil.
+        choices: the strings allowed, if limited, or nil.
+        pattern: a regular expression a string must match entirely, or nil.
+    """
+
+    name: str
+    type: Literal["int", "float", "bool", "str"]
+    required: bool
+    default: str | int | float | bool | None = None
+    min: Number | None = None
+    max: Number | None = None
+    max_len: int | None = None
+    choices: list[str] | None = None
+    pattern: str | None = None
+
+
+class ActionInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One action of a listing (§17.12).
+
+    Attributes:
+        name: the declared action's name.
+        description: the owner's text for people ("" for none).
+        args: its arguments, in name order.
+    """
+
+    name: str
+    description: str = ""
+    args: list[ArgInfo] = msgspec.field(default_factory=list)
+
+
+_LISTING = msgspec.msgpack.Decoder(list[ActionInfo])
+
+
+def encode_listing(actions: list[ActionInfo]) -> bytes:
+    """The MessagePack array a device answers an ``actions`` channel with (§17.12)."""
+    return msgspec.msgpack.encode(actions)
+
+
+def decode_listing(data: bytes) -> list[ActionInfo]:
+    """Decode a listing (unknown keys of a map are ignored, §17.12).
+
+    Raises:
+        ValueError: ``data`` is not one such MessagePack array, or is longer than
+            :data:`LISTING_MAX`.
+    """
+    if len(data) > LISTING_MAX:
+        raise ValueError(f"the listing is longer than {LISTING_MAX} bytes")
+    try:
+        return _LISTING.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"malformed action listing: {exc}") from None
 
 
 class ExecOpen(msgspec.Struct, frozen=True, kw_only=True):
@@ -308,9 +408,13 @@ class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
 KINDS: dict[
     str,
     type[ActionOpen]
+    | type[ActionsOpen]
     | type[ExecOpen]
     | type[ShellOpen]
     | type[PingOpen]
     | type[FileOpen]
     | type[ForwardOpen],
-] = {cls.KIND: cls for cls in (ActionOpen, ExecOpen, ShellOpen, PingOpen, FileOpen, ForwardOpen)}
+] = {
+    cls.KIND: cls
+    for cls in (ActionOpen, ActionsOpen, ExecOpen, ShellOpen, PingOpen, FileOpen, ForwardOpen)
+}
