@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from pstp.cli.common import load_settings, run
-from pstp.cli.main import Console
+from pstp.cli.main import EXIT_REMOTE, Console
 from pstp.settings import Settings
 
 if TYPE_CHECKING:
@@ -106,10 +106,10 @@ def exec_command(args: argparse.Namespace, console: Console) -> int:
         argv = split_command(args, list(args.argv))
     except ValueError as exc:
         console.error(str(exc))
-        return 2
+        return EXIT_REMOTE  # a failure of pstp itself, never a remote status
     settings = load_settings(args)
     if not _known(settings, args.peer, console):
-        return 2
+        return EXIT_REMOTE  # a failure of pstp itself, never a remote status
 
     async def main() -> int:
         async with await connect_peer(settings, args.peer, address=args.address) as session:
@@ -244,7 +244,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
 
     settings = load_settings(args)
     if not _known(settings, args.peer, console):
-        return 2
+        return EXIT_REMOTE  # a failure of pstp itself, never a remote status
     if args.action is None:
         return _list_actions(args, settings, console)
     if "=" in args.action:
@@ -254,7 +254,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         values = parse_assignments(args.assignments)
     except ValueError as exc:
         console.error(str(exc))
-        return 2
+        return EXIT_REMOTE  # a failure of pstp itself, never a remote status
     return quick.run_peer_action(
         settings,
         args.peer,
@@ -278,7 +278,7 @@ def shell_command(args: argparse.Namespace, console: Console) -> int:
 
     settings = load_settings(args)
     if not _known(settings, args.peer, console):
-        return 2
+        return EXIT_REMOTE  # a failure of pstp itself, never a remote status
 
     async def main() -> int:
         async with await connect_peer(settings, args.peer, address=args.address) as session:
