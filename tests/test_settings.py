@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 from pstp.settings import (
     ConfigError,
     add_peer,
+    check_address,
     config_path,
     create,
+    line_of,
     load,
     parse_address,
     remove_peer,
@@ -85,7 +88,8 @@ def test_group_readable_file_with_keys_is_refused(tmp_path: Path) -> None:
             "peers.phone.address",
             5,
         ),
-        ('[nodevice]\nid = "x"\n', "device", None),
+        ('[nodevice]\nid = "x"\n', "nodevice", 1),
+        ('[audit]\npath = "x"\n', "device", None),
     ],
 )
 def test_invalid_config_names_file_line_and_key(
@@ -244,3 +248,234 @@ def test_symlinked_config_checks_the_directories_of_the_link_too(tmp_path: Path)
     with pytest.raises(ConfigError, match=f"chmod go-w {open_dir}"):
         load(link)
     load(path)
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    """A private config file holding ``body``."""
+    path = tmp_path / "pstp.toml"
+    path.write_text(body)
+    os.chmod(path, 0o600)
+    return path
+
+
+PEER = f'[peers.phone]\nkey = "{KEY.hex()}"\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "line", "hint"),
+    [
+        ('[device]\nid = "home"\nstealht = true\n', "device.stealht", 3, "stealth"),
+        ('[device]\nDeviceID = "home"\n', "device.DeviceID", 2, "id"),
+        ('[device]\ndevice_id = "home"\n', "device.device_id", 2, "id"),
+        (
+            '[device]\nid = "home"\n\n' + PEER + 'adress = "192.0.2.5:9000"\n',
+            "peers.phone.adress",
+            6,
+            "address",
+        ),
+        (
+            '[device]\nid = "home"\n\n[action."lights.on"]\nargv = ["/bin/true"]\n',
+            "action",
+            4,
+            "actions",
+        ),
+        ('[device]\nid = "home"\n[audit]\nreserve = 1\n', "audit.reserve", 4, "reserve_mib"),
+        (
+            '[device]\nid = "home"\n[actions."lights.on"]\nargv = ["/bin/true"]\ntimout = 3\n',
+            'actions."lights.on".timout',
+            5,
+            "timeout",
+        ),
+        (
+            '[device]\nid = "home"\n[actions.x]\nargv = ["/bin/true"]\n'
+            'args = { n = { tpye = "int" } }\n',
+            "actions.x.args.n.tpye",
+            5,
+            "type",
+        ),
+        (
+            '[device]\nid = "home"\n' + PEER + "[peers.phone.policy]\nshel = true\n",
+            "peers.phone.policy.shel",
+            6,
+            "shell",
+        ),
+        (
+            '[device]\nid = "home"\n' + PEER + "policy.exce = []\n",
+            "peers.phone.policy.exce",
+            5,
+            "exec",
+        ),
+        (
+            '[device]\nid = "home"\n'
+            + PEER
+            + '[[peers.phone.policy.files]]\nroot = "/srv"\nwrit = true\n',
+            "peers.phone.policy.files[0].writ",
+            7,
+            "write",
+        ),
+        ('[device]\nid = "home"\n[devise]\nx = 1\n', "devise", 3, "device"),
+        ('[device]\nid = "home"\nzzz = 1\n', "device.zzz", 3, None),
+    ],
+)
+def test_unknown_keys_anywhere_name_file_line_and_the_likely_key(
+    tmp_path: Path, body: str, key: str, line: int, hint: str | None
+) -> None:
+    """A misspelt key is an error with its file, line and a did-you-mean, in every table."""
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.line) == (key, line)
+    message = str(info.value)
+    assert message.startswith(f"{path}:{line}: {key}: unknown key")
+    assert "(allowed: " in message
+    if hint is None:
+        assert "did you mean" not in message
+    else:
+        assert f'did you mean "{hint}"?' in message
+
+
+def test_unquoted_dotted_names_get_the_quoting_fix(tmp_path: Path) -> None:
+    """[actions.lights.on] (an action "lights" holding a table "on") says how to quote it."""
+    path = write(tmp_path, '[device]\nid = "home"\n\n[actions.lights.on]\nargv = ["/bin/true"]\n')
+    with pytest.raises(ConfigError, match=r'quote dotted names, e\.g\. \[actions\."lights\.on"\]'):
+        load(path)
+
+
+def test_the_key_check_comes_before_value_checks(tmp_path: Path) -> None:
+    """DeviceID is named as the mistake, not the missing id it leaves behind."""
+    with pytest.raises(ConfigError, match='did you mean "id"'):
+        load(write(tmp_path, '[device]\nDeviceID = "home"\n'))
+    with pytest.raises(ConfigError, match="has no id") as info:
+        load(write(tmp_path, "[device]\n"))
+    assert (info.value.key, info.value.line) == ("device", 1)
+
+
+def test_every_known_key_loads(tmp_path: Path) -> None:
+    """A file using every table loads: the check refuses only what it does not know."""
+    body = (
+        '[device]\nid = "home"\nlisten = ["127.0.0.1:9000", "[::1]:9000", "localhost"]\n'
+        "discovery = false\nstealth = true\n\n"
+        '[actions."kettle.on"]\nargv = ["/bin/echo", "{t}"]\ntimeout = 5\nmax_output = 10\n'
+        'description = "d"\nargs = { t = { type = "int", min = 1, max = 9, default = 2 } }\n'
+        '[actions.cb]\ncall = "os:getpid"\n\n'
+        + PEER
+        + 'address = "phone.local:9000"\n[peers.phone.policy]\nactions = ["kettle.*"]\n'
+        'exec = [["uptime"]]\nshell = true\nrequire_reason = true\nrate = "1/s"\n'
+        "max_sessions = 1\nexpires = 2099-01-01T00:00:00Z\nforward = ['127.0.0.1:80']\n"
+        'when = [{ days = ["mon"], from = "01:00", to = "02:00" }]\n'
+        'files = [{ root = "/srv", write = true }]\n\n'
+        '[audit]\npath = "a.sqlite"\nreserve_mib = 0\n'
+    )
+    s = load(write(tmp_path, body))
+    assert s.listen == (("127.0.0.1", 9000), ("::1", 9000), ("localhost", 9000))
+    assert (s.discovery, s.stealth) == (False, True)
+
+
+# --------------------------------------------------------------------------- line_of
+
+LINES_TEXT = (
+    '[device]\nid = "home"\n\n'  # 1-3
+    '[actions."a.b"]\nargv = ["x"]\nargs = { n = { type = "int" } }\n'  # 4-6
+    'notes = """\nshell = 1\n"""\n'  # 7-9: inside a string, not a key
+    "[peers.phone]\npolicy.shell = true\n"  # 10-11
+    'policy.when = [{ days = ["mon"] }]\n'  # 12
+    '[[peers.phone.policy.files]]\nroot = "/srv"\n'  # 13-14
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        ("device", 1),
+        ("device.id", 2),
+        ("device.listen", 1),  # absent: its table's line
+        ('actions."a.b"', 4),
+        ('actions."a.b".argv', 5),
+        ('actions."a.b".args.n.type', 6),  # inside an inline table: the line of args
+        ('actions."a.b".shell', 4),  # not the line in the multi-line string
+        ("action", None),
+        ("peers.phone", 10),
+        ("peers.phone.policy", 11),  # its first dotted key
+        ("peers.phone.policy.shell", 11),
+        ("peers.phone.policy.when[0].days", 12),
+        ("peers.phone.policy.files", 13),
+        ("peers.phone.policy.files[0].root", 14),
+        ("audit", None),
+    ],
+)
+def test_line_of_finds_headers_assignments_dotted_and_quoted_keys(
+    key: str, line: int | None
+) -> None:
+    """Quoted names, dotted assignments and arrays of tables have their lines found."""
+    assert line_of(LINES_TEXT, key) == line
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        ("127.0.0.1", ("127.0.0.1", 9000)),
+        ("[::]:9100", ("::", 9100)),
+        ("localhost:1", ("localhost", 1)),
+        ("pi-4.home.arpa:65535", ("pi-4.home.arpa", 65535)),
+    ],
+)
+def test_check_address_accepts(text: str, expected: tuple[str, int]) -> None:
+    """IP addresses and host names, with or without a port, are addresses."""
+    assert check_address(text, listen=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("9000", 'use "0.0.0.0:9000" for every interface, or "127.0.0.1:9000"'),
+        (":9000", 'use "0.0.0.0:9000"'),
+        ("0.0.0.0:0", "PORT 1-65535"),
+        ("0.0.0.0:65536", "PORT 1-65535"),
+        ("host:x", 'is not "HOST:PORT"'),
+        ("::1", 'an IPv6 address goes in brackets, "[::1]:9000"'),
+        ("::1:9000", 'brackets, "[::1:9000]:9000"'),
+        ("300.1.2.3:9000", "is not an IP address"),
+        ("1.2.3:9000", "is not an IP address"),
+        ("my_host:9000", "is not an IP address or a host name"),
+        ("a..b:9000", "is not an IP address or a host name"),
+        ("-a:9000", "is not an IP address or a host name"),
+    ],
+)
+def test_check_address_refuses_with_the_fix(text: str, message: str) -> None:
+    """A bare port, a bad port or host: refused, saying what to write."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_address(text, listen=True)
+
+
+def test_a_bare_listen_port_in_the_file_names_file_line_and_fix(tmp_path: Path) -> None:
+    """A hand-edited listen = ["9000"] is refused on load (serve would fail to bind)."""
+    path = write(tmp_path, '[device]\nid = "home"\n\nlisten = ["127.0.0.1:9000", "9000"]\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert (info.value.key, info.value.line) == ("device.listen", 4)
+    assert f"{path}:4: device.listen: '9000' is a port without a host: use \"0.0.0.0:9000\"" in str(
+        info.value
+    )
+    with pytest.raises(ConfigError, match="is empty"):
+        load(write(tmp_path, '[device]\nid = "home"\nlisten = []\n'))
+
+
+def test_a_peer_address_that_is_a_bare_port_is_refused(tmp_path: Path) -> None:
+    """A peer's address needs its host too."""
+    path = write(tmp_path, '[device]\nid = "home"\n' + PEER + 'address = "9000"\n')
+    with pytest.raises(ConfigError, match=r'peers\.phone\.address: .* write "HOST:9000"'):
+        load(path)
+
+
+def test_create_refuses_a_bad_listen_address(tmp_path: Path) -> None:
+    """create() checks the address as load() would, and writes nothing."""
+    with pytest.raises(ConfigError, match=r'device\.listen: .*use "0\.0\.0\.0:9000"'):
+        create(tmp_path / "pstp.toml", "home", listen="9000")
+    assert not (tmp_path / "pstp.toml").exists()

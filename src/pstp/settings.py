@@ -20,11 +20,15 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
 import re
 import socket
 import stat
 import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +41,16 @@ __all__ = [
     "CONFIG_NAME",
     "CONTROL_NAME",
     "DEFAULT_PORT",
+    "SCHEMA",
     "ConfigError",
+    "Key",
     "PeerSettings",
     "Settings",
+    "Table",
     "add_peer",
+    "check_address",
+    "check_host",
+    "check_keys",
     "config_path",
     "control_path",
     "create",
@@ -49,8 +59,13 @@ __all__ = [
     "load",
     "parse_address",
     "peer_uid",
+    "reject_unknown_keys",
     "remove_peer",
+    "schema_table",
     "set_peer_address",
+    "split_key",
+    "suggest",
+    "toml_key",
     "write_private",
 ]
 
@@ -215,24 +230,603 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _header(parts: list[str]) -> re.Pattern[str]:
-    return re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(re.escape(p) for p in parts) + r"\s*\]")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_QUOTED_KEY_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
+_INDEX_RE = re.compile(r"\[\d+\]")
+
+
+def toml_key(name: str) -> str:
+    """``name`` as one TOML key segment: bare when it can be, quoted otherwise."""
+    return name if _BARE_KEY_RE.fullmatch(name) else json.dumps(name)
+
+
+def _read_key(text: str, start: int = 0) -> tuple[list[str], int] | None:
+    """The dotted TOML key at ``text[start:]`` (after blanks) and the index after it."""
+    parts: list[str] = []
+    i = start
+    while True:
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        m = _QUOTED_KEY_RE.match(text, i) or _BARE_KEY_RE.match(text, i)
+        if m is None:
+            return None
+        token = m[0]
+        if token[0] == '"':
+            try:
+                token = json.loads(token)
+            except ValueError:
+                return None
+        elif token[0] == "'":
+            token = token[1:-1]
+        parts.append(token)
+        i = m.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == ".":
+            i += 1
+            continue
+        return parts, i
+
+
+def split_key(key: str) -> list[str]:
+    """A dotted key as written in messages (``actions."a.b".args``) split into its names.
+
+    Array indexes (``when[0]``) are dropped: a line is found for the array.
+    """
+    found = _read_key(_INDEX_RE.sub("", key))
+    return found[0] if found else key.split(".")
+
+
+def _exact_line_of(lines: list[str], parts: list[str]) -> int | None:
+    table: list[str] = []
+    in_string = False
+    for n, line in enumerate(lines, 1):
+        inside = in_string  # this line continues a multi-line string
+        if line.count('"""') % 2 or line.count("'''") % 2:
+            in_string = not in_string
+        if inside:
+            continue
+        stripped = line.lstrip()
+        if stripped.startswith("["):
+            found = _read_key(stripped, 2 if stripped.startswith("[[") else 1)
+            if found is None:
+                continue
+            table = found[0]
+            if table[: len(parts)] == parts:  # its own header, or the first below it
+                return n
+            continue
+        found = _read_key(line)
+        if found is None or not line[found[1] :].startswith("="):
+            continue
+        full = table + found[0]
+        if full[: len(parts)] == parts:  # its assignment, or a dotted key below it
+            return n
+    return None
 
 
 def line_of(text: str, key: str) -> int | None:
-    """Best-effort line of a dotted key: its own table header, or its assignment."""
-    parts = key.split(".")
-    own, parent = _header(parts), _header(parts[:-1]) if len(parts) > 1 else None
-    assign = re.compile(r"^\s*" + re.escape(parts[-1]) + r"\s*=")
-    in_parent = parent is None
-    for n, line in enumerate(text.splitlines(), 1):
-        if own.match(line):
-            return n
-        if line.lstrip().startswith("["):
-            in_parent = parent is not None and bool(parent.match(line))
-        elif in_parent and assign.match(line):
-            return n
+    """Best-effort 1-based line of a dotted key, else of its nearest enclosing key.
+
+    The key's own table header (``[peers.phone]``, or the first header of a table
+    under it such as ``[action."lights.on"]`` for ``action``) or its assignment
+    (also as a dotted key, ``policy.shell = true``).  A key inside an inline
+    table or an array (``peers.phone.policy.when[0].days``) gives the line of
+    the nearest key that has one of its own (``when = ...``).  None: not found.
+    """
+    lines = text.splitlines()
+    parts = split_key(key)
+    while parts:
+        line = _exact_line_of(lines, parts)
+        if line is not None:
+            return line
+        parts.pop()
     return None
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class Key(msgspec.Struct, frozen=True):
+    """One configuration key, as the checks allow it and docs/configuration.md shows it.
+
+    Attributes:
+        name: the key.
+        type: its TOML type, in words.
+        default: the default cell of the documentation: a TOML value in
+            backticks (what the code uses when the key is absent), or words
+            (``required``, ``none`` ...).
+        help: what it means.
+        holds: the schema table its value follows, if it is a table, or a
+            table of tables, or an array of tables (see ``shape``).
+        shape: ``"table"``: the value is one such table; ``"map"``: a table
+            whose every value is one (``[peers.NAME]``); ``"array"``: an
+            array of them.
+    """
+
+    name: str
+    type: str
+    default: str
+    help: str
+    holds: str | None = None
+    shape: str = "table"
+
+
+class Table(msgspec.Struct, frozen=True):
+    """A table of the configuration and the keys it may hold.
+
+    Attributes:
+        name: its pattern (``peers.NAME.policy``; ``""`` is the top level).
+        heading: how docs/configuration.md titles it.
+        keys: the keys it may hold, in documentation order.
+    """
+
+    name: str
+    heading: str
+    keys: tuple[Key, ...]
+
+    def names(self) -> tuple[str, ...]:
+        """The names of its keys."""
+        return tuple(k.name for k in self.keys)
+
+
+def _default_listen() -> str:
+    return f'`["0.0.0.0:{DEFAULT_PORT}"]`'
+
+
+#: Every table of the configuration and every key it may hold: the single source
+#: for the unknown-key check (:func:`check_keys`), the policy loader's key lists and
+#: docs/configuration.md (tests/test_configuration_doc.py compares them both ways).
+SCHEMA: tuple[Table, ...] = (
+    Table(
+        "",
+        "Top level",
+        (
+            Key("device", "table", "required", "This device: see `[device]`.", "device"),
+            Key(
+                "peers",
+                "table of tables",
+                "none",
+                "The devices this one trusts, one `[peers.NAME]` table each.",
+                "peers.NAME",
+                "map",
+            ),
+            Key(
+                "actions",
+                "table of tables",
+                "none",
+                'The actions this device offers, one `[actions."NAME"]` table each.',
+                'actions."NAME"',
+                "map",
+            ),
+            Key("audit", "table", "none", "Where the audit log lives: see `[audit]`.", "audit"),
+        ),
+    ),
+    Table(
+        "device",
+        "`[device]`",
+        (
+            Key(
+                "id",
+                "string",
+                "required",
+                "This device's id: 1-64 letters, digits, `.`, `_` or `-`, starting with a "
+                "letter or digit. Peers know it by this name.",
+            ),
+            Key(
+                "listen",
+                "array of strings",
+                _default_listen(),
+                '`"HOST:PORT"` addresses to serve on: TCP for sessions, UDP on the same port '
+                "for discovery. HOST is an IP address (`0.0.0.0` every IPv4 interface, "
+                '`"[::]:9000"` every IPv6 one) or a host name; a bare port is refused. '
+                f"PORT defaults to {DEFAULT_PORT}.",
+            ),
+            Key("discovery", "boolean", "`true`", "Answer discovery PINGs on the LAN."),
+            Key(
+                "stealth",
+                "boolean",
+                "`false`",
+                "Answer only discovery PINGs that prove a pair key: the device stays silent "
+                "to everyone else.",
+            ),
+        ),
+    ),
+    Table(
+        "peers.NAME",
+        "`[peers.NAME]`",
+        (
+            Key(
+                "key",
+                "string",
+                "required",
+                "The 32-byte pair key as 64 hex digits (written by `pstp pair` or "
+                "`pstp device add`; never printed).",
+            ),
+            Key(
+                "address",
+                "string",
+                "none",
+                '`"HOST:PORT"` that last worked for this peer, tried first (written by the '
+                f"client; PORT defaults to {DEFAULT_PORT}).",
+            ),
+            Key(
+                "policy",
+                "table",
+                "none (the peer may do nothing, not even open a session)",
+                "What the peer may do on this device: see `[peers.NAME.policy]`. "
+                "Pairing writes an empty one (sessions and `ping` only).",
+                "peers.NAME.policy",
+            ),
+        ),
+    ),
+    Table(
+        "peers.NAME.policy",
+        "`[peers.NAME.policy]`",
+        (
+            Key(
+                "actions",
+                "array of strings",
+                "`[]`",
+                'Action names or fnmatch globs (`"lights.*"`) the peer may run; a name '
+                "without a glob must name a declared action.",
+            ),
+            Key(
+                "exec",
+                "array of arrays of strings",
+                "`[]`",
+                'The argv allow-list for `pstp exec`: `[["uptime"], ["systemctl", "status", '
+                '"*"]]`, matched word by word (`"**"` last matches any rest).',
+            ),
+            Key("shell", "boolean", "`false`", "Allow an interactive shell (`pstp shell`)."),
+            Key(
+                "when",
+                "array of tables",
+                "none (any time)",
+                "Time windows, any of which must hold: see `[[peers.NAME.policy.when]]`. "
+                "An empty list is an error.",
+                "peers.NAME.policy.when",
+                "array",
+            ),
+            Key(
+                "expires",
+                "datetime",
+                "none (never)",
+                "From this instant on everything is denied: a TOML datetime, a date (local "
+                "midnight) or an ISO 8601 string.",
+            ),
+            Key(
+                "require_reason",
+                "boolean",
+                "`false`",
+                "Every request but opening a session must carry a reason (`--reason`).",
+            ),
+            Key(
+                "rate",
+                "string",
+                "none (no limit)",
+                '`"N/sec"`, `"N/min"` or `"N/hour"`: a token bucket every request spends '
+                "from, allowed or refused.",
+            ),
+            Key(
+                "max_sessions",
+                "integer",
+                "none (no limit)",
+                "Concurrent sessions of this peer (0 or more).",
+            ),
+            Key(
+                "files",
+                "array of tables",
+                "`[]`",
+                "The directories `pstp put` and `pstp get` may reach: see "
+                "`[[peers.NAME.policy.files]]`.",
+                "peers.NAME.policy.files",
+                "array",
+            ),
+            Key(
+                "forward",
+                "array of strings",
+                "`[]`",
+                '`"HOST:PORT"` targets the peer may forward to (`"[v6]:port"` for IPv6).',
+            ),
+        ),
+    ),
+    Table(
+        "peers.NAME.policy.when",
+        "`[[peers.NAME.policy.when]]`",
+        (
+            Key(
+                "days",
+                "array of strings",
+                "all seven",
+                "The days a window starts on: `mon` ... `sun`.",
+            ),
+            Key("from", "string or local time", '`"00:00"`', 'Start, `"HH:MM"`, inclusive.'),
+            Key(
+                "to",
+                "string or local time",
+                '`"23:59"`',
+                'End, `"HH:MM"`, inclusive to the end of that minute; before `from` means '
+                "overnight.",
+            ),
+        ),
+    ),
+    Table(
+        "peers.NAME.policy.files",
+        "`[[peers.NAME.policy.files]]`",
+        (
+            Key("root", "string", "required", "An absolute directory, without `..`."),
+            Key("write", "boolean", "`false`", "The peer may also write under it."),
+        ),
+    ),
+    Table(
+        'actions."NAME"',
+        '`[actions."NAME"]`',
+        (
+            Key(
+                "argv",
+                "array of strings",
+                "none (one of `argv` and `call` is required)",
+                "The command, run without a shell; `{name}` placeholders take declared arguments.",
+            ),
+            Key(
+                "call",
+                "string",
+                "none",
+                '`"package.module:function"` to call in the daemon instead of a command.',
+            ),
+            Key(
+                "timeout",
+                "number",
+                "`30`",
+                "Seconds the action may run; then it is killed (exit status 124).",
+            ),
+            Key(
+                "max_output",
+                "integer",
+                "`1048576`",
+                "Bytes of output sent at most; the rest is cut and noted.",
+            ),
+            Key(
+                "args",
+                "table of tables",
+                "`{}`",
+                'The arguments the action takes: see `[actions."NAME".args.ARG]`. '
+                "Undeclared arguments are refused.",
+                'actions."NAME".args.ARG',
+                "map",
+            ),
+            Key("description", "string", '`""`', "Free text for people."),
+        ),
+    ),
+    Table(
+        'actions."NAME".args.ARG',
+        '`[actions."NAME".args.ARG]`',
+        (
+            Key("type", "string", "required", '`"int"`, `"float"`, `"bool"` or `"str"`.'),
+            Key(
+                "default",
+                "that type",
+                "none (the argument is required)",
+                "The value when the request gives none; with it the argument is optional.",
+            ),
+            Key("min", "number", "none", "Lowest value (`int` and `float` only)."),
+            Key("max", "number", "none", "Highest value (`int` and `float` only)."),
+            Key("max_len", "integer", "`1024`", "Longest value in characters (`str` only)."),
+            Key(
+                "pattern",
+                "string",
+                "none",
+                "A regular expression the whole value must match (`str` only).",
+            ),
+            Key("choices", "array of strings", "none", "The values allowed (`str` only)."),
+            Key(
+                "allow_dash",
+                "boolean",
+                "`false`",
+                "Let a value that begins an argv element start with `-` (`str` only); "
+                "otherwise it is refused, as a program would read it as an option.",
+            ),
+        ),
+    ),
+    Table(
+        "audit",
+        "`[audit]`",
+        (
+            Key(
+                "path",
+                "string",
+                "`audit.sqlite` beside the configuration",
+                "The audit log's file (`~` expanded; relative to the configuration's directory).",
+            ),
+            Key(
+                "reserve_mib",
+                "integer",
+                "`64`",
+                "MiB of free space kept for the audit log: a put that would leave less is "
+                "refused (0 turns it off).",
+            ),
+        ),
+    ),
+)
+
+_TABLES = {t.name: t for t in SCHEMA}
+
+
+def schema_table(name: str) -> Table:
+    """The schema of one table, by its pattern (``"peers.NAME.policy"``).
+
+    Raises:
+        KeyError: no such table.
+    """
+    return _TABLES[name]
+
+
+def suggest(name: str, allowed: Sequence[str], table: str = "") -> str | None:
+    """The allowed key a misspelled ``name`` most likely meant, if any.
+
+    ``difflib`` closeness, ignoring case; failing that, ``name`` without the
+    table's own name in front (``DeviceID`` or ``device_id`` in ``[device]``
+    means ``id``).
+    """
+    lowered = {a.lower(): a for a in allowed}
+    candidates = [name.lower()]
+    if table:
+        own = table.lower()
+        rest = name.lower().removeprefix(own).lstrip("_-.")
+        if rest and rest != name.lower():
+            candidates.append(rest)
+    for candidate in candidates:
+        close = difflib.get_close_matches(candidate, list(lowered), n=1)
+        if close:
+            return lowered[close[0]]
+    return None
+
+
+def reject_unknown_keys(
+    path: Path, text: str, key: str, table: Mapping[str, Any], allowed: Sequence[str]
+) -> None:
+    """Raise a ConfigError for the first key of ``table`` not in ``allowed``.
+
+    Args:
+        path: the file, for the message.
+        text: its text, for the line.
+        key: the dotted key of ``table`` (``""`` for the document).
+        table: the parsed table.
+        allowed: the keys it may hold.
+
+    Raises:
+        ConfigError: naming the file, the line, the key, a did-you-mean and
+            the allowed keys.
+    """
+    for name in table:
+        if name in allowed:
+            continue
+        own = split_key(key)[-1] if key else ""
+        close = suggest(name, allowed, own)
+        hint = f'; did you mean "{close}"?' if close else ""
+        full = f"{key}.{toml_key(name)}" if key else toml_key(name)
+        raise ConfigError(
+            path,
+            f"unknown key{hint} (allowed: {', '.join(allowed)})",
+            key=full,
+            line=line_of(text, full) if text else None,
+        )
+
+
+def check_keys(data: Mapping[str, Any], path: Path, text: str = "") -> None:
+    """Refuse every key of the document that :data:`SCHEMA` does not know.
+
+    Only names are checked here; values are checked by :func:`load`, the policy
+    loader, the action runner and the audit log.  A value of the wrong type is
+    left to them.
+
+    Raises:
+        ConfigError: an unknown key, with file, line and did-you-mean.
+    """
+    _check_table(data, "", "", path, text)
+
+
+def _check_table(table: Mapping[str, Any], schema: str, key: str, path: Path, text: str) -> None:
+    spec = _TABLES[schema]
+    allowed = spec.names()
+    if (
+        schema in _NAMED
+        and table
+        and not set(table) & set(allowed)
+        and all(isinstance(v, Mapping) for v in table.values())
+    ):
+        # [actions.kettle.on] is the table "on" inside the action "kettle".
+        *parents, own = split_key(key)
+        first = next(iter(table))
+        quoted = ".".join(toml_key(p) for p in parents) + "." + json.dumps(f"{own}.{first}")
+        raise ConfigError(
+            path,
+            f"holds only tables: quote dotted names, e.g. [{quoted}]",
+            key=f"{key}.{toml_key(first)}",
+            line=line_of(text, f"{key}.{toml_key(first)}") if text else None,
+        )
+    reject_unknown_keys(path, text, key, table, allowed)
+    for k in spec.keys:
+        value = table.get(k.name)
+        if k.holds is None or value is None:
+            continue
+        sub = f"{key}.{toml_key(k.name)}" if key else toml_key(k.name)
+        if k.shape == "table" and isinstance(value, Mapping):
+            _check_table(value, k.holds, sub, path, text)
+        elif k.shape == "map" and isinstance(value, Mapping):
+            for name, item in value.items():
+                if isinstance(item, Mapping):
+                    _check_table(item, k.holds, f"{sub}.{toml_key(name)}", path, text)
+        elif k.shape == "array" and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    _check_table(item, k.holds, f"{sub}[{i}]", path, text)
+
+
+# Tables that are one of many named ones: a dotted name written unquoted lands here.
+_NAMED = frozenset(
+    k.holds for t in SCHEMA for k in t.keys if k.shape == "map" and k.holds is not None
+)
+
+
+# --------------------------------------------------------------------------- addresses
+
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a well-formed host name.
+
+    Raises:
+        ValueError: anything else (``300.1.2.3``, ``my_host``, ``a..b``).
+    """
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", host):
+        raise ValueError(f"{host!r} is not an IP address")
+    name = host[:-1] if host.endswith(".") else host
+    if (
+        ":" in host
+        or len(name) > 253
+        or not all(_HOST_LABEL_RE.fullmatch(p) for p in name.split("."))
+    ):
+        raise ValueError(f"{host!r} is not an IP address or a host name")
+    return host
+
+
+def check_address(text: str, *, listen: bool = False) -> tuple[str, int]:
+    """``HOST[:PORT]`` checked as an address to serve on (``listen``) or to reach.
+
+    HOST must be an IP address (``[v6]`` in brackets) or a host name and PORT
+    1-65535 (default :data:`DEFAULT_PORT`).  A bare port (``9000``, ``:9000``)
+    is refused with the address to write instead.
+
+    Raises:
+        ValueError: the reason, fit for a message.
+    """
+    bare = re.fullmatch(r"\s*:?\s*(\d+)\s*", text)
+    if bare:
+        port = bare[1]
+        if listen:
+            raise ValueError(
+                f'{text!r} is a port without a host: use "0.0.0.0:{port}" for every '
+                f'interface, or "127.0.0.1:{port}" for this machine only'
+            )
+        raise ValueError(f'{text!r} is a port without a host: write "HOST:{port}"')
+    try:
+        host, port_number = parse_address(text)
+    except ValueError:
+        raise ValueError(
+            f'{text!r} is not "HOST:PORT" (PORT 1-65535; an IPv6 address in brackets, '
+            f'"[::1]:{DEFAULT_PORT}")'
+        ) from None
+    if ":" in host and not text.strip().startswith("["):
+        raise ValueError(f'{text!r}: an IPv6 address goes in brackets, "[{host}]:{DEFAULT_PORT}"')
+    check_host(host)
+    return host, port_number
 
 
 def _check_private(path: Path) -> None:
@@ -345,17 +939,24 @@ def load(path: Path | str) -> Settings:
     def err(key: str, message: str) -> ConfigError:
         return ConfigError(path, message, key=key, line=line_of(text, key))
 
+    check_keys(data, path, text)
     device = data.get("device")
     if not isinstance(device, dict):
         raise err("device", "missing [device] table (with at least id = ...)")
+    if "id" not in device:
+        raise err("device", 'has no id: add id = "NAME" (1-64 letters, digits, ".", "_", "-")')
     device_id = _device_id(device.get("id"), path, "device.id", text)
     listen_raw = device.get("listen", [f"0.0.0.0:{DEFAULT_PORT}"])
     if not isinstance(listen_raw, list) or not all(isinstance(x, str) for x in listen_raw):
         raise err("device.listen", 'must be a list of "host:port" strings')
+    if not listen_raw:
+        raise err(
+            "device.listen", f'is empty: list at least one address, e.g. ["0.0.0.0:{DEFAULT_PORT}"]'
+        )
     listen = []
     for item in listen_raw:
         try:
-            listen.append(parse_address(item))
+            listen.append(check_address(item, listen=True))
         except ValueError as exc:
             raise err("device.listen", str(exc)) from exc
     flags = {}
@@ -387,7 +988,7 @@ def load(path: Path | str) -> Settings:
             if not isinstance(address, str):
                 raise err(f"{key}.address", 'must be a "host:port" string')
             try:
-                parse_address(address)
+                check_address(address)
             except ValueError as exc:
                 raise err(f"{key}.address", str(exc)) from exc
         peers[name] = PeerSettings(name, pair_key, address, dict(table))
@@ -416,13 +1017,16 @@ def create(path: Path | str, device_id: str, *, listen: str = f"0.0.0.0:{DEFAULT
     """Write a fresh configuration for this node (mode 0600).
 
     Raises:
-        ConfigError: the file exists, or the device id is invalid.
+        ConfigError: the file exists, or the device id or listen address is invalid.
     """
     path = Path(path)
     if path.exists():
         raise ConfigError(path, "already exists; not overwriting it")
     _device_id(device_id, path, "device.id", "")
-    parse_address(listen)
+    try:
+        check_address(listen, listen=True)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc), key="device.listen") from None
     text = (
         "# PSTP configuration (see `pstp --help`). Keep this file private:\n"
         "# it holds the pair keys of the devices you trust.\n\n"

@@ -99,7 +99,7 @@ def test_load_actions_reads_argv_and_call_tables(tmp_path: Path) -> None:
         ('argv = ["a"]\nmax_output = -1', "actions.x"),
         ('argv = ["a"]\nargs = 3', "actions.x.args"),
         ('argv = ["a"]\ndescription = 3', "actions.x.description"),
-        ('argv = ["a"]\nshell = true', "actions.x"),
+        ('argv = ["a"]\nshell = true', "actions.x.shell"),
     ],
 )
 def test_invalid_action_tables_are_refused_naming_the_key(

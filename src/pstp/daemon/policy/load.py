@@ -7,7 +7,6 @@ described in :mod:`pstp.daemon.policy`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import string
@@ -31,7 +30,7 @@ from pstp.daemon.policy.model import (
     show_value,
     toml_key,
 )
-from pstp.settings import ConfigError, line_of
+from pstp.settings import ConfigError, line_of, reject_unknown_keys, schema_table
 
 __all__ = [
     "read_policy",
@@ -52,18 +51,10 @@ _PERIODS = {
     "h": 3600.0,
     "hour": 3600.0,
 }
-_POLICY_KEYS = (
-    "actions",
-    "exec",
-    "shell",
-    "when",
-    "expires",
-    "require_reason",
-    "rate",
-    "max_sessions",
-    "files",
-    "forward",
-)
+_POLICY_KEYS = schema_table("peers.NAME.policy").names()
+_WHEN_KEYS = schema_table("peers.NAME.policy.when").names()
+_FILES_KEYS = schema_table("peers.NAME.policy.files").names()
+# Each type's keys; their union is schema_table('actions."NAME".args.ARG').names().
 _ARG_KEYS: dict[str, tuple[str, ...]] = {
     "int": ("type", "default", "min", "max"),
     "float": ("type", "default", "min", "max"),
@@ -87,26 +78,10 @@ class _Loader:
 
     def line(self, key: str) -> int | None:
         """The line of ``key`` or, failing that, of its nearest parent."""
-        if not self.text:
-            return None
-        parts = re.sub(r"\[\d+\]", "", key).split(".")
-        while parts:
-            line = line_of(self.text, ".".join(parts))
-            if line is not None:
-                return line
-            parts.pop()
-        return None
+        return line_of(self.text, key) if self.text else None
 
     def keys(self, key: str, table: Mapping[str, Any], allowed: Iterable[str]) -> None:
-        allowed = tuple(allowed)
-        for name in table:
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f'; did you mean "{close[0]}"?' if close else ""
-                raise self.error(
-                    f"{key}.{toml_key(name)}",
-                    f"unknown key{hint} (allowed: {', '.join(allowed)})",
-                )
+        reject_unknown_keys(self.path, self.text, key, table, tuple(allowed))
 
     def boolean(self, key: str, value: object) -> bool:
         if not isinstance(value, bool):
@@ -347,7 +322,7 @@ class _Loader:
             item_key = f"{key}[{i}]"
             if not isinstance(item, Mapping):
                 raise self.error(item_key, 'must be a table like { from = "07:00", to = "22:00" }')
-            self.keys(item_key, item, ("days", "from", "to"))
+            self.keys(item_key, item, _WHEN_KEYS)
             days = frozenset(range(7))
             if "days" in item:
                 names = item["days"]
@@ -404,7 +379,7 @@ class _Loader:
             item_key = f"{key}[{i}]"
             if not isinstance(item, Mapping):
                 raise self.error(item_key, 'must be a table like { root = "/srv/share" }')
-            self.keys(item_key, item, ("root", "write"))
+            self.keys(item_key, item, _FILES_KEYS)
             root = item.get("root")
             if not isinstance(root, str) or "\x00" in root or not PurePath(root).is_absolute():
                 raise self.error(f"{item_key}.root", "must be an absolute path")
