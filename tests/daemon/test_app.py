@@ -251,6 +251,29 @@ def test_failed_authentication_is_audited(daemon: tuple[int, Path]) -> None:
     assert len(rows) > before and rows[-1].decision == "fail"
 
 
+def test_a_connection_that_sends_nothing_is_not_a_failed_authentication(
+    daemon: tuple[int, Path],
+) -> None:
+    """A port check (connect, close without a byte) leaves no 'auth fail' row; one
+    garbage byte is an attempt and does."""
+    import socket
+    import time
+
+    port, audit = daemon
+    before = len(AuditLog(audit).list(kind="auth"))
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"\xff" * 64)
+        sock.settimeout(TIMEOUT)
+        assert sock.recv(1) == b""  # the device hangs up on garbage
+    deadline = time.monotonic() + TIMEOUT
+    while len(AuditLog(audit).list(kind="auth")) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = AuditLog(audit).list(kind="auth")[before:]
+    assert [r.decision for r in rows] == ["fail"], rows  # the garbage, not the 3 checks
+
+
 def test_two_hundred_concurrent_clients(daemon: tuple[int, Path]) -> None:
     """200 clients at once, each running an action: no errors, one audit row per call."""
     port, audit = daemon

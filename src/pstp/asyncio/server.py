@@ -181,6 +181,9 @@ class _ServerProtocol(SessionProtocol):
         self._pending = pending
         #: The server aborted it to make room (a cap on unauthenticated connections).
         self.shed = False
+        #: Whether the peer sent anything: a connection closed in silence (a port
+        #: check, a scanner, ``nc -z``) attempted no handshake and failed none.
+        self.heard = False
         self._abort: Callable[[], None] = lambda: None
         self.handshake.add_done_callback(lambda _: pending.discard(self))
 
@@ -194,6 +197,14 @@ class _ServerProtocol(SessionProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._pending.discard(self)
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        super().data_received(data)
+
+    def message_received(self, message: bytes) -> None:
+        self.heard = True
+        super().message_received(message)
 
     def abort(self) -> None:
         """Drop the connection at once, without a word (the peer proved nothing)."""
@@ -328,6 +339,8 @@ async def serve(
             callable run when the session ends (for counting and cleanup).
         on_handshake_failed: called with the connection and the peer's address
             when a handshake fails (for the audit log); the peer learns nothing.
+            A connection closed before it sent a byte attempted no handshake
+            and is not reported.
         admit: decides each session the moment its handshake completes, before
             any of its channels; a returned reason closes it with REFUSED.
         session_data: someone reads session-level DATA (``Session.recv``).  A
@@ -366,7 +379,8 @@ async def serve(
         if result.exception() is not None:
             # A shed connection proved nothing and failed nothing: it is counted
             # (Server.shed), not reported as a failed handshake.
-            if on_handshake_failed is not None and not proto.shed:
+            # A peer that sent nothing attempted nothing (a port check): not reported.
+            if on_handshake_failed is not None and not proto.shed and proto.heard:
                 on_handshake_failed(proto.conn, proto.peer_address)
             return
         task = loop.create_task(run(proto))
