@@ -39,8 +39,13 @@ def test_attempts_note_failures_and_remember_a_new_address(tmp_path: Path) -> No
     """A failure is noted for the message; an address that worked and is new is stored."""
     path = settings_with(tmp_path, None)
     attempts = Attempts(load(path), "home", "127.0.0.1:7001", None)
-    attempts.failed("10.0.0.3", ConnectionRefusedError(111, "Connection refused"))
-    assert attempts.tried == ["10.0.0.3 (Connection refused)"]
+    attempts.failed("10.0.0.3", ConnectionRefusedError(111, "Connect call failed ('10.0.0.3', 1)"))
+    attempts.failed("10.0.0.4", TimeoutError())
+    # The cause in words, from the errno: not asyncio's text, which repeats the address.
+    assert attempts.tried == [
+        "10.0.0.3 (given): connection refused",
+        "10.0.0.4 (given): no answer (timed out)",
+    ]
     attempts.worked("127.0.0.1:7001")
     assert load(path).peers["home"].address == "127.0.0.1:7001"
 
