@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +17,13 @@ from pstp.client.ppcp import PpcpSession, client_connect, server_accept
 from pstp.exceptions import ConnectionClosed, HandshakeFailed, RemoteProtocolError
 from pstp.protocol.handshake import PairKey
 from pstp.sync.connection import SyncChannel
-from tests.helpers import ROOT, TIMEOUT
+from tests import netns_host
+from tests.helpers import TIMEOUT
 
 KEY = PairKey(bytes(range(100, 132)))
 SHORT = TIMEOUT / 50
+#: Where the in-process discovery tests send their PINGs (nothing leaves the machine).
+LOOPBACK = ["127.0.0.1"]
 
 Pair = tuple[PpcpSession, PpcpSession]
 
@@ -213,7 +215,8 @@ def test_find_server_finds_create_tcp_server_and_binds_the_handshake() -> None:
     port = int(listener.getsockname()[1])
     try:
         with ThreadPoolExecutor(1) as pool:
-            sock = ppcp.find_server(port=port, timeout=TIMEOUT)
+            sock = ppcp.find_server(port=port, timeout=TIMEOUT, addresses=LOOPBACK)
+            assert sock.getpeername() == ("127.0.0.1", port)
             assert sock in ppcp._found  # remembered for client_connect
             server = pool.submit(lambda: server_accept(listener.accept()[0], KEY))
             with client_connect(sock, KEY) as client, server.result(TIMEOUT) as served:
@@ -232,7 +235,7 @@ def test_a_server_without_the_discovery_exchange_refuses_a_bound_client() -> Non
     listener = ppcp.create_tcp_server("127.0.0.1", 0)
     port = int(listener.getsockname()[1])
     try:
-        sock = ppcp.find_server(port=port, timeout=TIMEOUT)
+        sock = ppcp.find_server(port=port, timeout=TIMEOUT, addresses=LOOPBACK)
         responder = ppcp._responders.pop(port)  # the server forgets its discovery exchanges
         try:
             with ThreadPoolExecutor(1) as pool:
@@ -288,56 +291,69 @@ def adapt(readme: str, port: int, *, pair_key: bool) -> str:
     return code
 
 
+@netns_host.needs_netns
 @pytest.mark.parametrize("pair_key", [False, True], ids=["super-secret-key", "pair-key"])
 def test_ppcp_quick_start_runs_in_two_processes(tmp_path: Path, pair_key: bool) -> None:
-    """The PPCP README's server.py and client.py, as two processes, find and talk to each other."""
-    discovery = pytest.importorskip("pstp.sync.discovery")
-    port = free_port()
+    """The PPCP README's server.py and client.py, as two processes, find and talk to each other.
+
+    They run in a namespace of their own (tests/netns_host.py), so the README's
+    code runs as written, port 9000 and ``find_server``'s default broadcast
+    included, and no PING leaves the machine.
+    """
+    pytest.importorskip("pstp.sync.discovery")
     server_py = tmp_path / "server.py"
     client_py = tmp_path / "client.py"
     server_py.write_text(
-        adapt(SERVER_README, port, pair_key=pair_key) + "    session.send(session.recv())\n"
+        adapt(SERVER_README, 9000, pair_key=pair_key) + "    session.send(session.recv())\n"
     )
     client_py.write_text(
-        adapt(CLIENT_README, port, pair_key=pair_key)
+        adapt(CLIENT_README, 9000, pair_key=pair_key)
         + 'session.send(b"kettle.on")\nprint(session.recv())\n'
     )
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(ROOT / "src"),
-        PSTP_DEMO_KEY_HEX=KEY.hex(),
-        PYTHONUNBUFFERED="1",
-    )
-    server = subprocess.Popen(
-        [sys.executable, str(server_py)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # Ready once its discovery responder answers (it starts after the listener).
-        deadline = time.monotonic() + TIMEOUT * 2
-        while True:
-            assert server.poll() is None, server.communicate()[1]
-            try:
-                discovery.find_first(port=port, timeout=SHORT * 2)
-                break
-            except TimeoutError:
-                assert time.monotonic() < deadline, "the server never answered discovery"
-        client = subprocess.run(
-            [sys.executable, str(client_py)],
+    env = netns_host.env(PSTP_DEMO_KEY_HEX=KEY.hex(), PYTHONUNBUFFERED="1")
+    with netns_host.lone_host("ppcp") as ns:
+        server = subprocess.Popen(
+            netns_host.in_ns(ns, sys.executable, str(server_py)),
             cwd=tmp_path,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=TIMEOUT * 4,
-            check=False,
         )
-        assert client.returncode == 0, client.stderr
-        assert client.stdout == "b'kettle.on'\n"
-    finally:
-        server.terminate()
-        out, err = server.communicate(timeout=TIMEOUT)
+        try:
+            # Ready once its discovery responder answers (it starts after the listener).
+            ready = subprocess.run(
+                netns_host.in_ns(
+                    ns,
+                    sys.executable,
+                    "-m",
+                    "tests.discovery.netns_peers",
+                    "find",
+                    "--port",
+                    "9000",
+                    "--seconds",
+                    str(TIMEOUT * 2),
+                ),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT * 4,
+                check=False,
+            )
+            assert server.poll() is None, server.communicate()[1]
+            assert ready.returncode == 0, f"the server never answered discovery: {ready.stderr}"
+            client = subprocess.run(
+                netns_host.in_ns(ns, sys.executable, str(client_py)),
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT * 4,
+                check=False,
+            )
+            assert client.returncode == 0, client.stderr
+            assert client.stdout == "b'kettle.on'\n"
+        finally:
+            server.terminate()
+            out, err = server.communicate(timeout=TIMEOUT)
     assert f"Connected to {ppcp._device_id()}!" in out, err

@@ -4,6 +4,7 @@
     python -m tests.discovery.netns_peers spoof --mode forged-pong --server IP --capture DIR
     python -m tests.discovery.netns_peers flood --target IP --broadcast IP --seconds S
     python -m tests.discovery.netns_peers advertise --id ID --port P
+    python -m tests.discovery.netns_peers find --port P [--respond ID] [--seconds S]
 
 Every loop here is bounded in count and time and ends by itself; all traffic
 stays inside the test's own namespaces.
@@ -179,6 +180,43 @@ def advertise(args: argparse.Namespace) -> int:
     return 0
 
 
+def find(args: argparse.Namespace) -> int:
+    """Find a device with the sync driver's default targets; print JSON (exit 1 if none).
+
+    With ``--respond ID`` a responder for ID on ``--port`` answers from this process.
+    Tries again until ``--seconds`` pass (a server starting up).
+    """
+    import json
+
+    from pstp.sync.discovery import broadcast_addresses, find_first, start_responder
+
+    responder = start_responder(args.respond, args.port) if args.respond else None
+    try:
+        deadline = time.monotonic() + args.seconds
+        while True:
+            try:
+                found = find_first(args.port, timeout=min(1.0, args.seconds))
+            except TimeoutError:
+                if time.monotonic() < deadline:
+                    continue
+                say(json.dumps({"targets": broadcast_addresses(), "found": None}))
+                return 1
+            say(
+                json.dumps(
+                    {
+                        "targets": broadcast_addresses(),
+                        "found": [found.device_id, found.host, found.port],
+                        "bound": responder is not None
+                        and responder.lookup(found.nonce) == (found.ping, found.pong),
+                    }
+                )
+            )
+            return 0
+    finally:
+        if responder is not None:
+            responder.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="netns_peers")
@@ -203,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--address", action="append")
     a.add_argument("--seconds", type=float, default=20.0)
     a.set_defaults(func=advertise)
+    d = sub.add_parser("find")
+    d.add_argument("--port", type=int, default=PORT)
+    d.add_argument("--respond", default="")
+    d.add_argument("--seconds", type=float, default=5.0)
+    d.set_defaults(func=find)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from pstp.discovery.protocol import Found
 from pstp.exceptions import ConnectionClosed, ErrorCode, RemoteProtocolError
@@ -253,12 +253,16 @@ def server_accept(sock: socket.socket, secret: bytes | str) -> PpcpSession:
     return PpcpSession(session, client_id=conn.peer_stated_id or session.peer_id)
 
 
-def find_server(port: int = 9000, timeout: float = 2.0) -> socket.socket:
+def find_server(
+    port: int = 9000, timeout: float = 2.0, *, addresses: Iterable[str] | None = None
+) -> socket.socket:
     """Find a server on the LAN by discovery and connect to it over TCP.
 
     Args:
         port: the UDP discovery port (the server's TCP port comes in its answer).
         timeout: seconds for discovery, then again for the TCP connection.
+        addresses: where to send the PING (default: every interface's broadcast
+            address, then 255.255.255.255 and 127.0.0.1).
 
     Returns:
         A connected socket; pass it to :func:`client_connect`, which binds the
@@ -268,7 +272,7 @@ def find_server(port: int = 9000, timeout: float = 2.0) -> socket.socket:
         TimeoutError: no server answered.
         OSError: the TCP connection failed.
     """
-    found = discovery.find_first(port=port, timeout=timeout)
+    found = discovery.find_first(port=port, timeout=timeout, addresses=addresses)
     sock = socket.create_connection((found.host, found.port), timeout=timeout)
     sock.settimeout(None)
     with _registry_lock:

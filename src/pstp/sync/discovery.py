@@ -172,13 +172,19 @@ def discover(
     return browser.found
 
 
-def find_first(port: int = 9000, timeout: float = 2.0, *, kid_key: bytes | None = None) -> Found:
-    """The first device that answers a PING.
+def find_first(
+    port: int = 9000,
+    timeout: float = 2.0,
+    *,
+    kid_key: bytes | None = None,
+    addresses: Iterable[str] | None = None,
+) -> Found:
+    """The first device that answers a PING (sent to ``addresses``, as :func:`discover`).
 
     Raises:
         TimeoutError: nobody answered within ``timeout``.
     """
-    found = discover(port, timeout, first=True, kid_key=kid_key)
+    found = discover(port, timeout, first=True, kid_key=kid_key, addresses=addresses)
     if not found:
         raise TimeoutError(f"no PSTP device answered on UDP port {port} within {timeout:g} s")
     return found[0]

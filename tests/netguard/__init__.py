@@ -1,0 +1,1 @@
+"""The test suite's network guard; see :mod:`tests.netguard.sitecustomize`."""
