@@ -22,11 +22,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomlkit
 
 from pstp.daemon.actions import load_actions
 from pstp.daemon.policy import Policy
@@ -71,16 +72,6 @@ def blocks(path: Path = README) -> list[Block]:
             fence = (m[1], number, [])
     assert fence is None, f"{path}:{fence[1]}: a code block is never closed"
     return found
-
-
-def tables(text: str) -> list[tuple[str | None, str]]:
-    """A TOML text cut at each ``[table]`` header: (header or None, the lines of that part)."""
-    parts: list[tuple[str | None, list[str]]] = [(None, [])]
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith("["):
-            parts.append((line.strip().split("#")[0].strip(), []))
-        parts[-1][1].append(line)
-    return [(header, "".join(lines)) for header, lines in parts if header or "".join(lines).strip()]
 
 
 def promised_output(code: str) -> list[str]:
@@ -183,15 +174,13 @@ def test_ppcp_quick_start_server_and_client_as_shown(tmp_path: Path) -> None:
     assert not [line for line in server.err if "Traceback" in line], "".join(server.err)
 
 
-def _declared_actions() -> str:
-    """The ``[actions."NAME"]`` tables of every toml block of the README, as TOML text."""
-    return "".join(
-        part
-        for block in blocks()
-        if block.lang == "toml"
-        for header, part in tables(block.text)
-        if header and header.startswith("[actions.")
-    )
+def _declared_actions() -> dict[str, Any]:
+    """The ``[actions."NAME"]`` tables of every toml block of the README."""
+    declared: dict[str, Any] = {}
+    for block in blocks():
+        if block.lang == "toml":
+            declared.update(tomlkit.parse(block.text).get("actions", {}))
+    return declared
 
 
 @pytest.mark.parametrize(
@@ -199,18 +188,20 @@ def _declared_actions() -> str:
 )
 def test_toml_block_loads_as_the_daemon_loads_it(block: Block, tmp_path: Path) -> None:
     """The block in a pstp.toml: pstp.settings.load, the policy and the action runner take it."""
-    data = tomllib.loads(block.text)
-    text = '[device]\nid = "home"\nlisten = ["0.0.0.0:9000"]\n\n'
-    for peer, table in data.get("peers", {}).items():
-        if "key" not in table:  # written by pairing, which the README does first
-            text += f'[peers.{peer}]\nkey = "{"ab" * 32}"\n\n'
-    if "actions" not in data:  # the file the README builds declares them
-        text += _declared_actions() + "\n"
-    config = tmp_path / "pstp.toml"
-    write_private(config, text + block.text)
-    settings = load(config)
+    doc = tomlkit.parse(block.text)
+    config = tomlkit.document()
+    config["device"] = {"id": "home", "listen": ["0.0.0.0:9000"]}
+    if "actions" not in doc:  # the file the README builds declares them
+        config["actions"] = _declared_actions()
+    for table in doc.get("peers", {}).values():
+        table.setdefault("key", "ab" * 32)  # written by pairing, which the README does first
+    for key, value in doc.items():
+        config[key] = value
+    path = tmp_path / "pstp.toml"
+    write_private(path, tomlkit.dumps(config))
+    settings = load(path)
     policy = Policy.from_settings(settings)
     actions = load_actions(settings)
-    for peer in data.get("peers", {}):
+    for peer in doc.get("peers", {}):
         assert policy.peer(peer) is not None, f"README.md:{block.line}: no policy for {peer}"
-    assert set(data.get("actions", {})) <= set(actions)
+    assert set(doc.get("actions", {})) <= set(actions)
