@@ -151,6 +151,7 @@ EFFECTIVE: dict[str, Callable[[Settings], object]] = {
     "device.listen": lambda s: [f"{h}:{p}" for h, p in s.listen],
     "device.discovery": lambda s: s.discovery,
     "device.stealth": lambda s: s.stealth,
+    "device.advertise": lambda s: [str(a) for a in s.advertise],
     "peers.NAME.policy.actions": lambda s: list(_bare_policy(s).actions),
     "peers.NAME.policy.exec": lambda s: list(_bare_policy(s).exec),
     # None when not set, which denies as false does (pstp.daemon.policy.check).

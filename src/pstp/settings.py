@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from typing import Any
 
 import msgspec
 
+from pstp import address as channel
+from pstp.address import DEFAULT_PORT, Address, check_host
 from pstp.exceptions import PstpError
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "Table",
     "add_peer",
     "check_address",
+    "check_channel",
     "check_host",
     "check_keys",
     "config_path",
@@ -73,7 +75,6 @@ CONFIG_NAME = "pstp.toml"
 #: The seed project's name for the same file; accepted when given or found in the cwd.
 ALT_CONFIG_NAME = "MainConf.conf"
 #: The PSTP/2 service port, TCP and UDP (docs/protocol.md §8).
-DEFAULT_PORT = 9000
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -103,14 +104,18 @@ class PeerSettings(msgspec.Struct, frozen=True):
     Attributes:
         id: its device id.
         key: the 32-byte pair key (never printed).
-        address: the last ``host:port`` that worked, tried first.
+        address: the channel address that last worked (``host:port``, ``ws://``,
+            ``wss://``), tried first.
         table: the peer's whole TOML table, for sections added later (policy).
+        ca_file: the CA certificates (PEM) that a ``wss://`` address of this
+            peer is verified against instead of the system's trust store.
     """
 
     id: str
     key: bytes
     address: str | None = None
     table: dict[str, Any] = msgspec.field(default_factory=dict)
+    ca_file: str | None = None
 
     def __repr__(self) -> str:  # never the key
         return f"PeerSettings(id={self.id!r}, address={self.address!r})"
@@ -127,6 +132,9 @@ class Settings(msgspec.Struct, frozen=True):
         stealth: answer only PINGs proving a pair key.
         peers: trusted peers by id.
         data: the whole parsed document, for sections added later.
+        websocket: ``ws://`` addresses to serve WebSocket on (docs/protocol.md §19.2).
+        advertise: the addresses peers are told to reach this device at (a reverse
+            proxy's public ``wss://`` among them).
     """
 
     path: Path
@@ -136,6 +144,8 @@ class Settings(msgspec.Struct, frozen=True):
     stealth: bool
     peers: dict[str, PeerSettings]
     data: dict[str, Any]
+    websocket: tuple[Address, ...] = ()
+    advertise: tuple[Address, ...] = ()
 
     def __repr__(self) -> str:  # the peers' keys stay out of logs
         return (
@@ -201,28 +211,13 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``host[:port]`` (``[v6]:port`` too).
+    """The host and port of a channel address (``host[:port]``, ``[v6]:port``, a URL).
 
     Raises:
         ValueError: not a valid address.
     """
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"bad address {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad address {text!r}")
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = int(p)
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"bad address {text!r}")
-    return host, port
+    found = channel.parse(text.strip(), default_port=default_port)
+    return found.host, found.port
 
 
 def format_address(host: str, port: int) -> str:
@@ -416,10 +411,20 @@ SCHEMA: tuple[Table, ...] = (
                 "listen",
                 "array of strings",
                 _default_listen(),
-                '`"HOST:PORT"` addresses to serve on: TCP for sessions, UDP on the same port '
-                "for discovery. HOST is an IP address (`0.0.0.0` every IPv4 interface, "
-                '`"[::]:9000"` every IPv6 one) or a host name; a bare port is refused. '
-                f"PORT defaults to {DEFAULT_PORT}.",
+                'Channel addresses to serve on. `"HOST:PORT"` (or `"tcp://HOST:PORT"`): TCP '
+                "for sessions, UDP on the same port for discovery; HOST is an IP address "
+                '(`0.0.0.0` every IPv4 interface, `"[::]:9000"` every IPv6 one) or a host '
+                f"name, PORT defaults to {DEFAULT_PORT}, a bare port is refused. "
+                '`"ws://HOST:PORT/PATH"`: WebSocket on that HTTP path, for a TLS reverse '
+                "proxy in front (docs/howto/outside.md). At least one TCP address.",
+            ),
+            Key(
+                "advertise",
+                "array of strings",
+                "`[]`",
+                "Channel addresses peers are told to reach this device at, as seen from "
+                'outside: a reverse proxy\'s `"wss://home.example.org/pstp"`, a '
+                'forwarded `"HOST:PORT"`.',
             ),
             Key("discovery", "boolean", "`true`", "Answer discovery PINGs on the LAN."),
             Key(
@@ -446,8 +451,16 @@ SCHEMA: tuple[Table, ...] = (
                 "address",
                 "string",
                 "none",
-                '`"HOST:PORT"` that last worked for this peer, tried first (written by the '
-                f"client; PORT defaults to {DEFAULT_PORT}).",
+                'The channel address that last worked for this peer, tried first: `"HOST:PORT"` '
+                f'(TCP, PORT defaults to {DEFAULT_PORT}), `"ws://HOST:PORT/PATH"` or '
+                '`"wss://HOST/PATH"` (written by the client; may be set by hand).',
+            ),
+            Key(
+                "ca_file",
+                "string",
+                "none (the system's trust store)",
+                "A PEM file of CA certificates that this peer's `wss://` address is verified "
+                "against, for a proxy whose certificate comes from your own CA.",
             ),
             Key(
                 "policy",
@@ -771,38 +784,14 @@ _NAMED = frozenset(
 
 # --------------------------------------------------------------------------- addresses
 
-_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
+def check_channel(text: str, *, listen: bool = False) -> Address:
+    """A channel address checked as one to serve on (``listen``) or to reach.
 
-def check_host(host: str) -> str:
-    """``host`` if it is an IP address or a well-formed host name.
-
-    Raises:
-        ValueError: anything else (``300.1.2.3``, ``my_host``, ``a..b``).
-    """
-    try:
-        ipaddress.ip_address(host)
-        return host
-    except ValueError:
-        pass
-    if re.fullmatch(r"[0-9.]+", host):
-        raise ValueError(f"{host!r} is not an IP address")
-    name = host[:-1] if host.endswith(".") else host
-    if (
-        ":" in host
-        or len(name) > 253
-        or not all(_HOST_LABEL_RE.fullmatch(p) for p in name.split("."))
-    ):
-        raise ValueError(f"{host!r} is not an IP address or a host name")
-    return host
-
-
-def check_address(text: str, *, listen: bool = False) -> tuple[str, int]:
-    """``HOST[:PORT]`` checked as an address to serve on (``listen``) or to reach.
-
-    HOST must be an IP address (``[v6]`` in brackets) or a host name and PORT
-    1-65535 (default :data:`DEFAULT_PORT`).  A bare port (``9000``, ``:9000``)
-    is refused with the address to write instead.
+    ``HOST[:PORT]`` (TCP; HOST an IP address, ``[v6]`` in brackets, or a host
+    name; PORT 1-65535, default :data:`DEFAULT_PORT`), ``tcp://``, ``ws://`` or
+    ``wss://`` (docs/protocol.md §19.1).  A bare port (``9000``, ``:9000``) is
+    refused with the address to write instead.
 
     Raises:
         ValueError: the reason, fit for a message.
@@ -816,17 +805,21 @@ def check_address(text: str, *, listen: bool = False) -> tuple[str, int]:
                 f'interface, or "127.0.0.1:{port}" for this machine only'
             )
         raise ValueError(f'{text!r} is a port without a host: write "HOST:{port}"')
-    try:
-        host, port_number = parse_address(text)
-    except ValueError:
-        raise ValueError(
-            f'{text!r} is not "HOST:PORT" (PORT 1-65535; an IPv6 address in brackets, '
-            f'"[::1]:{DEFAULT_PORT}")'
-        ) from None
-    if ":" in host and not text.strip().startswith("["):
-        raise ValueError(f'{text!r}: an IPv6 address goes in brackets, "[{host}]:{DEFAULT_PORT}"')
-    check_host(host)
-    return host, port_number
+    if "://" not in text and text.count(":") > 1 and not text.strip().startswith("["):
+        raise ValueError(f'{text!r}: an IPv6 address goes in brackets, "[{text}]:{DEFAULT_PORT}"')
+    return channel.parse(text.strip(), listen=listen)
+
+
+def check_address(text: str, *, listen: bool = False) -> tuple[str, int]:
+    """A TCP address (``HOST[:PORT]`` or ``tcp://``) checked as :func:`check_channel` does.
+
+    Raises:
+        ValueError: the reason, fit for a message; a WebSocket address too.
+    """
+    found = check_channel(text, listen=listen)
+    if found.scheme != "tcp":
+        raise ValueError(f'{text!r} is not a TCP address ("HOST:PORT")')
+    return found.host, found.port
 
 
 def _check_private(path: Path) -> None:
@@ -953,12 +946,32 @@ def load(path: Path | str) -> Settings:
         raise err(
             "device.listen", f'is empty: list at least one address, e.g. ["0.0.0.0:{DEFAULT_PORT}"]'
         )
-    listen = []
+    listen: list[tuple[str, int]] = []
+    websocket: list[Address] = []
     for item in listen_raw:
         try:
-            listen.append(check_address(item, listen=True))
+            found = check_channel(item, listen=True)
         except ValueError as exc:
             raise err("device.listen", str(exc)) from exc
+        if found.websocket:
+            websocket.append(found)
+        else:
+            listen.append((found.host, found.port))
+    if not listen:
+        raise err(
+            "device.listen",
+            f'has no TCP address: add one (e.g. "0.0.0.0:{DEFAULT_PORT}"); pairing and '
+            "discovery use it",
+        )
+    advertise_raw = device.get("advertise", [])
+    if not isinstance(advertise_raw, list) or not all(isinstance(x, str) for x in advertise_raw):
+        raise err("device.advertise", "must be a list of channel address strings")
+    advertise: list[Address] = []
+    for item in advertise_raw:
+        try:
+            advertise.append(check_channel(item))
+        except ValueError as exc:
+            raise err("device.advertise", str(exc)) from exc
     flags = {}
     for name, default in (("discovery", True), ("stealth", False)):
         value = device.get(name, default)
@@ -986,14 +999,25 @@ def load(path: Path | str) -> Settings:
         address = table.get("address")
         if address is not None:
             if not isinstance(address, str):
-                raise err(f"{key}.address", 'must be a "host:port" string')
+                raise err(f"{key}.address", 'must be a "host:port" string or a URL')
             try:
-                check_address(address)
+                check_channel(address)
             except ValueError as exc:
                 raise err(f"{key}.address", str(exc)) from exc
-        peers[name] = PeerSettings(name, pair_key, address, dict(table))
+        ca_file = table.get("ca_file")
+        if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+            raise err(f"{key}.ca_file", "must be the path of a PEM file")
+        peers[name] = PeerSettings(name, pair_key, address, dict(table), ca_file)
     return Settings(
-        path, device_id, tuple(listen), flags["discovery"], flags["stealth"], peers, data
+        path,
+        device_id,
+        tuple(listen),
+        flags["discovery"],
+        flags["stealth"],
+        peers,
+        data,
+        tuple(websocket),
+        tuple(advertise),
     )
 
 

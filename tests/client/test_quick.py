@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pstp.address import Address
 from pstp.client.quick import Attempts, action_params, failure_note
 from pstp.exceptions import ChannelError
 from pstp.settings import add_peer, create, load
@@ -30,7 +31,7 @@ def test_attempts_try_the_given_address_alone_else_the_remembered_one(tmp_path: 
     assert attempts.options["device_id"] == "home"
     assert attempts.options["pair_key"] == KEY
     remembered = Attempts(settings, "home", None, None)
-    assert [c[1:] for c in remembered.candidates] == [("10.0.0.2", 7000)]
+    assert [c[1] for c in remembered.candidates] == [Address("tcp", "10.0.0.2", 7000)]
     assert not remembered.explicit
     remembered.give_up()  # nothing given: the caller goes on to discovery
 

@@ -314,6 +314,7 @@ async def serve(
     session_data: bool = True,
     max_unauthenticated: int = MAX_UNAUTHENTICATED,
     max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
+    websocket: str | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -353,6 +354,11 @@ async def serve(
             is the oldest of the fullest source if it holds more, else the
             oldest of all.  Shed connections are counted (:attr:`Server.shed`)
             and logged at most once per :data:`SHED_REPORT_INTERVAL` seconds.
+        websocket: serve WebSocket on this HTTP path (``"/pstp"``) instead of
+            plain TCP: one frame per binary message, subprotocol ``pstp.v2``
+            (docs/protocol.md §19.2).  A connection counts as unauthenticated,
+            and its handshake deadline runs, from the TCP accept on, so a slow
+            or missing upgrade is shed and timed out like a silent handshake.
 
     While the server is open, accept() failing for lack of descriptors is
     logged at most once per :data:`SHED_REPORT_INTERVAL` seconds, without a
@@ -418,11 +424,17 @@ async def serve(
             authorize=authorize,
             admit=admit,
             session_data=session_data,
+            messages=websocket is not None,
         )
         proto.handshake.add_done_callback(lambda result: handshake_done(proto, result))
         return proto
 
-    server = await loop.create_server(factory, host, port, backlog=BACKLOG)
+    protocols: Callable[[], asyncio.Protocol] = factory
+    if websocket is not None:
+        from pstp.asyncio.websocket import server_link
+
+        protocols = server_link(factory, websocket, config)
+    server = await loop.create_server(protocols, host, port, backlog=BACKLOG)
     restore = _quiet_accept_failures(loop, server, pending)
     return Server(server, tasks, current_pake, pending, restore)
 

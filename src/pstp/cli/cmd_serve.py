@@ -56,7 +56,12 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
         pairs = zip(settings.listen, daemon.servers, strict=True)
         ports = ", ".join(f"{host}:{server.port}" for (host, _), server in pairs)
+        ws = zip(settings.websocket, daemon.websocket_servers, strict=True)
+        ports += "".join(f", ws://{where.netloc}{where.path}" for where, _ in ws)
         console.print(f"{settings.device_id}: serving {len(settings.peers)} peer(s) on {ports}")
+        if settings.advertise:
+            shown = ", ".join(str(a) for a in settings.advertise)
+            console.print(f"advertised to peers as: {shown}")
         try:
             await stop_event().wait()
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from pstp.asyncio.client import connect
+from pstp.asyncio.client import connect, tls_context
 from pstp.asyncio.connection import Session
 from pstp.asyncio.discovery import discover
 from pstp.client.quick import Attempts, PeerNotFound, info, os_reason, remember_address
@@ -21,8 +21,8 @@ from pstp.settings import (
     DEFAULT_PORT,
     Settings,
     add_peer,
+    check_channel,
     format_address,
-    parse_address,
 )
 
 __all__ = ["PeerNotFound", "connect_peer", "discover_peer", "pair_with"]
@@ -41,8 +41,9 @@ async def connect_peer(
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: ``host[:port]`` to use alone: no remembered address and no
-            discovery if it fails (as ssh with a host name).
+        address: a channel address (``host[:port]``, ``ws://``, ``wss://``) to use
+            alone: no remembered address and no discovery if it fails (as ssh
+            with a host name).
         config: protocol limits.
         discovery_timeout: seconds to wait for PONGs when no address works.
 
@@ -53,9 +54,10 @@ async def connect_peer(
         HandshakeFailed: the device answered but did not prove the pair key.
     """
     attempts = Attempts(settings, peer_id, address, config)
-    for candidate, host, port in attempts.candidates:
+    for candidate, where in attempts.candidates:
+        tls = tls_context(attempts.ca_file) if where.scheme == "wss" else None
         try:
-            session = await connect(host, port, **attempts.options)
+            session = await connect(where, ssl=tls, **attempts.options)
         except OSError as exc:
             attempts.failed(candidate, exc)
             continue
@@ -94,7 +96,9 @@ async def discover_peer(
     """
     peer = settings.peers[peer_id]
     tried = list(tried or ())
-    port = parse_address(peer.address)[1] if peer.address else DEFAULT_PORT
+    port = DEFAULT_PORT
+    if peer.address and not (where := check_channel(peer.address)).websocket:
+        port = where.port
     # The PING carries our key id for this peer, so a stealth peer answers too (§8.2).
     kid_key = PeerKey.from_pair_key(peer_id, peer.key).kid_key
     found = await discover(port, discovery_timeout, kid_key=kid_key)

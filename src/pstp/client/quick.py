@@ -25,7 +25,7 @@ from pstp.protocol.streams import (
     FrameDecoder,
     failure_status,
 )
-from pstp.settings import Settings, parse_address, set_peer_address
+from pstp.settings import Settings, check_channel, set_peer_address
 from pstp.sync.client import connect
 from pstp.sync.connection import SyncSession
 from pstp.wire.messages import ChannelCode, Params
@@ -55,6 +55,12 @@ def os_reason(exc: OSError) -> str:
 
     if isinstance(exc, TimeoutError):
         return "no answer (timed out)"
+    if verify := getattr(exc, "verify_message", None):  # ssl.SSLCertVerificationError
+        return f"TLS certificate not trusted: {verify}"
+    if type(exc).__module__ == "ssl":
+        return f"TLS failed: {getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, ConnectionRefusedError) and not exc.errno:
+        return str(exc)  # a refused WebSocket upgrade says its HTTP status
     if exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__
@@ -100,11 +106,13 @@ class Attempts:
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: ``host[:port]`` to try before the remembered one.
+        address: a channel address (``host[:port]``, ``ws://``, ``wss://``) to
+            use alone.
         config: protocol limits.
 
     Raises:
         KeyError: no such peer in the configuration.
+        ValueError: ``address`` is not a channel address.
     """
 
     def __init__(
@@ -115,8 +123,10 @@ class Attempts:
         #: An address was given: it is the only one tried, and no discovery follows.
         self.explicit = address is not None
         wanted = [address] if address is not None else [peer.address] if peer.address else []
-        #: (address as written, host, port) in the order to try them.
-        self.candidates = [(a, *parse_address(a)) for a in wanted]
+        #: (address as written, parsed) in the order to try them.
+        self.candidates = [(a, check_channel(a)) for a in wanted]
+        #: The CA file for a ``wss://`` address of this peer (None: the system's).
+        self.ca_file = peer.ca_file
         #: The keyword arguments of either driver's ``connect``.
         self.options: dict[str, Any] = {
             "pair_key": peer.key,
@@ -179,9 +189,11 @@ def connect_known(
         PeerNotFound: ``address`` was given and did not answer.
     """
     attempts = Attempts(settings, peer_id, address, config)
-    for candidate, host, port in attempts.candidates:
+    for candidate, where in attempts.candidates:
+        if where.websocket:  # the blocking driver speaks TCP only: asyncio takes it
+            return None, attempts.tried
         try:
-            session = connect(host, port, **attempts.options)
+            session = connect(where.host, where.port, **attempts.options)
         except OSError as exc:
             attempts.failed(candidate, exc)
             continue
@@ -295,9 +307,19 @@ def run_peer_action(
     from pstp.client import api, remote
 
     async def discovered() -> int:
-        async with await api.discover_peer(settings, peer_id, tried=tried) as found:
+        if tried or not _websocket_first(settings, peer_id, address):
+            opened = api.discover_peer(settings, peer_id, tried=tried)
+        else:  # a WebSocket address: the asyncio driver connects (then discovers)
+            opened = api.connect_peer(settings, peer_id, address=address)
+        async with await opened as found:
             return await remote.run_action(
                 found, name, args, reason=reason, stdout=stdout, stderr=stderr
             )
 
     return run_loop(discovered())
+
+
+def _websocket_first(settings: Settings, peer_id: str, address: str | None) -> bool:
+    """Whether the first address to try for the peer is a WebSocket one."""
+    first = address or settings.peers[peer_id].address
+    return first is not None and check_channel(first).websocket

@@ -149,6 +149,8 @@ class Daemon:
     audit: AuditLog | None = None
     keyring: KeyRing = field(default_factory=KeyRing)
     servers: list[Server] = field(default_factory=list)
+    #: The WebSocket servers, one per ``ws://`` listen address (no pairing there).
+    websocket_servers: list[Server] = field(default_factory=list)
     responders: list[ResponderThread] = field(default_factory=list)
     sessions: dict[str, set[Session]] = field(default_factory=dict)
     suppressed_auth_failures: int = 0
@@ -605,6 +607,25 @@ class Daemon:
                 )
                 self.servers.append(server)
                 _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
+            for where in self.settings.websocket:
+                # WebSocket behind a TLS proxy (§19.2): no discovery, no pairing window.
+                server = await serve(
+                    None,
+                    where.host,
+                    where.port,
+                    keyring=self.keyring,
+                    own_id=self.settings.device_id,
+                    config=self.config,
+                    handlers=self.handlers(),
+                    authorize=self.authorize,
+                    on_session=self._on_session,
+                    on_handshake_failed=self._auth_failed,
+                    admit=self._admit,
+                    session_data=False,
+                    websocket=where.path,
+                )
+                self.websocket_servers.append(server)
+                _log.info("serving %s on %s", self.settings.device_id, where)
             # DNS-SD beside broadcast (§8.6); nothing is advertised in stealth mode.
             bound = [
                 (h, srv.port)
@@ -692,7 +713,7 @@ class Daemon:
             await self._control.close()
             self._control = None
         self.close_pairing()
-        for server in self.servers:
+        for server in self.servers + self.websocket_servers:
             await server.close()
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
