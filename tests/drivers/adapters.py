@@ -488,6 +488,8 @@ class AsyncDriver:
     """The asyncio driver: ``serve`` and ``connect`` on a loop in a thread."""
 
     name = "asyncio"
+    #: The HTTP path sessions are served on over WebSocket (None: TCP).
+    websocket: str | None = None
 
     def __init__(self) -> None:
         self._loop = _Loop()
@@ -520,11 +522,13 @@ class AsyncDriver:
                 handlers=handlers,
                 authorize=authorize,
                 on_session=on_session,
+                websocket=self.websocket,
             )
             self._servers.append(server)
+            where = f"ws://127.0.0.1:{server.port}{self.websocket}" if self.websocket else None
             return await aconnect(
-                "127.0.0.1",
-                server.port,
+                where or "127.0.0.1",
+                None if where else server.port,
                 pair_key=PAIR_KEY,
                 config=config,
                 handlers={k: _async_behaviour(v) for k, v in (client_handlers or {}).items()},
@@ -585,6 +589,18 @@ class AsyncDriver:
         self._loop.stop()
 
 
+class WebSocketDriver(AsyncDriver):
+    """The asyncio driver over WebSocket: every session through a ws:// upgrade."""
+
+    name = "websocket"
+    websocket = "/pstp"
+
+
 def make_driver(name: str) -> Driver:
-    """The adapter for a driver name."""
-    return SyncDriver() if name == "sync" else AsyncDriver()
+    """The adapter for a driver name (``websocket``: asyncio over ws://)."""
+    drivers: dict[str, type[Driver]] = {
+        "sync": SyncDriver,
+        "asyncio": AsyncDriver,
+        "websocket": WebSocketDriver,
+    }
+    return drivers[name]()

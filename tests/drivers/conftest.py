@@ -1,4 +1,8 @@
-"""Every case in this folder runs once per driver, through that driver's adapter."""
+"""Every case in this folder runs once per driver, through that driver's adapter.
+
+``websocket`` is the asyncio driver with every session over a ws:// upgrade: the
+transport must change nothing a session does (docs/howto/drivers.md).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 from tests.drivers.adapters import Driver, make_driver
 
 
-@pytest.fixture(params=["asyncio", "sync"])
+@pytest.fixture(params=["asyncio", "sync", "websocket"])
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     """The driver under test, stopped (every session closed) afterwards."""
     d = make_driver(request.param)

@@ -216,8 +216,15 @@ def test_too_many_channels_is_resource_limit(driver: Driver) -> None:
     assert s.request("echo", b"again") == b"again"
 
 
+def _tcp_only(driver: Driver) -> None:
+    """The raw peer speaks PSTP framing on TCP: not for the WebSocket driver."""
+    if getattr(driver, "websocket", None):
+        pytest.skip("the raw peer speaks PSTP framing on TCP (WebSocket has its own tests)")
+
+
 def _raw_server(driver: Driver) -> tuple[RawPeer, object]:
     """A raw responder on loopback, and the driver's client session to it."""
+    _tcp_only(driver)
     listener = socket.create_server(("127.0.0.1", 0))
     client_sock = socket.create_connection(listener.getsockname())
     server_sock, _ = listener.accept()
@@ -264,6 +271,7 @@ def test_reject_with_code_zero_is_a_failure(driver: Driver) -> None:
 
 def _raw_client(driver: Driver) -> RawPeer:
     """A raw initiator connected to the driver's server, established."""
+    _tcp_only(driver)
     listener = socket.create_server(("127.0.0.1", 0))
     client_sock = socket.create_connection(listener.getsockname())
     server_sock, _ = listener.accept()
@@ -734,6 +742,7 @@ def test_heartbeat_sets_last_rtt(driver: Driver) -> None:
 
 def test_dead_peer_is_detected(driver: Driver) -> None:
     """A peer that stops answering heartbeats is dropped (TIMEOUT)."""
+    _tcp_only(driver)
     listener = socket.create_server(("127.0.0.1", 0))
     client_sock = socket.create_connection(listener.getsockname())
     server_sock, _ = listener.accept()
