@@ -6,9 +6,10 @@ runs the same loop: feed the core, apply its events, flush its output, then
 wake readers and writers and start the handlers it hands back.
 
 The transport seam: any :class:`asyncio.Transport` that delivers an ordered
-byte stream (TCP, a WebSocket read as a stream of binary messages) plugs in as
-it is; a transport of discrete messages calls :meth:`SessionProtocol.message_received`
-and takes one record per ``write`` (``messages=True``, docs/protocol.md §6.3).
+byte stream (TCP) plugs in as it is; a transport of discrete messages
+(WebSocket, :mod:`pstp.asyncio.websocket`) calls
+:meth:`SessionProtocol.message_received` and takes one record per ``write``
+(``messages=True``, docs/protocol.md §3 rule 2a, §19.2).
 
 Nothing is buffered without bound: channel data is limited by the window the
 core grants (a reader acknowledges what it consumed), and session-level DATA
