@@ -197,7 +197,7 @@ def _host(lab: Lab, tmp: Path, name: str, address: str, tops: list[str]) -> Host
         env,
     )
     lab.procs.append(holder)
-    holder.wait_for("ready")
+    holder.wait_for("ready", 3 * TIMEOUT)
     return Host(name, home, env, holder)
 
 
