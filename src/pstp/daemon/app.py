@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
 from pstp.asyncio.server import Server, serve
 from pstp.daemon.actions import ACTIONS_CHANNEL, action_handler, actions_list_handler, load_actions
@@ -38,13 +40,22 @@ from pstp.daemon.policy import (
     ShellRequest,
 )
 from pstp.daemon.replay import guard_path, load_guard, save_guard, snapshot
+from pstp.daemon.tokens import (
+    Token,
+    TokenError,
+    TokenStore,
+    guest_policies,
+    new_token_id,
+    token_label,
+    tokens_path,
+)
 from pstp.exceptions import ChannelFailure, ErrorCode, PeerFlood, PermissionDenied
 from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import KeyRing, PeerKey
-from pstp.protocol.kinds import action_args
+from pstp.protocol.kinds import TokenGrant, TokenOpen, action_args
 from pstp.protocol.pake import PAIR_CHANNEL
-from pstp.settings import Settings, load
+from pstp.settings import ConfigError, Settings, format_address, load
 from pstp.sync.discovery import ResponderThread, start_responder
 from pstp.wire.messages import ChannelCode
 
@@ -72,6 +83,11 @@ AUDIT_DOWN = "the device cannot write its audit log, so it runs nothing now"
 _ENFORCE_INTERVAL = 1.0
 #: Seconds between saves of the replay guard while it changes.
 _GUARD_SAVE_INTERVAL = 5.0
+#: Seconds between two looks at the token store: a revocation by `pstp token revoke`
+#: closes the sessions of that token within this (docs/protocol.md §20.4).
+_TOKEN_POLL_INTERVAL = 0.25
+#: The channel kind a session asks for a token on (§17.13).
+TOKEN_CHANNEL = TokenOpen.KIND
 
 
 #: The most a ``ping`` carries (docs/protocol.md §17.7): more closes it with RESOURCE_LIMIT.
@@ -163,6 +179,9 @@ class Daemon:
     _guard_saved: dict[str, int] = field(default_factory=dict)
     _tasks: asyncio.TaskGroup | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    #: The token each token session authenticated with, by id(connection).
+    _token_of: dict[int, Token] = field(default_factory=dict)
+    _token_version: int = -1
     control: bool = True
     _control: ControlServer | None = None
 
@@ -176,6 +195,8 @@ class Daemon:
         self.actions = load_actions(self.settings)
         if self.audit is None:
             self.audit = AuditLog(audit_path(self.settings))
+        self.tokens = TokenStore(tokens_path(self.settings))
+        self._refresh_tokens()
         self._auth_tokens = _AUTH_FAIL_ROWS_PER_S
         self._auth_stamp = time.monotonic()
         self._deny_tokens = _DENY_ROWS_ALL_BURST
@@ -296,6 +317,10 @@ class Daemon:
             return AUDIT_DOWN
         if conn.via_pake:
             return None  # a pairing session: only the pair channel is open to it
+        if conn.peer_token is not None:
+            refused = self._redeem(conn, peer, conn.peer_token)
+            if refused is not None:
+                return refused
         decision = self.policy.admit(
             peer, SessionRequest(), at=datetime.now().astimezone(), now=time.monotonic()
         )
@@ -309,6 +334,22 @@ class Daemon:
         self._admitted[id(conn)] = peer
         return None
 
+    def _redeem(self, conn: Connection, peer: str, token_id: str) -> str | None:
+        """Count a token's use as its session is admitted; the refusal if it may not be used."""
+        key = self.keyring.get("token:" + token_id)
+        stamp = key.last_timestamp if key is not None else 0
+        try:
+            token = self.tokens.redeem(token_id, stamp)
+        except TokenError as exc:
+            self.keyring.remove("token:" + token_id)
+            self._deny_row("token", peer, detail=str(exc), args={"token": token_id})
+            return str(exc)
+        uses = f"{token.uses}/{token.max_uses}" if token.max_uses is not None else str(token.uses)
+        if not self._record("token", peer, "allow", detail=f"redeemed {token.id} (use {uses})"):
+            return AUDIT_DOWN
+        self._token_of[id(conn)] = token
+        return None
+
     def _on_session(self, session: Session) -> Callable[[], None] | None:
         conn = session.connection
         if id(conn) not in self._admitted:
@@ -320,6 +361,7 @@ class Daemon:
         def done() -> None:
             self._admitted.pop(id(conn), None)
             self._throttled.pop(id(conn), None)
+            self._token_of.pop(id(conn), None)
             if isinstance(conn.close_exc, PeerFlood):  # a heartbeat flood
                 self._suspend(peer, str(conn.close_exc))
             self.policy.session_closed(peer)
@@ -352,11 +394,26 @@ class Daemon:
             return "a pairing session may only pair"
         if id(conn) not in self._admitted:
             return "the session was not admitted"  # defence in depth: _admit runs first
+        token = self._token_of.get(id(conn))
+        if token is not None:
+            name = params.get("name") if kind == "action" else None
+            refused = (
+                "a token session may not ask for tokens"
+                if kind == TOKEN_CHANNEL
+                else token.refuses(
+                    kind,
+                    name if isinstance(name, str) else None,
+                    guest=peer not in self.settings.peers,
+                )
+            )
+            if refused is not None:
+                self._deny_row(kind, peer, detail=refused, args=_audit_args(kind, params))
+                return refused
         request = _request(kind, params)
         if request is None:
             # ping and the listing of actions (which judges each action itself) are
             # not governed, but held to the peer's rate like the rest.
-            if kind in ("ping", ACTIONS_CHANNEL):
+            if kind in ("ping", ACTIONS_CHANNEL, TOKEN_CHANNEL):
                 limited = self.policy.spend(peer, now=time.monotonic())
                 if limited is None:
                     return None
@@ -519,7 +576,111 @@ class Daemon:
             ),
         }
         handlers[PAIR_CHANNEL] = self._pair_channel
+        handlers[TOKEN_CHANNEL] = self._token_channel
         return handlers
+
+    async def _token_channel(self, ch: Channel) -> int:
+        """Issue a token derived from this session (§17.13, §20.2) and answer its grant."""
+        conn = ch.connection
+        peer = conn.peer_id or "?"
+        ask = TokenOpen.from_params(ch.params)
+        token_id = new_token_id()
+        try:
+            token = self.tokens.issue(
+                peer,
+                ttl=ask.ttl,
+                max_uses=ask.uses,
+                kinds=ask.kinds,
+                actions=ask.actions,
+                origin="session",
+                secret=conn.export_secret(token_label(token_id)),
+                token_id=token_id,
+            )
+        except TokenError as exc:
+            self._deny_row(
+                TOKEN_CHANNEL, peer, detail=str(exc), args=_audit_args("token", ch.params)
+            )
+            raise PermissionDenied(str(exc)) from None
+        self._refresh_tokens()
+        row = {"reason": ask.reason, "args": _audit_args(TOKEN_CHANNEL, ch.params)}
+        if not self._record(TOKEN_CHANNEL, peer, "allow", detail=f"issued {token.id}", **row):
+            self.tokens.revoke(token.id)
+            raise PermissionDenied(AUDIT_DOWN)
+        grant = TokenGrant(
+            id=token.id,
+            expires=token.expires,
+            uses=token.max_uses,
+            kinds=list(token.kinds),
+            actions=list(token.actions),
+            addresses=self.addresses(),
+        )
+        await ch.write(msgspec.msgpack.encode(grant))
+        return 0
+
+    def addresses(self) -> list[str]:
+        """The channel addresses peers are told (§19.1): advertised ones, then listen ones.
+
+        A wildcard listen address names no host a peer could use, so it is left out.
+        """
+        out = [str(a) for a in self.settings.advertise]
+        for where in self.settings.websocket:
+            if where.host not in ("0.0.0.0", "::"):  # noqa: S104
+                out.append(str(where))
+        for host, port in self.settings.listen:
+            if host not in ("0.0.0.0", "::"):  # noqa: S104
+                out.append(format_address(host, port))
+        return list(dict.fromkeys(out))
+
+    # -- tokens --------------------------------------------------------------------
+
+    def _refresh_tokens(self) -> None:
+        """Bring the key ring and the guests' policies in line with the token store."""
+        self._token_version = self.tokens.version
+        live = {t.id: t for t in self.tokens.live()}
+        for token_id in self.keyring.tokens() - set(live):
+            self.keyring.remove("token:" + token_id)
+        for token in live.values():
+            if self.keyring.get("token:" + token.id) is None:
+                self.keyring.add_token(token.id, token.peer, token.secret, token.last_timestamp)
+        try:
+            self.policy.set_guests(guest_policies(self.settings, live.values()))
+        except ConfigError as exc:
+            _log.error("a guest token's scope is invalid, its guests may do nothing: %s", exc)
+            self.policy.set_guests({})
+
+    async def check_tokens(self) -> None:
+        """Close the sessions whose token was revoked or expired (and refresh the ring)."""
+        now = time.time()
+        live = {t.id for t in self.tokens.live(now)}
+        if self.tokens.version != self._token_version or not self.keyring.tokens() <= live:
+            self._refresh_tokens()  # another process wrote, or a token ended here
+        for conn_id, token in list(self._token_of.items()):
+            current = self.tokens.get(token.id)
+            # A used-up token keeps the sessions it opened; a revoked or expired one does not.
+            if current is None:
+                why = f"token {token.id} was deleted"
+            elif current.revoked is not None:
+                why = f"token {token.id} was revoked"
+            elif now >= current.expires:
+                why = f"token {token.id} expired"
+            else:
+                continue
+            for peer_sessions in list(self.sessions.values()):
+                for session in list(peer_sessions):
+                    if id(session.connection) != conn_id:
+                        continue
+                    self._record("session", token.peer, "deny", detail=f"ended: {why}")
+                    for live in self._live:
+                        if live.conn is session.connection and live.revoked is None:
+                            live.revoked = why
+                            live.task.cancel()
+                    self._token_of.pop(conn_id, None)
+                    await session.close(ErrorCode.REFUSED, why)
+
+    async def _keep_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(_TOKEN_POLL_INTERVAL)
+            await self.check_tokens()
 
     async def _pair_channel(self, ch: Channel) -> int:
         window = self.pairing
@@ -643,6 +804,7 @@ class Daemon:
         await self._tasks.__aenter__()
         self.spawn(self._keep_guard())
         self.spawn(self._keep_enforcing())
+        self.spawn(self._keep_tokens())
 
     async def _start_control(self) -> None:
         control = ControlServer(self)
@@ -698,6 +860,7 @@ class Daemon:
         # above a lowered max_sessions.
         policy.carry_sessions(collections.Counter(self._admitted.values()))
         self.settings, self.policy = new, policy
+        self._refresh_tokens()  # the guests' policies, against the new actions
         self.actions.clear()
         self.actions.update(actions)
         for peer_id in gone:
@@ -727,6 +890,7 @@ class Daemon:
             await asyncio.to_thread(ad.close)
         if self.audit is not None:
             self.audit.close()
+        self.tokens.close()
 
     async def run_pairing(
         self, poll: float = 0.1, *, stop: asyncio.Future[Any] | None = None

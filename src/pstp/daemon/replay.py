@@ -93,7 +93,12 @@ def snapshot(ring: KeyRing, *, now: int | None = None) -> dict[str, int]:
     the wall clock, in ns).
     """
     bound = _bound(now)
-    return {p.device_id: min(p.last_timestamp, bound) for p in ring if p.last_timestamp}
+    # A token's guard lives with the token (pstp.daemon.tokens), not here.
+    return {
+        p.device_id: min(p.last_timestamp, bound)
+        for p in ring
+        if p.last_timestamp and p.token is None
+    }
 
 
 def save_guard(path: Path, newest: dict[str, int]) -> None:

@@ -266,6 +266,8 @@ class Connection:
         self.peer_id: str | None = None
         #: Responder only: the device id the initiator stated for itself in HS_INIT.
         self.peer_stated_id = ""
+        #: Responder only: the token the initiator authenticated with (§20), if any.
+        self.peer_token: str | None = None
         self.service: str | None = None
         self._channels = ChannelTable(
             initiator=role is Role.CLIENT,
@@ -740,6 +742,7 @@ class Connection:
         frame, keys = self._responder.write_response()
         assert self._responder.peer is not None
         self.peer_id = self._responder.peer.device_id
+        self.peer_token = self._responder.peer.token
         self.peer_stated_id = self._responder.initiator_id
         self.service = self._responder.service
         self._install_keys(keys, send_key=keys.r2i_key, recv_key=keys.i2r_key)

@@ -133,6 +133,8 @@ class PeerKey(msgspec.Struct):
         kid_key: the key-id MAC key derived from the pair key.
         last_timestamp: the newest HS_INIT timestamp accepted.
         floor: timestamps at or below this are refused.
+        token: the id of the token whose secret this key comes from (§20), or
+            None for the peer's pair key.
     """
 
     device_id: str
@@ -141,9 +143,15 @@ class PeerKey(msgspec.Struct):
     last_timestamp: int = 0
     floor: int = 0
     _recent: list[int] = msgspec.field(default_factory=list)
+    token: str | None = None
 
     def __repr__(self) -> str:  # never the keys
         return f"PeerKey(device_id={self.device_id!r}, last_timestamp={self.last_timestamp})"
+
+    @property
+    def ring_key(self) -> str:
+        """Its entry in a :class:`KeyRing`: the device id, or ``token:ID``."""
+        return self.device_id if self.token is None else "token:" + self.token
 
     def fresh(self, timestamp: int) -> bool:
         """True if ``timestamp`` passes the replay guard (nothing is recorded)."""
@@ -206,8 +214,33 @@ class KeyRing:
         peer.last_timestamp = peer.floor = newest
         self._peers[device_id] = peer
 
+    def add_token(
+        self, token_id: str, device_id: str, secret: bytes, last_timestamp: int = 0
+    ) -> None:
+        """Add a token's key (§20): its secret is used as a pair key is, for ``device_id``.
+
+        It sits beside the peer's pair key (a handshake with either
+        authenticates as ``device_id``; :attr:`PeerKey.token` tells which)
+        and has its own replay guard, closed up to ``last_timestamp``.
+
+        Raises:
+            ValueError: the secret is not 32 bytes.
+        """
+        key = PeerKey.from_pair_key(device_id, secret)
+        key.token = token_id
+        key.last_timestamp = key.floor = last_timestamp
+        self._peers.setdefault(key.ring_key, key)
+
+    def get(self, ring_key: str) -> PeerKey | None:
+        """The key at ``ring_key`` (a device id, or ``token:ID``), or None."""
+        return self._peers.get(ring_key)
+
+    def tokens(self) -> set[str]:
+        """The ids of the tokens in the ring."""
+        return {p.token for p in self._peers.values() if p.token is not None}
+
     def remove(self, device_id: str) -> None:
-        """Forget a peer (no error if unknown)."""
+        """Forget a peer's pair key, or a token's key as ``token:ID`` (no error if unknown)."""
         self._peers.pop(device_id, None)
 
     def take(self, device_id: str) -> PeerKey | None:
@@ -220,7 +253,7 @@ class KeyRing:
 
     def put(self, peer: PeerKey) -> None:
         """Bring back a key :meth:`take` removed, unless that device got a new one meanwhile."""
-        self._peers.setdefault(peer.device_id, peer)
+        self._peers.setdefault(peer.ring_key, peer)
 
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._peers

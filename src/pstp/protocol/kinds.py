@@ -25,6 +25,7 @@ from pstp.wire.messages import ChannelCode, Params, ParamValue
 
 __all__ = [
     "ARG_PREFIX",
+    "GRANT_MAX",
     "KINDS",
     "LISTING_MAX",
     "ActionInfo",
@@ -37,7 +38,10 @@ __all__ = [
     "ForwardOpen",
     "PingOpen",
     "ShellOpen",
+    "TokenGrant",
+    "TokenOpen",
     "action_args",
+    "decode_grant",
     "decode_listing",
     "encode_listing",
 ]
@@ -404,6 +408,112 @@ class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
         return cls(host=host, port=port, reason=_reason(params))
 
 
+_SCOPE_ITEM = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
+
+
+def _scope_list(params: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = params.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > 32:
+        raise BadParams(f"{key} must be nil or an array of at most 32 strings")
+    if not all(isinstance(i, str) and _SCOPE_ITEM.fullmatch(i) for i in value):
+        raise BadParams(f"{key} must hold names or globs (letters, digits, . _ - * ? [ ] !)")
+    return tuple(value)
+
+
+class TokenOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``token``: a token derived from this session (§17.13, §20).
+
+    Attributes:
+        ttl: seconds the token lives (60 to 2 592 000).
+        uses: handshakes it may open, or nil for no limit.
+        kinds: channel kinds it may open (empty: as the peer).
+        actions: action names or globs it may run (empty: as the peer).
+        reason: why (audit).
+    """
+
+    KIND: ClassVar[str] = "token"
+
+    ttl: int
+    uses: int | None = None
+    kinds: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {
+            "ttl": self.ttl,
+            "uses": self.uses,
+            "kinds": list(self.kinds) or None,
+            "actions": list(self.actions) or None,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> TokenOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: ``ttl`` not an integer in 60..2592000, ``uses`` not nil or a
+                positive integer up to 1 000 000, ``kinds``/``actions`` malformed.
+        """
+        ttl = params.get("ttl")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= 2_592_000:
+            raise BadParams("ttl must be an integer in 60..2592000")
+        uses = params.get("uses")
+        if uses is not None and (
+            isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= 1_000_000
+        ):
+            raise BadParams("uses must be nil or an integer in 1..1000000")
+        return cls(
+            ttl=ttl,
+            uses=uses,
+            kinds=_scope_list(params, "kinds"),
+            actions=_scope_list(params, "actions"),
+            reason=_reason(params),
+        )
+
+
+class TokenGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer on a ``token`` channel: the token, without its secret (§17.13).
+
+    Attributes:
+        id: the token's public id (``tok_`` and 12 base-32 letters).
+        expires: its end of life, Unix seconds.
+        uses: handshakes it may open, or nil.
+        kinds: the channel kinds it may open (empty: as the peer).
+        actions: the action globs it may run (empty: as the peer).
+        addresses: channel addresses of the device (§19.1), the advertised ones first.
+    """
+
+    id: str
+    expires: float
+    uses: int | None
+    kinds: list[str]
+    actions: list[str]
+    addresses: list[str]
+
+
+#: The largest token grant a client accepts, in bytes.
+GRANT_MAX = 1 << 16
+
+
+def decode_grant(data: bytes) -> TokenGrant:
+    """Read a ``token`` channel's answer.
+
+    Raises:
+        BadParams: not a grant, or larger than :data:`GRANT_MAX`.
+    """
+    if len(data) > GRANT_MAX:
+        raise BadParams("the token grant is too large")
+    try:
+        return msgspec.msgpack.decode(data, type=TokenGrant)
+    except msgspec.DecodeError as exc:
+        raise BadParams(f"malformed token grant: {exc}") from None
+
+
 #: Each kind's params struct, by kind name.
 KINDS: dict[
     str,
@@ -413,8 +523,18 @@ KINDS: dict[
     | type[ShellOpen]
     | type[PingOpen]
     | type[FileOpen]
-    | type[ForwardOpen],
+    | type[ForwardOpen]
+    | type[TokenOpen],
 ] = {
     cls.KIND: cls
-    for cls in (ActionOpen, ActionsOpen, ExecOpen, ShellOpen, PingOpen, FileOpen, ForwardOpen)
+    for cls in (
+        ActionOpen,
+        ActionsOpen,
+        ExecOpen,
+        ShellOpen,
+        PingOpen,
+        FileOpen,
+        ForwardOpen,
+        TokenOpen,
+    )
 }

@@ -99,6 +99,7 @@ class Policy:
         self._peers = dict(peers)
         self._buckets: dict[str, _Bucket] = {}
         self._sessions: dict[str, int] = {}
+        self._guests: dict[str, PeerPolicy] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -289,6 +290,23 @@ class Policy:
         if decision.allowed:
             self._sessions[peer_id] = self.sessions(peer_id) + 1
         return decision
+
+    def set_guests(self, guests: Mapping[str, PeerPolicy]) -> None:
+        """Replace the policies of guests: token holders that are no configured peer (§20).
+
+        A guest's policy is made from its tokens' scopes
+        (:func:`pstp.daemon.tokens.guest_policies`); configured peers are never
+        touched, and a guest's rate bucket and session count survive the change.
+
+        Args:
+            guests: each guest's policy by name (names of configured peers are ignored).
+        """
+        for name in set(self._guests) - set(guests):
+            self._peers.pop(name, None)
+        self._guests = {
+            n: p for n, p in guests.items() if n not in self._peers or n in self._guests
+        }
+        self._peers.update(self._guests)
 
     def carry_sessions(self, counts: Mapping[str, int]) -> None:
         """Take over the open-session counts of the policy this one replaces (a reload).
