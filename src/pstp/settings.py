@@ -109,6 +109,9 @@ class PeerSettings(msgspec.Struct, frozen=True):
         table: the peer's whole TOML table, for sections added later (policy).
         ca_file: the CA certificates (PEM) that a ``wss://`` address of this
             peer is verified against instead of the system's trust store.
+        device: the device id the peer proves, when it differs from the name
+            it has here (a token imported under a name of one's choosing).
+        token: the id of the token ``key`` holds (§20), or None for a pair key.
     """
 
     id: str
@@ -116,9 +119,16 @@ class PeerSettings(msgspec.Struct, frozen=True):
     address: str | None = None
     table: dict[str, Any] = msgspec.field(default_factory=dict)
     ca_file: str | None = None
+    device: str | None = None
+    token: str | None = None
 
     def __repr__(self) -> str:  # never the key
         return f"PeerSettings(id={self.id!r}, address={self.address!r})"
+
+    @property
+    def device_id(self) -> str:
+        """The device id to expect in the handshake: ``device``, else the name."""
+        return self.device or self.id
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -454,6 +464,20 @@ SCHEMA: tuple[Table, ...] = (
                 'The channel address that last worked for this peer, tried first: `"HOST:PORT"` '
                 f'(TCP, PORT defaults to {DEFAULT_PORT}), `"ws://HOST:PORT/PATH"` or '
                 '`"wss://HOST/PATH"` (written by the client; may be set by hand).',
+            ),
+            Key(
+                "device",
+                "string",
+                "none (the peer's name)",
+                "The device id this peer proves in the handshake, when it differs from "
+                "the name it has here (written by `pstp token import`).",
+            ),
+            Key(
+                "token",
+                "string",
+                "none (`key` is a pair key)",
+                "The id of the token whose secret `key` holds (written by "
+                "`pstp token import`; the device lists and revokes it by this id).",
             ),
             Key(
                 "ca_file",
@@ -1007,7 +1031,13 @@ def load(path: Path | str) -> Settings:
         ca_file = table.get("ca_file")
         if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
             raise err(f"{key}.ca_file", "must be the path of a PEM file")
-        peers[name] = PeerSettings(name, pair_key, address, dict(table), ca_file)
+        device = table.get("device")
+        if device is not None:
+            device = _device_id(device, path, f"{key}.device", text)
+        token = table.get("token")
+        if token is not None and (not isinstance(token, str) or not token.startswith("tok_")):
+            raise err(f"{key}.token", 'must be a token id ("tok_...")')
+        peers[name] = PeerSettings(name, pair_key, address, dict(table), ca_file, device, token)
     return Settings(
         path,
         device_id,
@@ -1082,8 +1112,11 @@ def add_peer(
     *,
     address: str | None = None,
     default_policy: bool = False,
+    extra: Mapping[str, str] | None = None,
 ) -> None:
     """Add a peer (or replace its key), keeping the file's comments and layout.
+
+    ``extra`` holds more string keys of the peer's table (``device``, ``token``).
 
     With ``default_policy`` a new peer gets an empty ``[peers.NAME.policy]``
     table: it may open sessions (and ping), and nothing else until the owner
@@ -1103,10 +1136,12 @@ def add_peer(
         table.add("key", key.hex())
         if address:
             table.add("address", address)
+        for k, v in (extra or {}).items():
+            table.add(k, v)
         old = peers.get(peer_id)
         if old is not None:
             for k, v in old.items():
-                if k not in ("key", "address"):
+                if k not in ("key", "address", *(extra or {})):
                     table.add(k, v)
         if default_policy and "policy" not in table:
             table.add("policy", tomlkit.table())

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from pstp.cli.common import load_settings
+from pstp.cli.common import load_settings, print_table
 from pstp.cli.main import Console
 
 __all__ = ["add", "list_", "remove"]
@@ -111,11 +111,8 @@ def list_(args: argparse.Namespace, console: Console) -> int:
     if not rows:
         console.print("no peers yet: pair one with `pstp pair --allow`")
         return 0
-    width_id = max(len("PEER"), *(len(i) for i, _, _ in rows))
-    width_addr = max(len("ADDRESS"), *(len(a or "-") for _, a, _ in rows))
-    console.print(f"{'PEER':{width_id}}  {'ADDRESS':{width_addr}}  ALLOWED")
-    for peer_id, address, policy in rows:
-        console.print(f"{peer_id:{width_id}}  {address or '-':{width_addr}}  {policy}")
+    shown = [(peer_id, address or "-", policy) for peer_id, address, policy in rows]
+    print_table(console, ("PEER", "ADDRESS", "ALLOWED"), shown)
     return 0
 
 

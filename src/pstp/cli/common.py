@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pstp.settings import Settings, config_path, load
@@ -11,7 +11,9 @@ from pstp.settings import Settings, config_path, load
 if TYPE_CHECKING:  # asyncio is imported only by commands that run a loop
     import asyncio
 
-__all__ = ["load_settings", "run", "stop_event"]
+    from pstp.cli.main import Console
+
+__all__ = ["load_settings", "print_table", "run", "stop_event"]
 
 T = TypeVar("T")
 
@@ -42,3 +44,11 @@ def stop_event() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def print_table(console: Console, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print ``rows`` under ``header`` in left-aligned columns (the last one unpadded)."""
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        cells = [f"{c!s:{w}}" for c, w in zip(row, widths, strict=False)]
+        console.print("  ".join([*cells, str(row[-1])]))

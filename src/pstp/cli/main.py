@@ -399,6 +399,56 @@ def build_parser() -> argparse.ArgumentParser:
         )
         xfer.set_defaults(func=_lazy("pstp.cli.cmd_files", f"{verb}_command"))
 
+    token = sub.add_parser(
+        "token",
+        help="scoped, expiring keys: guest credentials, list, revoke",
+        description=(
+            "Tokens are narrower keys to this device: a scope (channel kinds, actions), an "
+            "expiry (1 minute to 30 days), a use budget, revocable at any time. A session may "
+            "ask for one (its secret is derived from the session); `issue` makes a guest "
+            "credential to hand over as a pstp:// link or QR code. Tokens live in tokens.sqlite "
+            "beside the configuration and survive a restart; every use is audited."
+        ),
+        epilog=(
+            "examples:\n"
+            "  pstp token issue --peer neighbour --allow gate.open --ttl 2h --uses 5\n"
+            "  pstp token list\n"
+            "  pstp token revoke tok_abcdefghijkl\n"
+            "  pstp token import home < link.txt     # on the other device"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    tissue = token_sub.add_parser("issue", help="issue a guest credential (a pstp:// link)")
+    tissue.add_argument("--peer", required=True, help="whom it acts as (a peer, or a guest name)")
+    tissue.add_argument(
+        "--allow", action="append", metavar="ACTION", help="an action or glob it may run"
+    )
+    tissue.add_argument(
+        "--kind", action="append", metavar="KIND", help="a channel kind it may open"
+    )
+    tissue.add_argument("--ttl", default="1h", help="lifetime: 90s, 10m, 2h, 7d (default 1h)")
+    tissue.add_argument("--uses", type=int, metavar="N", help="sessions it may open")
+    tissue.add_argument(
+        "--via", action="append", metavar="URL", help="an address to give (default: advertise)"
+    )
+    tissue.add_argument("--qr", action="store_true", default=None, help="draw a QR code")
+    tissue.add_argument("--json", action="store_true", help="print one JSON object")
+    tissue.set_defaults(func=_lazy("pstp.cli.cmd_token", "issue"))
+    tlist = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    tlist.add_argument("--json", action="store_true", help="print a JSON list")
+    tlist.set_defaults(func=_lazy("pstp.cli.cmd_token", "list_"))
+    trevoke = token_sub.add_parser("revoke", help="revoke a token; its sessions end at once")
+    trevoke.add_argument("id", help="the token's id (tok_...)")
+    trevoke.set_defaults(func=_lazy("pstp.cli.cmd_token", "revoke"))
+    timport = token_sub.add_parser(
+        "import", help="store a token link (from stdin or --file) as peer NAME"
+    )
+    timport.add_argument("name", help="the name to reach it by (pstp ping NAME)")
+    timport.add_argument("--file", metavar="PATH", help="read the link from this file")
+    timport.add_argument("--replace", action="store_true", help="overwrite an existing peer")
+    timport.set_defaults(func=_lazy("pstp.cli.cmd_token", "import_"))
+
     completion = sub.add_parser(
         "completion",
         help="print a shell completion script (bash, zsh, fish)",
@@ -675,7 +725,10 @@ def _report(exc: Exception, console: Console, args: argparse.Namespace) -> int:
         console.error(str(exc))
         return EXIT_CONFIG
     if isinstance(exc, HandshakeFailed):
-        console.error(f"handshake failed: {exc} (check the pair key and the device id)")
+        console.error(
+            f"handshake failed: {exc} (check the pair key and the device id; a token "
+            "may have expired, been used up or been revoked)"
+        )
         return EXIT_PROTOCOL
     if isinstance(exc, ProtocolError):
         console.error(f"protocol error: {exc}")

@@ -100,11 +100,11 @@ async def discover_peer(
     if peer.address and not (where := check_channel(peer.address)).websocket:
         port = where.port
     # The PING carries our key id for this peer, so a stealth peer answers too (§8.2).
-    kid_key = PeerKey.from_pair_key(peer_id, peer.key).kid_key
+    kid_key = PeerKey.from_pair_key(peer.device_id, peer.key).kid_key
     found = await discover(port, discovery_timeout, kid_key=kid_key)
     failure: Exception | None = None
     for dev in found:
-        if dev.device_id != peer_id:
+        if dev.device_id != peer.device_id:
             continue
         # A PONG is only a hint: a spoofed one fails its handshake, so try every
         # candidate before giving up (a forger must not hide the real device).
@@ -113,7 +113,7 @@ async def discover_peer(
                 dev.host,
                 dev.port,
                 pair_key=peer.key,
-                device_id=peer_id,
+                device_id=peer.device_id,
                 config=config,
                 discovery=dev.binding,
                 own_id=settings.device_id,
@@ -128,7 +128,7 @@ async def discover_peer(
         return session
     if isinstance(failure, HandshakeFailed):
         raise failure
-    if not any(dev.device_id == peer_id for dev in found):
+    if not any(dev.device_id == peer.device_id for dev in found):
         tried.append(f"discovery on port {port}: no answer in {discovery_timeout:g} s")
     if not peer.address:
         tried.insert(0, "no remembered address")

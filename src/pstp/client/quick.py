@@ -130,7 +130,7 @@ class Attempts:
         #: The keyword arguments of either driver's ``connect``.
         self.options: dict[str, Any] = {
             "pair_key": peer.key,
-            "device_id": peer_id,
+            "device_id": peer.device_id,
             "config": config,
             "own_id": settings.device_id,
         }

@@ -537,12 +537,7 @@ class Daemon:
                 continue
             reason = f"no longer allowed: {decision.reason}"
             for session in list(live_sessions):
-                self._record("session", peer, "deny", detail=f"{decision.rule}: {reason}")
-                for live in self._live:  # their audit rows say why they ended
-                    if live.conn is session.connection and live.revoked is None:
-                        live.revoked = reason
-                        live.task.cancel()
-                await session.close(ErrorCode.REFUSED, reason)
+                await self._end_session(session, peer, reason, f"{decision.rule}: {reason}")
         for live in list(self._live):
             if live.revoked is not None or live.task.done():
                 continue
@@ -550,6 +545,15 @@ class Daemon:
             if not decision.allowed:
                 live.revoked = f"no longer allowed: {decision.reason}"
                 live.task.cancel()
+
+    async def _end_session(self, session: Session, peer: str, reason: str, detail: str) -> None:
+        """Close ``session`` with REFUSED: audited, and its running requests ended with it."""
+        self._record("session", peer, "deny", detail=detail)
+        for live in self._live:  # their audit rows say why they ended
+            if live.conn is session.connection and live.revoked is None:
+                live.revoked = reason
+                live.task.cancel()
+        await session.close(ErrorCode.REFUSED, reason)
 
     async def _keep_enforcing(self) -> None:
         while True:
@@ -651,8 +655,8 @@ class Daemon:
     async def check_tokens(self) -> None:
         """Close the sessions whose token was revoked or expired (and refresh the ring)."""
         now = time.time()
-        live = {t.id for t in self.tokens.live(now)}
-        if self.tokens.version != self._token_version or not self.keyring.tokens() <= live:
+        usable = {t.id for t in self.tokens.live(now)}
+        if self.tokens.version != self._token_version or not self.keyring.tokens() <= usable:
             self._refresh_tokens()  # another process wrote, or a token ended here
         for conn_id, token in list(self._token_of.items()):
             current = self.tokens.get(token.id)
@@ -665,17 +669,10 @@ class Daemon:
                 why = f"token {token.id} expired"
             else:
                 continue
-            for peer_sessions in list(self.sessions.values()):
-                for session in list(peer_sessions):
-                    if id(session.connection) != conn_id:
-                        continue
-                    self._record("session", token.peer, "deny", detail=f"ended: {why}")
-                    for live in self._live:
-                        if live.conn is session.connection and live.revoked is None:
-                            live.revoked = why
-                            live.task.cancel()
-                    self._token_of.pop(conn_id, None)
-                    await session.close(ErrorCode.REFUSED, why)
+            self._token_of.pop(conn_id, None)
+            for session in list(self.sessions.get(token.peer, ())):
+                if id(session.connection) == conn_id:
+                    await self._end_session(session, token.peer, why, detail=f"ended: {why}")
 
     async def _keep_tokens(self) -> None:
         while True:

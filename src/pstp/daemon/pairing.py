@@ -68,13 +68,22 @@ def normalize_code(text: str) -> bytes:
     return code.encode("utf-8")
 
 
-def link_uri(kind: str, hosts: Sequence[str] | str, port: int, **params: str) -> str:
+def link_uri(
+    kind: str,
+    hosts: Sequence[str] | str,
+    port: int,
+    *,
+    via: Sequence[str] = (),
+    **params: str,
+) -> str:
     """A ``pstp://`` link (docs/protocol.md §16.2) to ``hosts`` at ``port``.
 
     The first host is the authority, as in every link since the first; the
     others follow as ``alt=HOST:PORT`` parameters (IPv6 in brackets, written
     ``%5B``/``%5D`` there, RFC 3986 §3.4), at most :data:`MAX_LINK_ADDRESSES`
     in all.  A reader that knows no ``alt`` still gets the first address.
+    ``via`` adds channel addresses of any transport (``wss://...``, §19.1),
+    percent-encoded whole, as ``via=`` parameters.
 
     Raises:
         ValueError: no host.
@@ -86,6 +95,8 @@ def link_uri(kind: str, hosts: Sequence[str] | str, port: int, **params: str) ->
     query = "&".join(f"{k}={v}" for k, v in params.items())
     for host in hosts[1:]:
         query += "&alt=" + quote(format_address(host, port), safe=":")
+    for address in via:
+        query += "&via=" + quote(address, safe="")
     return f"pstp://{format_address(hosts[0], port)}/{kind}?{query}"
 
 
@@ -101,12 +112,15 @@ class Link:
     Attributes:
         kind: ``pair`` (a pairing window's code) or ``peer`` (a pair key).
         addresses: ``(host, port)`` in the order given, the authority first.
-        params: the other query parameters (``id``, ``code``, ``key``), one value each.
+        params: the other query parameters (``id``, ``code``, ``key``, ``token``), one
+            value each.
+        via: channel addresses (URLs, §19.1) given as ``via`` parameters, in order.
     """
 
     kind: str
     addresses: tuple[tuple[str, int], ...]
     params: dict[str, str]
+    via: tuple[str, ...] = ()
 
 
 def parse_link(uri: str) -> Link:
@@ -123,8 +137,11 @@ def parse_link(uri: str) -> Link:
     first = parse_address(parts.netloc)
     query = parse_qs(parts.query, keep_blank_values=True)
     alts = tuple(parse_address(a) for a in query.pop("alt", []))
+    via = tuple(query.pop("via", []))
+    for address in via:
+        parse_address(address)  # a malformed one is refused here
     params = {k: v[-1] for k, v in query.items()}
-    return Link(parts.path.strip("/"), (first, *alts), params)
+    return Link(parts.path.strip("/"), (first, *alts), params, via)
 
 
 @dataclass
