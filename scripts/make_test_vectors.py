@@ -712,6 +712,144 @@ def build_streams() -> dict[str, object]:
     }
 
 
+#: Fixed inputs of tokens.json (§20): the session is pstp-hs.json's first case.
+_TOKEN_ID = "tok_abcdefghijkl"  # noqa: S105  (a public id)
+_TOKEN_R = bytes(range(0x40, 0x50))
+
+
+def build_tokens(hs: dict[str, object]) -> dict[str, object]:
+    """tokens.json: a session-derived token's secret, keys and string; its OPEN and grant."""
+    from pstp.protocol.handshake import make_kid
+    from pstp.protocol.kinds import TokenGrant, TokenOpen
+    from pstp.protocol.tokens import encode_token_string, token_label
+
+    case = hs["cases"][0]  # type: ignore[index]
+    exporter = bytes.fromhex(case["derived"]["exporter_secret"])  # type: ignore[index]
+    label = token_label(_TOKEN_ID)
+    secret = hkdf_expand_sha256(exporter, b"PSTP/2 export " + label.encode(), 32)
+    key = PeerKey.from_pair_key("phone", secret)
+    ask = TokenOpen(ttl=7200, uses=5, kinds=("ping", "action"), actions=("gate.*",))
+    grant = TokenGrant(
+        id=_TOKEN_ID,
+        expires=1_767_225_600.0,
+        uses=5,
+        kinds=["ping", "action"],
+        actions=["gate.*"],
+        addresses=["wss://home.example.org/pstp", "192.0.2.20:9000"],
+    )
+    return {
+        "description": (
+            "Token known-answer vectors (docs/protocol.md §17.13, §20). The session is the "
+            "first case of pstp-hs.json; hex strings."
+        ),
+        "session_exporter_secret": exporter.hex(),
+        "token_id": _TOKEN_ID,
+        "export_label": label,
+        "hkdf_info": (b"PSTP/2 export " + label.encode()).hex(),
+        "secret": secret.hex(),
+        "psk": key.psk.hex(),
+        "kid_key": key.kid_key.hex(),
+        "kid_r": _TOKEN_R.hex(),
+        "kid": make_kid(key.kid_key, _TOKEN_R).hex(),
+        "token_string": encode_token_string(_TOKEN_ID, secret),
+        "open_params": {
+            "fields": ask.to_params(),
+            "msgpack": msgspec.msgpack.encode(ask.to_params()).hex(),
+        },
+        "grant": {
+            "fields": msgspec.to_builtins(grant),
+            "msgpack": msgspec.msgpack.encode(grant).hex(),
+        },
+        "bad_token_strings": [
+            {
+                "text": "pstp_tok_" + encode_token_string(_TOKEN_ID, secret)[9:-1] + "A",
+                "error": "checksum",
+            },
+            {"text": "pstp_key_" + encode_token_string(_TOKEN_ID, secret)[9:], "error": "prefix"},
+            {"text": encode_token_string(_TOKEN_ID, secret)[:-4], "error": "length"},
+        ],
+    }
+
+
+#: The mask key of the WebSocket frame in transports.json (a client picks it at random).
+_WS_MASK = bytes.fromhex("37fa213d")
+
+
+def _ws_frame(payload: bytes, mask: bytes | None) -> bytes:
+    """One final binary WebSocket frame (RFC 6455 §5.2), masked when ``mask`` is given."""
+    head = bytearray([0x82])
+    bit = 0x80 if mask is not None else 0
+    n = len(payload)
+    if n < 126:
+        head.append(bit | n)
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if mask is None:
+        return bytes(head) + payload
+    return bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def build_transports(hs: dict[str, object]) -> dict[str, object]:
+    """transports.json: channel addresses (§19.1) and the WebSocket framing of HS_INIT (§19.2)."""
+    from pstp.address import parse
+
+    good = [
+        "192.0.2.20:9000",
+        "home.local",
+        "[2001:db8::20]:7000",
+        "tcp://pi-4.home.arpa:9001",
+        "ws://127.0.0.1:8080/pstp",
+        "wss://home.example.org/pstp",
+        "wss://[2001:db8::1]:8443/a/b",
+    ]
+    bad = [
+        "mqtt://broker/pstp",
+        "http://home/pstp",
+        "ws://home/pstp?token=x",
+        "wss://user@home/pstp",
+        "tcp://home:9000/x",
+        "ws://home:0/p",
+        "ws://::1/p",
+        "my_host:9000",
+        "9000",
+    ]
+    addresses = []
+    for text in good:
+        a = parse(text)
+        addresses.append(
+            {"text": text, "scheme": a.scheme, "host": a.host, "port": a.port, "path": a.path}
+        )
+    case = hs["cases"][0]  # type: ignore[index]
+    hs_init = bytes.fromhex(case["derived"]["hs_init"])  # type: ignore[index]
+    hs_resp = bytes.fromhex(case["derived"]["hs_resp"])  # type: ignore[index]
+    return {
+        "description": (
+            "Transport vectors (docs/protocol.md §19): channel addresses a parser accepts "
+            "(with their parts) and refuses; the WebSocket upgrade's required headers; "
+            "HS_INIT and HS_RESP of pstp-hs.json's first case as WebSocket binary frames."
+        ),
+        "addresses": addresses,
+        "refused": bad,
+        "websocket": {
+            "subprotocol": "pstp.v2",
+            "request_headers": {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Protocol": "pstp.v2",
+            },
+            "max_message": 4 + 65536 + 26,
+            "mask": _WS_MASK.hex(),
+            "hs_init": hs_init.hex(),
+            "hs_init_client_frame": _ws_frame(hs_init, _WS_MASK).hex(),
+            "hs_resp": hs_resp.hex(),
+            "hs_resp_server_frame": _ws_frame(hs_resp, None).hex(),
+        },
+    }
+
+
 def main() -> None:
     """Write the files."""
     hs, rec = build()
@@ -722,6 +860,8 @@ def main() -> None:
     (OUT / "discovery.json").write_text(json.dumps(build_discovery(), indent=2) + "\n")
     (OUT / "pake.json").write_text(json.dumps(build_pake(), indent=2) + "\n")
     (OUT / "streams.json").write_text(json.dumps(build_streams(), indent=2) + "\n")
+    (OUT / "tokens.json").write_text(json.dumps(build_tokens(hs), indent=2) + "\n")
+    (OUT / "transports.json").write_text(json.dumps(build_transports(hs), indent=2) + "\n")
 
 
 if __name__ == "__main__":

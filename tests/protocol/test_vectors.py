@@ -618,3 +618,101 @@ def test_stream_reject_vectors_fail(case: dict) -> None:  # type: ignore[type-ar
         decoder.feed(stream)
         decoder.eof()
     assert type(caught.value) is error
+
+
+# --- tokens.json (§17.13, §20) and transports.json (§19), recomputed independently --------
+
+TOKENS = json.loads((OUR_VECTORS / "tokens.json").read_text())
+TRANSPORTS = json.loads((OUR_VECTORS / "transports.json").read_text())
+
+
+def test_token_vectors_follow_from_the_session() -> None:
+    """secret = HKDF-Expand(exporter, "PSTP/2 export token ID"); psk, kid as from a pair key."""
+    from pstp.protocol.kinds import TokenGrant, TokenOpen
+    from pstp.protocol.tokens import decode_token_string, encode_token_string
+
+    v = TOKENS
+    assert v["session_exporter_secret"] == HS["cases"][0]["derived"]["exporter_secret"]
+    info = b"PSTP/2 export token " + v["token_id"].encode()
+    assert bytes.fromhex(v["hkdf_info"]) == info
+    secret = HKDFExpand(hashes.SHA256(), 32, info).derive(
+        bytes.fromhex(v["session_exporter_secret"])
+    )
+    assert secret.hex() == v["secret"]
+
+    def derive(label: bytes) -> bytes:
+        return HKDF(hashes.SHA256(), 32, None, label).derive(secret)
+
+    assert derive(b"PSTP/2 psk").hex() == v["psk"]
+    kid_key = derive(b"PSTP/2 key id")
+    assert kid_key.hex() == v["kid_key"]
+    r = bytes.fromhex(v["kid_r"])
+    assert (r + hmac.new(kid_key, r, hashlib.sha256).digest()[:16]).hex() == v["kid"]
+    # The token string: prefix, base64url of id letters, secret and CRC-32, no padding.
+    import base64
+    import binascii
+
+    body = v["token_id"][4:].encode() + secret
+    raw = body + binascii.crc32(body).to_bytes(4, "big")
+    assert v["token_string"] == "pstp_tok_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert encode_token_string(v["token_id"], secret) == v["token_string"]
+    assert decode_token_string(v["token_string"]) == (v["token_id"], secret)
+    for bad in v["bad_token_strings"]:
+        with pytest.raises(ValueError, match=bad["error"]):
+            decode_token_string(bad["text"])
+    # The OPEN params and the grant, as MessagePack.
+    params = v["open_params"]
+    assert msgspec.msgpack.decode(bytes.fromhex(params["msgpack"])) == params["fields"]
+    ask = TokenOpen.from_params(params["fields"])
+    assert msgspec.msgpack.encode(ask.to_params()).hex() == params["msgpack"]
+    grant = msgspec.msgpack.decode(bytes.fromhex(v["grant"]["msgpack"]), type=TokenGrant)
+    assert msgspec.to_builtins(grant) == v["grant"]["fields"]
+
+
+@pytest.mark.parametrize("case", TRANSPORTS["addresses"], ids=lambda c: c["text"])
+def test_transport_address_vectors_parse(case: dict) -> None:  # type: ignore[type-arg]
+    """Each address gives its scheme, host, port and path (§19.1)."""
+    from pstp.address import parse
+
+    a = parse(case["text"])
+    assert (a.scheme, a.host, a.port, a.path) == (
+        case["scheme"],
+        case["host"],
+        case["port"],
+        case["path"],
+    )
+
+
+@pytest.mark.parametrize("text", TRANSPORTS["refused"])
+def test_transport_refused_address_vectors_are_refused(text: str) -> None:
+    """Each refused address raises ValueError (the CLI's check also refuses a bare port)."""
+    from pstp.settings import check_channel
+
+    with pytest.raises(ValueError):
+        check_channel(text)
+
+
+def test_websocket_frame_vectors_parse_with_an_independent_reader() -> None:
+    """websockets' own frame parser reads HS_INIT (masked) and HS_RESP back (§19.2)."""
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from pstp.asyncio.websocket import SUBPROTOCOL, max_message
+
+    ws = TRANSPORTS["websocket"]
+    assert ws["subprotocol"] == SUBPROTOCOL and ws["max_message"] == max_message(Config())
+    assert ws["hs_init"] == HS["cases"][0]["derived"]["hs_init"]
+    for key, mask in (("hs_init_client_frame", True), ("hs_resp_server_frame", False)):
+        reader = StreamReader()
+        reader.feed_data(bytes.fromhex(ws[key]))
+        parser = Frame.parse(reader.read_exact, mask=mask)
+        try:
+            next(parser)
+            raise AssertionError("the frame is incomplete")
+        except StopIteration as done:
+            frame = done.value
+        assert frame.opcode is Opcode.BINARY and frame.fin
+        assert frame.data.hex() == ws[key.rsplit("_", 2)[0]]
+    client = bytes.fromhex(ws["hs_init_client_frame"])
+    start = {126: 4, 127: 10}.get(client[1] & 0x7F, 2)  # after the extended length
+    assert client[start : start + 4].hex() == ws["mask"]

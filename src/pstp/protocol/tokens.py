@@ -61,7 +61,7 @@ def decode_token_string(text: str) -> tuple[str, bytes]:
     """
     text = text.strip()
     if not text.startswith(TOKEN_PREFIX):
-        raise ValueError(f"a token starts with {TOKEN_PREFIX}")
+        raise ValueError(f"a token starts with the prefix {TOKEN_PREFIX}")
     data = text[len(TOKEN_PREFIX) :]
     try:
         raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
