@@ -40,6 +40,7 @@ import msgspec
 
 from pstp.daemon.policy.model import PeerPolicy
 from pstp.exceptions import PstpError
+from pstp.protocol.kinds import TOKEN_KINDS
 from pstp.protocol.tokens import (
     TOKEN_PREFIX,
     decode_token_string,
@@ -75,8 +76,8 @@ MIN_TTL = 60
 MAX_TTL = 30 * 24 * 3600
 #: What a guest token (for a name that is no configured peer) may ever open.
 GUEST_KINDS = ("ping", "action", "actions")
-#: Kinds a scope may name.
-ISSUE_KINDS = ("ping", "action", "actions", "exec", "shell", "file")
+#: Kinds a scope may name (§17.13).
+ISSUE_KINDS = TOKEN_KINDS
 #: Live (unexpired, unrevoked) tokens, at most, per peer and on the device.
 MAX_LIVE_PER_PEER = 32
 MAX_LIVE_TOKENS = 1024

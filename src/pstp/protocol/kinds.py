@@ -28,6 +28,7 @@ __all__ = [
     "GRANT_MAX",
     "KINDS",
     "LISTING_MAX",
+    "TOKEN_KINDS",
     "ActionInfo",
     "ActionOpen",
     "ActionsOpen",
@@ -408,6 +409,8 @@ class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
         return cls(host=host, port=port, reason=_reason(params))
 
 
+#: The channel kinds a token's scope may name (§17.13).
+TOKEN_KINDS = ("ping", "action", "actions", "exec", "shell", "file")
 _SCOPE_ITEM = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 
 
@@ -467,10 +470,13 @@ class TokenOpen(msgspec.Struct, frozen=True, kw_only=True):
             isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= 1_000_000
         ):
             raise BadParams("uses must be nil or an integer in 1..1000000")
+        kinds = _scope_list(params, "kinds")
+        if not set(kinds) <= set(TOKEN_KINDS):
+            raise BadParams(f"kinds must be among {', '.join(TOKEN_KINDS)}")
         return cls(
             ttl=ttl,
             uses=uses,
-            kinds=_scope_list(params, "kinds"),
+            kinds=kinds,
             actions=_scope_list(params, "actions"),
             reason=_reason(params),
         )
