@@ -728,7 +728,7 @@ def build_tokens(hs: dict[str, object]) -> dict[str, object]:
     label = token_label(_TOKEN_ID)
     secret = hkdf_expand_sha256(exporter, b"PSTP/2 export " + label.encode(), 32)
     key = PeerKey.from_pair_key("phone", secret)
-    ask = TokenOpen(ttl=7200, uses=5, kinds=("ping", "action"), actions=("gate.*",))
+    ask = TokenOpen(ttl=7200, uses=5, kinds=["ping", "action"], actions=["gate.*"])
     grant = TokenGrant(
         id=_TOKEN_ID,
         expires=1_767_225_600.0,

@@ -38,7 +38,7 @@ def cases(section: str) -> list[Any]:
 
 def test_every_kind_has_vectors() -> None:
     """The vectors cover exactly the kinds the module defines; only forward is reserved."""
-    kinds = {"action", "actions", "exec", "shell", "ping", "file", "forward"}
+    kinds = {"action", "actions", "exec", "shell", "ping", "file", "forward", "token"}
     assert set(VECTORS) == set(KINDS) == kinds
     assert [k for k, e in VECTORS.items() if e["reserved"]] == ["forward"]
 

@@ -78,7 +78,7 @@ async def request_token(
         RemoteProtocolError: the answer is malformed.
     """
     params = TokenOpen(
-        ttl=ttl, uses=uses, kinds=tuple(kinds), actions=tuple(actions), reason=reason
+        ttl=ttl, uses=uses, kinds=list(kinds), actions=list(actions), reason=reason
     ).to_params()
     answer = await session.request(TokenOpen.KIND, b"", params)
     try:

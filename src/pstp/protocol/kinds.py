@@ -414,15 +414,15 @@ TOKEN_KINDS = ("ping", "action", "actions", "exec", "shell", "file")
 _SCOPE_ITEM = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 
 
-def _scope_list(params: Mapping[str, object], key: str) -> tuple[str, ...]:
+def _scope_list(params: Mapping[str, object], key: str) -> list[str]:
     value = params.get(key)
     if value is None:
-        return ()
+        return []
     if not isinstance(value, list) or len(value) > 32:
         raise BadParams(f"{key} must be nil or an array of at most 32 strings")
     if not all(isinstance(i, str) and _SCOPE_ITEM.fullmatch(i) for i in value):
         raise BadParams(f"{key} must hold names or globs (letters, digits, . _ - * ? [ ] !)")
-    return tuple(value)
+    return list(value)
 
 
 class TokenOpen(msgspec.Struct, frozen=True, kw_only=True):
@@ -440,8 +440,8 @@ class TokenOpen(msgspec.Struct, frozen=True, kw_only=True):
 
     ttl: int
     uses: int | None = None
-    kinds: tuple[str, ...] = ()
-    actions: tuple[str, ...] = ()
+    kinds: list[str] = msgspec.field(default_factory=list)
+    actions: list[str] = msgspec.field(default_factory=list)
     reason: str | None = None
 
     def to_params(self) -> Params:
