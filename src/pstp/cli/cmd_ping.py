@@ -5,11 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TYPE_CHECKING
 
 from pstp.cli.common import load_settings, run
 from pstp.cli.main import Console
+from pstp.exceptions import PstpError
+
+if TYPE_CHECKING:
+    from pstp.asyncio.connection import Session
 
 __all__ = ["ping"]
+
+
+def _story(console: Console, session: Session, token: str | None) -> None:
+    """``-v``: what the handshake did, in the product's words (never a secret)."""
+    conn = session.connection
+    try:
+        challenge, response = conn.challenge_response
+    except PstpError:  # a PSTP-PAKE session has no single challenge
+        console.note("  passphrase proven by SPAKE2+ (it never left this machine)")
+    else:
+        console.note(f"  challenge received: {challenge.hex()[:24]}... (a one-time public key)")
+        console.note(f"  response sent: {response.hex()[:24]}... (proof of the shared key)")
+    suite = "AES-256-GCM" if conn.suite == 1 else "ChaCha20-Poly1305"
+    how = f"token {token}" if token else "pair key"
+    console.note(
+        f"  authenticated with its {how}: session {session.session_id.hex()[:16]}, {suite}"
+    )
 
 
 def ping(args: argparse.Namespace, console: Console) -> int:
@@ -28,6 +50,8 @@ def ping(args: argparse.Namespace, console: Console) -> int:
             connect_ms = (t1 - t0) * 1000
             if not args.json:
                 console.print(f"connected to {session.peer_id!r} in {connect_ms:.1f} ms")
+            if args.verbose and not args.json:
+                _story(console, session, settings.peers[args.peer].token)
             rtts: list[float] = []
             for i in range(args.count):
                 t = time.perf_counter()
