@@ -1,14 +1,17 @@
 """PSTP client workers: each subcommand measures one thing and prints one JSON line.
 
     python -m bench.client latency    --port P --reps N [--inproc]
-    python -m bench.client rtt        --port P --reps N --size B
+    python -m bench.client rtt        --port P --reps N --size B [--url URL [--ca FILE]]
     python -m bench.client bulk       --port P --size B --reps N [--max-record N] [--uvloop]
+                                      [--url URL [--ca FILE]]
     python -m bench.client handshakes --port P --start T0 --end T1
     python -m bench.client idle       --port P --count N --concurrency C
 
 Pair keys come from the environment (see :data:`bench.common.KEYS_ENV`).  Every
 concurrent *slot* below has its own key (the server then trial-matches among
 several peers, as a real device does) and runs its handshakes one after another.
+``--url`` reaches the server at a channel address instead (``ws://``, or ``wss://``
+verified against the CA certificates in ``--ca``).
 """
 
 from __future__ import annotations
@@ -36,12 +39,27 @@ if TYPE_CHECKING:
 
 
 async def _connect(
-    port: int, key: bytes, name: str, config: Config | None = None, **kw: Any
+    port: int,
+    key: bytes,
+    name: str,
+    config: Config | None = None,
+    *,
+    url: str | None = None,
+    ca: str | None = None,
+    **kw: Any,
 ) -> Session:
-    from pstp.asyncio.client import connect
+    from pstp.asyncio.client import connect, tls_context
 
+    if url is not None and url.startswith("wss:"):
+        kw["ssl"] = tls_context(ca)
     return await connect(
-        HOST, port, pair_key=key, device_id=SERVER_ID, own_id=name, config=config, **kw
+        url or HOST,
+        None if url else port,
+        pair_key=key,
+        device_id=SERVER_ID,
+        own_id=name,
+        config=config,
+        **kw,
     )
 
 
@@ -86,7 +104,7 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
 async def rtt(args: argparse.Namespace) -> dict[str, Any]:
     """Round trips on one open session: request(), a chat channel, session send/recv."""
     name, key = next(iter(keys_from_env().items()))
-    session = await _connect(args.port, key, name)
+    session = await _connect(args.port, key, name, url=args.url, ca=args.ca)
     payload = os.urandom(args.size)
 
     async def request() -> None:
@@ -129,7 +147,7 @@ async def bulk(args: argparse.Namespace) -> dict[str, Any]:
 
     name, key = next(iter(keys_from_env().items()))
     config = Config(max_record_size=args.max_record, channel_window=args.window)
-    session = await _connect(args.port, key, name, config=config)
+    session = await _connect(args.port, key, name, config=config, url=args.url, ca=args.ca)
     chunk = memoryview(os.urandom(args.chunk))
     n_chunks = args.size // args.chunk
     times = []
@@ -225,6 +243,9 @@ def main() -> None:
         p.add_argument("--coalesce", action="store_true", help="bench.experiments.coalesce_writes")
     sub.choices["latency"].add_argument("--inproc", action="store_true")
     sub.choices["rtt"].add_argument("--size", type=int, default=64)
+    for name in ("rtt", "bulk"):
+        sub.choices[name].add_argument("--url", help="a ws:// or wss:// address instead of TCP")
+        sub.choices[name].add_argument("--ca", help="CA certificates (PEM) for a wss:// --url")
     b = sub.choices["bulk"]
     b.add_argument("--size", type=int, default=1 << 30)
     b.add_argument("--chunk", type=int, default=1 << 20)

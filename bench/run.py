@@ -12,7 +12,9 @@ Rows (targets are the project's goals, figures are medians of several repetition
 3. request/response round trip on an open session vs an asyncssh channel echo;
 4. bulk throughput on one channel vs ``head -c N /dev/zero | ssh 'cat > /dev/null'``;
 5. full handshakes per second against one server process;
-6. server RSS per idle authenticated session (heartbeats on) at 1 000 and 10 000.
+6. server RSS per idle authenticated session (heartbeats on) at 1 000 and 10 000;
+7. transports: a 64 B echo on an open channel and bulk on one channel over TCP, ws://
+   and wss:// through a real nginx TLS proxy (``nginx`` installed; else skipped).
 
 Every PSTP server runs in its own process (``bench.server``) unless a row says
 otherwise; pair keys go to it on stdin and to clients in the environment.
@@ -35,9 +37,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import (
+    HOST,
     ServerProcess,
     child_env,
     cpu_seconds,
@@ -55,6 +58,9 @@ from bench.common import (
     spawn_worker,
     stop_child,
 )
+
+if TYPE_CHECKING:
+    from tests.tlsproxy import Nginx
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -984,6 +990,157 @@ def sshd_per_connection_kib(peers: Peers, n: int) -> float:
             c.wait(10)
 
 
+# -- 7: transports: TCP, ws://, wss:// through nginx ------------------------------------
+
+#: The WebSocket path the transport rows' server serves (the how-to's).
+WS_PATH = "/pstp"
+
+
+def _nginx_cpu(nginx: Nginx | None) -> float:
+    """CPU seconds nginx's master and workers have used so far (0 without nginx)."""
+    if nginx is None or nginx.proc is None:
+        return 0.0
+    pid = nginx.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids = [pid, *(int(p) for p in f.read().split())]
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def bench_transports(plan: Plan, extra: dict[str, Any]) -> list[Row]:
+    """64 B echo on an open channel and bulk on one channel over TCP, ws:// and wss://.
+
+    Two server processes (TCP, and WebSocket on :data:`WS_PATH`) and, for wss://, a
+    real nginx terminating TLS in front of the WebSocket one: the server block of
+    docs/howto/outside.md with a throw-away CA (``tests.tlsproxy``, which imports
+    nothing of pytest).  The transports alternate, so load elsewhere hits all alike.
+    """
+    from tests.tlsproxy import Nginx, make_certs
+
+    keys = make_keys(1)
+    work = Path(tempfile.mkdtemp(prefix="pstp-bench-ws-"))
+    names = ("TCP", "ws://", "wss:// via nginx TLS")
+    echo: dict[str, list[float]] = {n: [] for n in names}
+    request: dict[str, list[float]] = {n: [] for n in names}
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in names}  # server, client, nginx
+    nbytes = plan.bulk_variant_bytes
+    rounds = 4
+    skip: str | None = None
+    try:
+        certs = make_certs(work / "certs")
+        with contextlib.ExitStack() as stack:
+            tcp = stack.enter_context(ServerProcess(keys, "--session-echo"))
+            ws = stack.enter_context(ServerProcess(keys, "--session-echo", "--websocket", WS_PATH))
+            targets: dict[str, tuple[list[object], ServerProcess]] = {
+                "TCP": (["--port", tcp.port], tcp),
+                "ws://": (["--url", f"ws://{HOST}:{ws.port}{WS_PATH}"], ws),
+            }
+            nginx = None
+            try:
+                nginx = Nginx(work / "nginx", ws.port, certs, free_port(), 30.0)
+            except AssertionError as exc:
+                skip = str(exc).split(":")[0]
+            if nginx is not None:
+                stack.enter_context(nginx)
+                url = f"wss://{HOST}:{nginx.port}{WS_PATH}"
+                targets[names[2]] = (["--url", url, "--ca", certs.ca], ws)
+            log(f"transports: 64 B echo on an open channel, {' / '.join(targets)}")
+            for _ in range(rounds):
+                for name, (opts, _srv) in targets.items():
+                    reps = max(1, plan.rtt_reps // rounds)
+                    r = run_worker("bench.client", "rtt", *opts, "--reps", reps, keys=keys)
+                    echo[name] += r["channel"]
+                    request[name] += r["request"]
+            log(f"transports: bulk on one channel, {nbytes // MiB} MiB x {plan.bulk_reps}")
+            for _ in range(plan.bulk_reps):
+                for name, (opts, srv) in targets.items():
+                    s0, n0 = cpu_seconds(srv.pid), _nginx_cpu(nginx)
+                    r = run_worker(
+                        "bench.client", "bulk", *opts, "--size", nbytes, "--reps", 1, keys=keys
+                    )
+                    rates[name].append(mbps(r["bytes"], r["times"][0]))
+                    gb = r["bytes"] / 1e9
+                    cpu[name][0] += (cpu_seconds(srv.pid) - s0) / gb / plan.bulk_reps
+                    cpu[name][1] += r["cpu"] / gb / plan.bulk_reps
+                    if name == names[2]:
+                        cpu[name][2] += (_nginx_cpu(nginx) - n0) / gb / plan.bulk_reps
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    t_echo, t_rate = median(echo["TCP"]), median(rates["TCP"])
+    extra["transports"] = {
+        n: {
+            "echo_us": median(echo[n]) * 1e6,
+            "request_us": median(request[n]) * 1e6,
+            "bulk_mbps": median(rates[n]),
+            "cpu_per_gb": dict(zip(("server", "client", "nginx"), cpu[n], strict=True)),
+        }
+        for n in names
+        if echo[n]
+    }
+    rows = [
+        Row(
+            "64 B echo on an open channel, TCP",
+            us(t_echo),
+            note=(
+                f"write 64 B on an accepted `chat` channel and read the echo; {len(echo['TCP'])} "
+                f"round trips per transport in {rounds} alternating batches, one server process "
+                f"per transport; Session.request (a fresh channel each): "
+                + ", ".join(f"{n} {us(median(request[n]))}" for n in names if request[n])
+            ),
+        )
+    ]
+    bulk_rows = [
+        Row(
+            "bulk, one channel, TCP",
+            f"{t_rate:.0f} MB/s",
+            note=(
+                f"{nbytes // MiB} MiB in 1 MiB writes to a `sink` channel, {plan.bulk_reps} "
+                "times per transport, alternating; CPU s per GB (server/client): "
+                f"{cpu['TCP'][0]:.2f}/{cpu['TCP'][1]:.2f}"
+            ),
+        )
+    ]
+    for name in names[1:]:
+        label = f"  same over {name}"
+        if not echo[name]:
+            rows.append(Row(label, f"skipped: {skip}"))
+            bulk_rows.append(Row(label, f"skipped: {skip}"))
+            continue
+        t, rate = median(echo[name]), median(rates[name])
+        how = (
+            "straight to the server's WebSocket port"
+            if name == "ws://"
+            else "TLS to nginx (docs/howto/outside.md's server block, a throw-away CA), "
+            "ws:// on to the server"
+        )
+        rows.append(
+            Row(
+                label,
+                us(t),
+                f"{us(t_echo)} (TCP)",
+                f"{(t - t_echo) * 1e6:+.0f} µs",
+                "≤ TCP + 60 µs",
+                verdict(t - t_echo <= 60e-6),
+                how,
+            )
+        )
+        used = f"{cpu[name][0]:.2f}/{cpu[name][1]:.2f}"
+        if name != "ws://":
+            used += f", nginx {cpu[name][2]:.2f}"
+        bulk_rows.append(
+            Row(
+                label,
+                f"{rate:.0f} MB/s",
+                f"{t_rate:.0f} MB/s (TCP)",
+                f"{rate / t_rate:.2f}x",
+                "≥ 0.8x TCP",
+                verdict(rate >= 0.8 * t_rate),
+                f"{how}; CPU s per GB (server/client): {used}",
+            )
+        )
+    return rows + bulk_rows
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1008,7 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="apt-get install OpenSSH and pip install asyncssh if missing",
     )
-    parser.add_argument("--only", help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle")
+    parser.add_argument("--only", help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle,ws")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
@@ -1016,7 +1173,7 @@ def main(argv: list[str] | None = None) -> int:
     only = (
         set(args.only.split(","))
         if args.only
-        else {"latency", "fresh", "rtt", "bulk", "hs", "idle"}
+        else {"latency", "fresh", "rtt", "bulk", "hs", "idle", "ws"}
     )
     raise_nofile()
     t_start = time.perf_counter()
@@ -1044,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
             ("bulk", "bulk", lambda: bench_bulk(plan, peers, extra)),
             ("hs", "handshakes/s", lambda: bench_handshakes(plan, extra)),
             ("idle", "RSS per idle session", lambda: bench_idle(plan, peers)),
+            ("ws", "transports", lambda: bench_transports(plan, extra)),
         ]
         for key, what, fn in steps:
             if key in only:

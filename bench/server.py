@@ -1,14 +1,17 @@
 """The PSTP server process the benchmarks measure against.
 
     python -m bench.server [--max-record N] [--window N] [--keepalive S] [--uvloop]
+                           [--websocket PATH]
 
 ``--profile FILE`` writes cProfile statistics of the whole run to FILE.
 
 The first line of standard input holds the pair keys (``id=hex,...``); the
-server then prints ``READY <port>``.  Further lines are commands, each
-answered with one line: ``stats`` (a JSON object: RSS, sessions open and
-established so far) and ``tracemalloc`` (the biggest Python allocation sites,
-if started with ``PYTHONTRACEMALLOC=1``).  End of input stops the server.
+server then prints ``READY <port>``.  With ``--websocket PATH`` it serves PSTP over
+WebSocket on that HTTP path (``ws://127.0.0.1:<port>/PATH``) instead of plain TCP.
+Further lines are commands, each answered with one line: ``stats`` (a JSON
+object: RSS, sessions open and established so far) and ``tracemalloc`` (the
+biggest Python allocation sites, if started with ``PYTHONTRACEMALLOC=1``).  End
+of input stops the server.
 
 Channel kinds served:
 
@@ -119,6 +122,7 @@ async def serve_main(args: argparse.Namespace, keys: dict[str, bytes]) -> None:
         own_id=SERVER_ID,
         config=config,
         handlers={"echo": _echo, "sink": _sink, "chat": _chat},
+        websocket=args.websocket,
     )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--keepalive", type=float, default=15.0, help="0 disables heartbeats")
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--session-echo", action="store_true")
+    parser.add_argument("--websocket", metavar="PATH", help="serve ws:// on this path, not TCP")
     parser.add_argument("--gc", action="store_true", help="gc.collect() before each stats")
     parser.add_argument("--profile", help="write cProfile stats of the whole run to this file")
     parser.add_argument(
