@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("peer", help="the peer's device id")
     ping.add_argument(
         "--address",
-        metavar="HOST[:PORT]",
-        help="use this address alone (no remembered address, no discovery)",
+        metavar="ADDRESS",
+        help="HOST[:PORT], ws://... or wss://...: used alone (no remembered address, no discovery)",
     )
     ping.add_argument("-c", "--count", type=int, default=1, help="round trips")
     ping.add_argument("--json", action="store_true", help="print one JSON object")
@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
     exec_.add_argument(
         "--address",
-        metavar="HOST[:PORT]",
-        help="use this address alone (no remembered address, no discovery)",
+        metavar="ADDRESS",
+        help="HOST[:PORT], ws://... or wss://...: used alone (no remembered address, no discovery)",
     )
     exec_.add_argument(
         "-n", "--no-stdin", action="store_true", help="send no input (stdin from /dev/null)"
@@ -307,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shell.add_argument(
         "--address",
-        metavar="HOST[:PORT]",
-        help="use this address alone (no remembered address, no discovery)",
+        metavar="ADDRESS",
+        help="HOST[:PORT], ws://... or wss://...: used alone (no remembered address, no discovery)",
     )
     shell.set_defaults(func=_lazy("pstp.cli.cmd_exec", "shell_command"))
 
@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
     run.add_argument(
         "--address",
-        metavar="HOST[:PORT]",
-        help="use this address alone (no remembered address, no discovery)",
+        metavar="ADDRESS",
+        help="HOST[:PORT], ws://... or wss://...: used alone (no remembered address, no discovery)",
     )
     run.add_argument(
         "--json", action="store_true", help="with no action: print the listing as JSON"
@@ -394,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         xfer.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
         xfer.add_argument(
             "--address",
-            metavar="HOST[:PORT]",
-            help="use this address alone (no remembered address, no discovery)",
+            metavar="ADDRESS",
+            help="HOST[:PORT], ws://... or wss://...: used alone (no remembered address, no "
+            "discovery)",
         )
         xfer.set_defaults(func=_lazy("pstp.cli.cmd_files", f"{verb}_command"))
 
@@ -575,6 +576,28 @@ _HELP_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
     "device remove": (
         "Forget a peer; a running `pstp serve` closes its live sessions at once.",
         ("pstp device remove phone",),
+    ),
+    "token issue": (
+        "Issue a guest credential: a token for PEER (a configured peer, whose policy it "
+        "narrows, or a guest name) limited to the actions --allow names, for --ttl, for "
+        "--uses sessions. Prints it once as a pstp:// link (a QR code on a terminal).",
+        (
+            "pstp token issue --peer neighbour --allow gate.open --ttl 2h --uses 5",
+            "pstp token issue --peer phone --kind ping --kind action --ttl 7d",
+        ),
+    ),
+    "token list": (
+        "List this device's tokens: id, peer, uses, expiry, state and scope (never secrets).",
+        ("pstp token list", "pstp token list --json"),
+    ),
+    "token revoke": (
+        "Revoke a token; a running `pstp serve` closes its sessions within a quarter second.",
+        ("pstp token revoke tok_abcdefghijkl",),
+    ),
+    "token import": (
+        "Store a token link (from `pstp token issue` on the device) as peer NAME. The link "
+        "is read from standard input or --file, never from the command line.",
+        ("pstp token import home < link.txt", "pstp token import home --file link.txt"),
     ),
     "audit list": (
         "Show audit entries, oldest first.",
