@@ -22,6 +22,8 @@ import errno
 import ipaddress
 from dataclasses import dataclass, field
 
+import msgspec
+
 from pstp.cli.cmd_discover import answers, caps_names, gather, load_optional, merge
 from pstp.cli.main import Console
 from pstp.netif import Interface, interfaces, limited_broadcast_routable
@@ -201,6 +203,11 @@ async def _diagnose(args: argparse.Namespace, console: Console, settings: Settin
     from pstp.protocol.handshake import PeerKey
 
     peer = settings.peers.get(args.peer) if settings is not None and args.peer else None
+    if peer is not None and peer.address and "://" in peer.address and "tcp://" not in peer.address:
+        # A ws:// or wss:// address is reached through HTTP, not by the LAN checks below.
+        console.print(f"{peer.id} is reached at {peer.address}: `pstp ping -v {peer.id}` tries it;")
+        console.print("the checks below are for the LAN (discovery and TCP).")
+        peer = msgspec.structs.replace(peer, address=None)
     port = args.port or (parse_address(peer.address)[1] if peer and peer.address else None)
     port = port or DEFAULT_PORT
     timeout = args.timeout
