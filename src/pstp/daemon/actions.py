@@ -68,6 +68,7 @@ from pstp.daemon.files import Recorder
 from pstp.daemon.policy import ActionRequest, Policy
 from pstp.daemon.policy.model import ArgSpec
 from pstp.exceptions import PstpError
+from pstp.protocol.connection import Connection
 from pstp.protocol.kinds import (
     LISTING_MAX,
     ActionInfo,
@@ -474,6 +475,7 @@ def actions_list_handler(
     policy: Callable[[], Policy],
     actions: Mapping[str, ActionSpec],
     record: Recorder | None = None,
+    narrow: Callable[[Connection, str], bool] | None = None,
 ) -> ChannelHandler:
     """A handler for ``actions`` channels: the listing of :func:`allowed_actions`.
 
@@ -482,6 +484,8 @@ def actions_list_handler(
         actions: the configured actions (the daemon's, updated on reload).
         record: writes the audit row (``Daemon._record``: false if it could not,
             and then nothing is listed).
+        narrow: whether this session may also run the action named (a token's
+            scope, docs/protocol.md §20.1); None: the policy alone decides.
 
     Returns:
         The handler; it returns 0 once the listing is sent.
@@ -497,6 +501,8 @@ def actions_list_handler(
         listing = allowed_actions(
             policy(), peer, actions, at=datetime.now().astimezone(), reason=opened.reason or ""
         )
+        if narrow is not None:
+            listing = [info for info in listing if narrow(channel.connection, info.name)]
         data = encode_listing(listing)
         names = [info.name for info in listing]
         if len(data) > LISTING_MAX:

@@ -572,7 +572,9 @@ class Daemon:
         handlers: dict[str, ChannelHandler] = {
             "ping": ping_handler,
             "action": self._audited("action", action_handler(self.actions, self._action_args)),
-            ACTIONS_CHANNEL: actions_list_handler(lambda: self.policy, self.actions, self._record),
+            ACTIONS_CHANNEL: actions_list_handler(
+                lambda: self.policy, self.actions, self._record, self._token_allows
+            ),
             "exec": self._audited("exec", exec_handler),
             "shell": self._audited("shell", shell_handler),
             "file": self._audited(
@@ -620,6 +622,12 @@ class Daemon:
         )
         await ch.write(msgspec.msgpack.encode(grant))
         return 0
+
+    def _token_allows(self, conn: Connection, action: str) -> bool:
+        """Whether the token of ``conn``, if any, lets it run ``action`` (the listing)."""
+        token = self._token_of.get(id(conn))
+        guest = token is not None and token.peer not in self.settings.peers
+        return token is None or token.refuses("action", action, guest=guest) is None
 
     def addresses(self) -> list[str]:
         """The channel addresses peers are told (§19.1): advertised ones, then listen ones.
