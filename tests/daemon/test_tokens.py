@@ -347,7 +347,7 @@ async def test_a_used_up_token_keeps_its_session_and_opens_no_other(home: Home) 
     mark = home.head()
     loser = await hello(home.port, tok.secret)  # got HS_RESP: the key was still in the ring
     winner = await home.session(tok.secret)  # redeems the only use
-    assert home.uses(tok.id) == 1
+    await until(lambda: home.uses(tok.id) == 1, "the winner's admission")
     await loser.confirm()
     refusal = await loser.refusal()
     assert refusal.code == ErrorCode.REFUSED
@@ -379,6 +379,8 @@ async def test_revocation_by_another_process_closes_live_sessions_within_1_s(
     tok = await ask(phone)
     over_tcp = await home.session(tok.secret, home.tcp)
     over_ws = await home.session(tok.secret, home.ws)
+    for s in (over_tcp, over_ws):  # admitted (a session's first answer comes after it)
+        assert await s.request("ping", b"") == b"pong "
     pending = await hello(home.port, tok.secret)
     mark = home.head()
     with home.store() as store:
@@ -421,6 +423,7 @@ async def test_a_token_acts_as_its_peer_never_another(home: Home) -> None:
     assert await run_exec(laptop, ["echo", "laptop may"], stdout=write, stderr=write) == 0  # type: ignore[arg-type]
     assert b"".join(out) == b"laptop may\n"
     await laptop.close()
+    await until(lambda: "laptop" not in home.daemon.sessions, "laptop's session to end")
     phone = await home.session(PHONE)
     as_peer = await ask(phone)  # no scope: as phone
     with_exec = await ask(phone, kinds=["exec", "action"])  # a scope cannot add rights
@@ -448,15 +451,17 @@ async def test_out_of_scope_kinds_and_actions_are_refused_and_audited(home: Home
     mark = home.head()
     async with await home.session(tok.secret) as s:
         assert await run(s, "gate.open") == (0, b"gate open\n")
+        out, write = out_sink()
         for attempt in (
-            s.request("ping", b"x"),
-            run_exec(s, ["echo", "no"], stdout=print, stderr=print),  # type: ignore[arg-type]
-            list_actions(s),
-            run(s, "lights.on"),
+            lambda: s.request("ping", b"x"),
+            lambda: run_exec(s, ["echo", "no"], stdout=write, stderr=write),  # type: ignore[arg-type]
+            lambda: list_actions(s),
+            lambda: run(s, "lights.on"),
         ):
             with pytest.raises(ChannelError) as info:
-                await attempt
+                await attempt()
             assert f"token {tok.id} may not" in info.value.reason
+        assert out == []
     rows = home.rows(mark, peer="laptop")
     denied = [(r.kind, r.detail) for r in rows if r.decision == "deny"]
     assert denied == [
