@@ -594,12 +594,6 @@ async def test_a_guest_may_ping_and_run_its_scoped_actions_only(home: Home) -> N
     assert all("a guest credential" in d for _, d in denied[1:])  # type: ignore[operator]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Daemon._refresh_tokens builds the guests' policies from live (unused-up) "
-    "tokens only, so a guest session opened with a token's last use loses every right "
-    "within 0.25 s, though check_tokens keeps such sessions open",
-)
 async def test_a_guest_session_keeps_its_rights_after_its_last_use(home: Home) -> None:
     """A used-up token keeps the sessions it opened (Daemon.check_tokens): a guest's too."""
     with home.store() as store:
@@ -626,11 +620,6 @@ async def test_the_actions_listing_of_a_token_session_is_narrowed_by_its_scope(
     assert row.result == {"exit_status": 0, "listed": ["gate.open"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Daemon.reload removes a removed peer's pair key but not its tokens' keys; "
-    "its tokens then act as guest credentials (their scope's actions)",
-)
 async def test_removing_a_peer_ends_its_tokens(home: Home) -> None:
     """`pstp device remove phone` (config rewritten, then reload): phone's tokens open
     nothing more, as its pair key does not."""

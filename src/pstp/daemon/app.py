@@ -654,8 +654,11 @@ class Daemon:
         for token in live.values():
             if self.keyring.get("token:" + token.id) is None:
                 self.keyring.add_token(token.id, token.peer, token.secret, token.last_timestamp)
+        # A used-up token keeps the sessions it opened (check_tokens): so do its guest's rights.
+        now = time.time()
+        granting = [t for t in self.tokens.all() if t.revoked is None and now < t.expires]
         try:
-            self.policy.set_guests(guest_policies(self.settings, live.values()))
+            self.policy.set_guests(guest_policies(self.settings, granting))
         except ConfigError as exc:
             _log.error("a guest token's scope is invalid, its guests may do nothing: %s", exc)
             self.policy.set_guests({})
@@ -865,6 +868,10 @@ class Daemon:
         # above a lowered max_sessions.
         policy.carry_sessions(collections.Counter(self._admitted.values()))
         self.settings, self.policy = new, policy
+        for token in self.tokens.live():  # a removed or re-keyed peer's tokens end with it
+            if token.peer in gone and self.tokens.revoke(token.id):
+                why = "removed" if token.peer not in new_keys else "re-keyed"
+                self._record("token", token.peer, "deny", detail=f"revoked {token.id}: peer {why}")
         self._refresh_tokens()  # the guests' policies, against the new actions
         self.actions.clear()
         self.actions.update(actions)
