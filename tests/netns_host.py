@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-__all__ = ["ADDRESS", "BROADCAST", "env", "in_ns", "lone_host", "needs_netns"]
+__all__ = ["ADDRESS", "BROADCAST", "REFUSAL", "env", "in_ns", "lone_host", "needs_netns"]
 
 ADDRESS = "198.18.9.1"
 BROADCAST = "198.18.9.255"
@@ -42,10 +42,11 @@ def _refusal() -> str | None:
     return None
 
 
-_REFUSAL = _refusal()
+#: Why this kernel refuses network namespaces, or None (tests/discovery/test_netns.py too).
+REFUSAL = _refusal()
 #: Skips a test only when the kernel refuses network namespaces.
 needs_netns = pytest.mark.skipif(
-    _REFUSAL is not None, reason=f"the kernel refuses network namespaces: {_REFUSAL}"
+    REFUSAL is not None, reason=f"the kernel refuses network namespaces: {REFUSAL}"
 )
 
 

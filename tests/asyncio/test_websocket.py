@@ -188,14 +188,20 @@ async def _establish(raw: RawWs, conn: Connection) -> None:
     await raw.flush()
 
 
+async def _upgraded(raw: RawWs) -> tuple[Connection, bytes]:
+    """Upgrade ``raw``; a fresh initiator and its HS_INIT frame, not sent yet."""
+    assert (await raw.open()).status_code == 101
+    conn = make_client()
+    conn.start(0.0)
+    (hs_init,) = conn.messages_to_send()
+    return conn, hs_init
+
+
 async def test_a_fragmented_message_is_one_frame(server: Server) -> None:
     """HS_INIT sent in three WebSocket fragments is reassembled into one frame."""
     raw = RawWs(server.port)
     try:
-        assert (await raw.open()).status_code == 101
-        conn = make_client()
-        conn.start(0.0)
-        (hs_init,) = conn.messages_to_send()
+        conn, hs_init = await _upgraded(raw)
         raw.ws.send_binary(hs_init[:5], fin=False)
         raw.ws.send_continuation(hs_init[5:40], fin=False)
         raw.ws.send_continuation(hs_init[40:], fin=True)
@@ -215,10 +221,7 @@ async def test_a_message_that_is_not_one_binary_frame_ends_the_connection(
     """Text, two frames in a message, a byte too many or too few: closed, device unhurt."""
     raw = RawWs(server.port)
     try:
-        assert (await raw.open()).status_code == 101
-        conn = make_client()
-        conn.start(0.0)
-        (hs_init,) = conn.messages_to_send()
+        _, hs_init = await _upgraded(raw)
         if send == "text":
             raw.ws.send_text(b"hello")
         elif send == "two-frames":

@@ -32,25 +32,11 @@ from pstp.discovery.packets import Ping
 from pstp.protocol.handshake import PeerKey
 from pstp.wire.frames import FRAME_HEADER_LEN, FrameType, HsInit, parse_frame_header
 from tests.helpers import ROOT, TIMEOUT
+from tests.netns_host import REFUSAL as _REFUSAL
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(32, 64))
 NET1, NET2 = "198.18.1", "198.18.2"
-
-
-def _kernel_refusal() -> str | None:
-    """Why namespaces cannot be made here, or None (a missing ``ip`` is a failure, not a skip)."""
-    if shutil.which("ip") is None:
-        return None
-    name = f"pstp-probe-{os.getpid()}-{secrets.token_hex(2)}"
-    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return probe.stderr.strip() or f"ip netns add exited {probe.returncode}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    return None
-
-
-_REFUSAL = _kernel_refusal()
 
 
 def _sweep_stale() -> None:
