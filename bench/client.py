@@ -241,6 +241,9 @@ def main() -> None:
         p.add_argument("--warmup", type=int, default=3)
         p.add_argument("--uvloop", action="store_true")
         p.add_argument("--coalesce", action="store_true", help="bench.experiments.coalesce_writes")
+        p.add_argument(
+            "--ws-batch", action="store_true", help="bench.experiments.batch_websocket_writes"
+        )
     sub.choices["latency"].add_argument("--inproc", action="store_true")
     sub.choices["rtt"].add_argument("--size", type=int, default=64)
     for name in ("rtt", "bulk"):
@@ -263,6 +266,10 @@ def main() -> None:
         from bench.experiments import coalesce_writes
 
         coalesce_writes()
+    if args.ws_batch:
+        from bench.experiments import batch_websocket_writes
+
+        batch_websocket_writes()
     fn = {"latency": latency, "rtt": rtt, "bulk": bulk, "handshakes": handshakes, "idle": idle}
     emit(run_async(lambda: fn[args.cmd](args), use_uvloop=args.uvloop))
 

@@ -156,12 +156,21 @@ def main() -> None:
     parser.add_argument(
         "--coalesce", action="store_true", help="experiment: bench.experiments.coalesce_writes"
     )
+    parser.add_argument(
+        "--ws-batch",
+        action="store_true",
+        help="experiment: bench.experiments.batch_websocket_writes",
+    )
     args = parser.parse_args()
     raise_nofile()
     if args.coalesce:
         from bench.experiments import coalesce_writes
 
         coalesce_writes()
+    if args.ws_batch:
+        from bench.experiments import batch_websocket_writes
+
+        batch_websocket_writes()
     keys = decode_keys(sys.stdin.readline())
     if not args.profile:
         run_async(lambda: serve_main(args, keys), use_uvloop=args.uvloop)
