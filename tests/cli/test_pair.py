@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import subprocess
@@ -18,17 +19,42 @@ from pstp.settings import create, load
 from tests.helpers import ROOT, TIMEOUT
 
 
+def _ports_never_lent() -> range:
+    """Ports the kernel never picks by itself: those below its ephemeral range.
+
+    An outgoing connection's local port and ``bind(("", 0))``'s come from
+    ``ip_local_port_range`` (32768-60999 by default); below it (from 10000, above
+    the well-known ports and pstp's default 9000) only an explicit bind takes one.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; elsewhere the check in free_port() still holds
+    return range(10_000, max(low, 20_000))
+
+
+_pick = random.SystemRandom()  # not the random module's state, which a test may seed
+
+
 def free_port() -> int:
-    """A TCP and UDP port free on loopback now."""
+    """A TCP and UDP port free on every address now, outside the ephemeral range.
+
+    The caller hands the number to a process that binds it seconds later (many
+    seconds on a busy machine).  A port from ``bind(0)`` lies in the range the
+    kernel also lends every outgoing connection meanwhile, its own and other test
+    runs' (a flood test holds thousands at once), and the process then fails with
+    EADDRINUSE.  Ports below that range are taken only by an explicit bind.
+    """
+    ports = _ports_never_lent()
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = _pick.choice(ports)
+        try:
+            with socket.socket() as s:
+                s.bind(("", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind(("", port))
+        except OSError:
+            continue
         return port
 
 
@@ -196,7 +222,21 @@ def test_the_window_shows_every_reachable_address(tmp_path: Path) -> None:
         text=True,
         env=env_for(home),
     )
-    out, err = proc.communicate(timeout=TIMEOUT * 4)
+    assert proc.stdout is not None
+    try:
+        # Two waits, as open_window and test_window_closes_after_its_timeout: start-up
+        # until the window is shown (its last line), then the window's 1 s and the exit.
+        shown: list[str] = []
+        deadline = time.monotonic() + TIMEOUT * 4
+        while not shown or not shown[-1].startswith("on the other device:"):
+            assert time.monotonic() < deadline, f"no window shown: {shown}"
+            line = proc.stdout.readline()
+            assert line, f"{shown} {proc.stderr.read() if proc.stderr else ''}"
+            shown.append(line)
+        rest, err = proc.communicate(timeout=TIMEOUT * 2)
+    finally:
+        proc.kill()
+    out = "".join(shown) + rest
     assert proc.returncode == 1, err
     lan = [a.address for a in addresses() if a.up and not a.loopback and ":" not in a.address]
     assert "0.0.0.0" not in out
