@@ -2,6 +2,7 @@
 
     python -m bench.client latency    --port P --reps N [--inproc]
     python -m bench.client rtt        --port P --reps N --size B [--url URL [--ca FILE]]
+                                      [--inproc tcp|ws]
     python -m bench.client bulk       --port P --size B --reps N [--max-record N] [--uvloop]
                                       [--url URL [--ca FILE]]
     python -m bench.client handshakes --port P --start T0 --end T1
@@ -101,10 +102,34 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
 # -- round trips on an open session ---------------------------------------------
 
 
+async def _inproc_server(name: str, key: bytes, websocket: bool) -> tuple[Any, str]:
+    """A bench server in this event loop (TCP, or ws:// on /pstp) and its address."""
+    from bench.server import _chat, _echo
+    from pstp.asyncio.server import serve
+    from pstp.protocol.handshake import KeyRing
+
+    async def session_echo(session: Session) -> None:
+        async for data in session:
+            await session.send(data)
+
+    ring = KeyRing()
+    ring.add(name, key)
+    handlers = {"echo": _echo, "chat": _chat}
+    path = "/pstp" if websocket else None
+    server = await serve(
+        session_echo, HOST, 0, keyring=ring, own_id=SERVER_ID, handlers=handlers, websocket=path
+    )
+    where = f"ws://{HOST}:{server.port}{path}" if websocket else f"{HOST}:{server.port}"
+    return server, where
+
+
 async def rtt(args: argparse.Namespace) -> dict[str, Any]:
     """Round trips on one open session: request(), a chat channel, session send/recv."""
     name, key = next(iter(keys_from_env().items()))
-    session = await _connect(args.port, key, name, url=args.url, ca=args.ca)
+    server, url = None, args.url
+    if args.inproc:
+        server, url = await _inproc_server(name, key, args.inproc == "ws")
+    session = await _connect(args.port, key, name, url=url, ca=args.ca)
     payload = os.urandom(args.size)
 
     async def request() -> None:
@@ -125,16 +150,21 @@ async def rtt(args: argparse.Namespace) -> dict[str, Any]:
             got += await session.recv()
 
     # Interleaved, so a burst of load elsewhere on the machine hits all three alike.
+    # Beside the wall time, this process's CPU time per step ("cpu_" + step): with
+    # --inproc, both sides' work, which waiting for a busy machine's CPU does not count.
     steps = {"request": request, "channel": channel, "session": record}
-    out: dict[str, list[float]] = {name: [] for name in steps}
+    out: dict[str, list[float]] = {name: [] for name in [*steps, *(f"cpu_{s}" for s in steps)]}
     for i in range(args.reps + args.warmup):
         for name, step in steps.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             await step()
             if i >= args.warmup:
                 out[name].append(time.perf_counter() - t0)
+                out[f"cpu_{name}"].append(time.process_time() - c0)
     await chat.close()
     await session.close()
+    if server is not None:
+        await server.close()
     return out
 
 
@@ -246,6 +276,9 @@ def main() -> None:
         )
     sub.choices["latency"].add_argument("--inproc", action="store_true")
     sub.choices["rtt"].add_argument("--size", type=int, default=64)
+    sub.choices["rtt"].add_argument(
+        "--inproc", choices=["tcp", "ws"], help="serve in this event loop, over TCP or ws://"
+    )
     for name in ("rtt", "bulk"):
         sub.choices[name].add_argument("--url", help="a ws:// or wss:// address instead of TCP")
         sub.choices[name].add_argument("--ca", help="CA certificates (PEM) for a wss:// --url")

@@ -1043,6 +1043,7 @@ def bench_transports(plan: Plan, extra: dict[str, Any]) -> list[Row]:
     request: dict[str, list[float]] = {n: [] for n in names}
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in names}  # server, client, nginx
+    inproc: dict[str, list[float]] = {"tcp": [], "ws": []}  # CPU per echo, one process
     nbytes = plan.bulk_variant_bytes
     rounds = 4
     skip = ""
@@ -1071,12 +1072,17 @@ def bench_transports(plan: Plan, extra: dict[str, Any]) -> list[Row]:
             url = f"ws://{HOST}:{batched.port}{WS_PATH}"
             targets[names[3]] = (["--url", url, "--ws-batch"], batched)
             log(f"transports: 64 B echo on an open channel, {' / '.join(targets)}")
+            reps = max(1, plan.rtt_reps // rounds)
             for _ in range(rounds):
                 for name, (opts, _srv) in targets.items():
-                    reps = max(1, plan.rtt_reps // rounds)
                     r = run_worker("bench.client", "rtt", *opts, "--reps", reps, keys=keys)
                     echo[name] += r["channel"]
                     request[name] += r["request"]
+                for kind, samples in inproc.items():
+                    r = run_worker(
+                        "bench.client", "rtt", "--inproc", kind, "--reps", reps, keys=keys
+                    )
+                    samples += r["cpu_channel"]
             log(f"transports: bulk on one channel, {nbytes // MiB} MiB x {plan.bulk_reps}")
             for _ in range(plan.bulk_reps):
                 for name, (opts, srv) in targets.items():
@@ -1102,7 +1108,28 @@ def bench_transports(plan: Plan, extra: dict[str, Any]) -> list[Row]:
         for n in names
         if echo[n]
     }
-    return _transport_rows(echo, request, rates, cpu, skip, nbytes, plan.bulk_reps, rounds)
+    extra["transports_inproc_cpu_us"] = {k: median(v) * 1e6 for k, v in inproc.items()}
+    rows = _transport_rows(echo, request, rates, cpu, skip, nbytes, plan.bulk_reps, rounds)
+    t_cpu, w_cpu = median(inproc["tcp"]), median(inproc["ws"])
+    at = next(i for i, row in enumerate(rows) if row.what.startswith("bulk"))
+    rows[at:at] = [
+        Row(
+            "  CPU per 64 B echo, both sides in one process, TCP",
+            us(t_cpu),
+            note=(
+                "client and server in one event loop, CPU time of that process per round "
+                "trip (time.process_time): what the echo costs to compute, which a busy "
+                "machine's waits for a core do not inflate the way they inflate wall time"
+            ),
+        ),
+        Row(
+            "    same over ws://",
+            us(w_cpu),
+            f"{us(t_cpu)} (TCP)",
+            f"{(w_cpu - t_cpu) * 1e6:+.0f} µs",
+        ),
+    ]
+    return rows
 
 
 def _transport_rows(
