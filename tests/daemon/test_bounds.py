@@ -393,7 +393,10 @@ def test_expiry_ends_what_is_running_and_the_session(tmp_path: Path) -> None:
     Before, policy was judged only when a channel opened: the command ran on and
     the session stayed up after the peer expired.
     """
-    expires = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Far enough ahead that the daemon starts and the command runs first on a busy
+    # machine (3 s was not: the exec was refused as expired before it started).
+    ahead = timedelta(seconds=2 * TIMEOUT)
+    expires = (datetime.now(UTC) + ahead).strftime("%Y-%m-%dT%H:%M:%SZ")
     served = serve(tmp_path, LIVE.replace("EXPIRES", f"expires = {expires}"))
     try:
         err, session = _run_until_revoked(served, "31.4159", lambda: None)

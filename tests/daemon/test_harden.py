@@ -7,6 +7,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,12 @@ def test_serve_is_not_dumpable(served: subprocess.Popen[str]) -> None:
     # The control: the same probe reads a dumpable process of the same capabilities.
     with subprocess.Popen(["setpriv", "--bounding-set=-sys_ptrace", "sleep", "30"]) as sleeper:
         try:
+            # Until setpriv has dropped the capability and become `sleep`, it holds
+            # more than the probe and is not readable by it (a race under load).
+            deadline = time.monotonic() + TIMEOUT
+            while not os.readlink(f"/proc/{sleeper.pid}/exe").endswith("sleep"):
+                assert time.monotonic() < deadline, "setpriv never became sleep"
+                time.sleep(0.01)
             ok = subprocess.run(
                 ["setpriv", "--bounding-set=-sys_ptrace", "readlink", f"/proc/{sleeper.pid}/exe"],
                 capture_output=True,
