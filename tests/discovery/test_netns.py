@@ -395,7 +395,8 @@ def test_flood_of_pongs_and_malformed_datagrams_does_not_silence_the_responder(
         "--broadcast",
         f"{NET1}.255",
         "--seconds",
-        "6",
+        # Long enough to outlast a discover started on a busy machine; stopped below.
+        str(6 * TIMEOUT),
     )
     flooder.wait_for("flooding")
     devices = discover(lab, client, config(tmp_path, "phone"))
