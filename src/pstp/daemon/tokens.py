@@ -30,7 +30,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import msgspec
 
+from pstp.crypto.kdf import random_bytes
 from pstp.daemon.policy.model import PeerPolicy
 from pstp.exceptions import PstpError
 from pstp.protocol.kinds import TOKEN_KINDS
@@ -327,7 +327,7 @@ class TokenStore:
             raise TokenError("a token's use count is 1 to 1 000 000")
         kinds_t = _scope(kinds, ISSUE_KINDS, "kinds")
         actions_t = _scope(actions, None, "actions")
-        secret = secrets.token_bytes(32) if secret is None else secret
+        secret = random_bytes(32) if secret is None else secret
         token_id = new_token_id() if token_id is None else token_id
         if len(secret) != 32 or not valid_token_id(token_id):
             raise TokenError("a token has a tok_ id and a 32-byte secret")

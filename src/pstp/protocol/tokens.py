@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import secrets
+
+from pstp.crypto.kdf import random_bytes
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -27,7 +28,7 @@ _ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
 def new_token_id() -> str:
     """A fresh public token id: ``tok_`` and 12 base-32 letters (60 random bits)."""
-    raw = base64.b32encode(secrets.token_bytes(8)).decode("ascii").lower()
+    raw = base64.b32encode(random_bytes(8)).decode("ascii").lower()
     return "tok_" + raw[:_ID_LEN]
 
 
