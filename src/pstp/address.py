@@ -1,11 +1,11 @@
 """Channel addresses: where a device is served, written as URLs (docs/protocol.md §19.1).
 
 ``host:port`` (TCP, the form written before there were other transports),
-``tcp://host:port``, ``ws://host[:port]/path`` and ``wss://host[:port]/path``.
-``mqtt://`` and ``mqtts://`` are recognised and refused with a word until that
-transport exists.  Parsing is pure (no I/O, no name lookups); the same parser
-reads ``[device] listen``, ``[device] advertise``, ``[peers.NAME] address`` and
-``--address``.
+``tcp://host:port``, ``ws://host[:port]/path``, ``wss://host[:port]/path``, and
+``mqtt://broker[:port][/prefix]`` or ``mqtts://…`` for a broker both ends
+connect out to (the path is the topic prefix).  Parsing is pure (no I/O, no
+name lookups); the same parser reads ``[device] listen``, ``[device] advertise``,
+``[peers.NAME] address`` and ``--address``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import re
 
 import msgspec
 
+from pstp.protocol.mqtt import prefix_of
+
 __all__ = ["DEFAULT_PORT", "SCHEMES", "Address", "check_host", "parse"]
 
 #: The TCP (and discovery UDP) port when an address names none.
 DEFAULT_PORT = 9000
 #: Schemes this version serves or reaches, with their default ports.
-SCHEMES = {"tcp": DEFAULT_PORT, "ws": 80, "wss": 443}
-_LATER = ("mqtt", "mqtts")
+SCHEMES = {"tcp": DEFAULT_PORT, "ws": 80, "wss": 443, "mqtt": 1883, "mqtts": 8883}
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 # RFC 3986 path characters (pchar and "/"); no query, no fragment, no spaces.
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
@@ -31,10 +32,11 @@ class Address(msgspec.Struct, frozen=True):
     """One channel address.
 
     Attributes:
-        scheme: ``tcp``, ``ws`` or ``wss``.
+        scheme: ``tcp``, ``ws``, ``wss``, ``mqtt`` or ``mqtts``.
         host: an IP address (IPv6 without brackets) or a host name.
         port: 1-65535 (0 only for a listen address: any free port).
-        path: the HTTP path of a WebSocket address (``/`` at least); ``""`` for TCP.
+        path: the HTTP path of a WebSocket address (``/`` at least); the topic
+            prefix of an MQTT address (``""`` or ``/levels``); ``""`` for TCP.
     """
 
     scheme: str
@@ -46,6 +48,11 @@ class Address(msgspec.Struct, frozen=True):
     def websocket(self) -> bool:
         """A ``ws://`` or ``wss://`` address."""
         return self.scheme in ("ws", "wss")
+
+    @property
+    def mqtt(self) -> bool:
+        """An ``mqtt://`` or ``mqtts://`` address (a broker, §19.3)."""
+        return self.scheme in ("mqtt", "mqtts")
 
     @property
     def netloc(self) -> str:
@@ -119,8 +126,9 @@ def parse(text: str, *, default_port: int | None = DEFAULT_PORT, listen: bool = 
     """Read one channel address.
 
     Args:
-        text: ``host[:port]``, ``tcp://host[:port]``, ``ws://host[:port]/path``
-            or ``wss://host[:port]/path``.
+        text: ``host[:port]``, ``tcp://host[:port]``, ``ws://host[:port]/path``,
+            ``wss://host[:port]/path``, ``mqtt://host[:port][/prefix]`` or
+            ``mqtts://host[:port][/prefix]``.
         default_port: the TCP port when ``host`` comes alone (``None``: a port
             is required).
         listen: an address to serve on: ``wss://`` is refused (TLS ends at a
@@ -136,10 +144,10 @@ def parse(text: str, *, default_port: int | None = DEFAULT_PORT, listen: bool = 
     if not sep:
         scheme, rest = "tcp", text
     scheme = scheme.lower()
-    if scheme in _LATER:
-        raise ValueError(f"{text!r}: {scheme}:// is not supported by this version yet")
     if scheme not in SCHEMES:
-        raise ValueError(f"{text!r}: unknown scheme {scheme!r} (tcp://, ws:// or wss://)")
+        raise ValueError(
+            f"{text!r}: unknown scheme {scheme!r} (tcp://, ws://, wss://, mqtt:// or mqtts://)"
+        )
     if "?" in rest or "#" in rest or "@" in rest:
         raise ValueError(
             f"{text!r}: no query, fragment or user name in an address (nothing secret goes "
@@ -150,6 +158,12 @@ def parse(text: str, *, default_port: int | None = DEFAULT_PORT, listen: bool = 
         if slash:
             raise ValueError(f"{text!r}: a TCP address has no path")
         path = ""
+    elif scheme in ("mqtt", "mqtts"):
+        path = "/" + path.strip("/") if path.strip("/") else ""
+        try:
+            prefix_of(path)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
     else:
         path = "/" + path
         if not _PATH.fullmatch(path):

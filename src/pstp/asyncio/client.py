@@ -16,6 +16,8 @@ from pstp.protocol.pake import PakeProver
 if TYPE_CHECKING:
     import ssl
 
+    from pstp.asyncio.mqtt import BrokerOptions
+
 __all__ = ["connect", "tls_context"]
 
 
@@ -39,14 +41,16 @@ async def connect(
     own_id: str = "",
     handlers: Mapping[str, ChannelHandler] | None = None,
     ssl: ssl.SSLContext | None = None,
+    broker: BrokerOptions | None = None,
 ) -> Session:
     """Connect, run PSTP-HS, and return the established session.
 
     Args:
         host: address or name of the device, with ``port``; or, without it, a
             channel address: ``host:port``, ``tcp://host:port``,
-            ``ws://host[:port]/path`` or ``wss://host[:port]/path``
-            (docs/protocol.md §19).
+            ``ws://host[:port]/path``, ``wss://host[:port]/path``, or a broker
+            both ends connect out to, ``mqtt://host[:port][/prefix]`` or
+            ``mqtts://…`` (docs/protocol.md §19).
         port: its TCP port.
         pair_key: the 32-byte pair key shared with the device (PSTP-HS).
         pake: instead of a pair key, a human code or passphrase (PSTP-PAKE, §15).
@@ -59,10 +63,12 @@ async def connect(
         handlers: channel kinds we serve if the device opens channels to us.
         ssl: the TLS context for ``wss://`` (default: :func:`tls_context`, the
             system's trust store; the certificate and host name are checked).
+        broker: credentials and TLS for an ``mqtt://`` or ``mqtts://`` address.
 
     Raises:
         OSError: the connection failed (or the WebSocket upgrade was refused).
-        ValueError: ``host`` is not a channel address.
+        ValueError: ``host`` is not a channel address, or an MQTT address
+            without a pair key (its topic comes from the key).
         HandshakeFailed: the device did not prove the pair key, or did not answer.
         TimeoutError: the handshake took too long.
     """
@@ -74,6 +80,10 @@ async def connect(
         address = Address("tcp", host, port)
     config = config or Config()
     loop = asyncio.get_running_loop()
+    if address.mqtt:
+        return await _connect_mqtt(
+            address, broker, pair_key, device_id, config, timeout, own_id, handlers
+        )
     conn = initiator(config, pair_key, pake, device_id, discovery, own_id)
 
     async def run() -> Session:
@@ -99,6 +109,43 @@ async def connect(
             except BaseException:
                 wire.link.abort()
                 raise
+        try:
+            await proto.handshake
+        except BaseException:
+            proto.close()
+            raise
+        return Session(proto)
+
+    return await asyncio.wait_for(run(), timeout or config.handshake_timeout)
+
+
+async def _connect_mqtt(
+    address: Address,
+    broker: BrokerOptions | None,
+    pair_key: bytes | None,
+    device_id: str | None,
+    config: Config,
+    timeout: float | None,
+    own_id: str,
+    handlers: Mapping[str, ChannelHandler] | None,
+) -> Session:
+    from pstp.asyncio.mqtt import open_session
+    from pstp.protocol.mqtt import rendezvous_id
+
+    if pair_key is None:
+        raise ValueError(
+            f"{address}: a session through a broker needs a pair key or token (its topic "
+            "comes from the key); pair over a direct path first"
+        )
+    rid = rendezvous_id(pair_key)
+
+    def make(session_config: Config) -> SessionProtocol:
+        conn = initiator(session_config, pair_key, None, device_id, None, own_id)
+        return SessionProtocol(conn, handlers=handlers, messages=True)
+
+    async def run() -> Session:
+        deadline = timeout or config.handshake_timeout
+        proto = await open_session(address, broker, rid, make, config, deadline)
         try:
             await proto.handshake
         except BaseException:

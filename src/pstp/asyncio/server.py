@@ -18,8 +18,8 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pstp.asyncio.connection import Authorizer, ChannelHandler, Session, SessionProtocol
 from pstp.clock import responder
@@ -28,6 +28,10 @@ from pstp.protocol.config import Config
 from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import DiscoveryLookup, KeyRing
 from pstp.protocol.pake import PakeVerifier
+
+if TYPE_CHECKING:
+    from pstp.address import Address
+    from pstp.asyncio.mqtt import BrokerOptions, MqttListener
 
 __all__ = [
     "BACKLOG",
@@ -188,10 +192,14 @@ class _ServerProtocol(SessionProtocol):
         self.handshake.add_done_callback(lambda _: pending.discard(self))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        # A broker-borne session (MQTT) names its source itself: its key's topic.
+        source = transport.get_extra_info("pstp_source")
+        if source is None:
+            peer = transport.get_extra_info("peername")
+            host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+            source = source_key(str(host))
         self._abort = cast(asyncio.Transport, transport).abort
-        self._pending.add(self, source_key(str(host)))
+        self._pending.add(self, source)
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -211,18 +219,31 @@ class _ServerProtocol(SessionProtocol):
         self._abort()
 
 
+class _Listening(Protocol):
+    """What :class:`Server` needs of an :class:`asyncio.Server` (or an MQTT listener)."""
+
+    @property
+    def sockets(self) -> Sequence[Any]: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+    async def serve_forever(self) -> None: ...
+
+
 class Server:
     """A listening PSTP/2 server; close it with :meth:`close` or ``async with``."""
 
     def __init__(
         self,
-        server: asyncio.Server,
+        server: _Listening,
         tasks: set[asyncio.Task[None]],
         pake: list[PakeVerifier | None] | None = None,
         pending: _Pending | None = None,
         restore: Callable[[], None] | None = None,
+        mqtt: MqttListener | None = None,
     ) -> None:
         self._server = server
+        #: The broker presence of a server made with ``serve(mqtt=...)``.
+        self.mqtt = mqtt
         self._tasks = tasks
         self._pake: list[PakeVerifier | None] = pake if pake is not None else [None]
         self._pending = pending or _Pending(MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_SOURCE)
@@ -315,6 +336,8 @@ async def serve(
     max_unauthenticated: int = MAX_UNAUTHENTICATED,
     max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
     websocket: str | None = None,
+    mqtt: Address | None = None,
+    broker: BrokerOptions | None = None,
 ) -> Server:
     """Listen for PSTP/2 sessions and run ``handler`` for each established one.
 
@@ -359,6 +382,12 @@ async def serve(
             (docs/protocol.md §19.2).  A connection counts as unauthenticated,
             and its handshake deadline runs, from the TCP accept on, so a slow
             or missing upgrade is shed and timed out like a silent handshake.
+        mqtt: instead of listening, connect out to this ``mqtt://`` or
+            ``mqtts://`` broker and serve sessions through it (§19.3), for every
+            key in ``keyring`` as the ring changes; ``host`` and ``port`` are
+            ignored.  The connection is made (and remade) in the background:
+            :attr:`Server.mqtt` tells whether it is up.
+        broker: credentials and TLS for ``mqtt``.
 
     While the server is open, accept() failing for lack of descriptors is
     logged at most once per :data:`SHED_REPORT_INTERVAL` seconds, without a
@@ -415,8 +444,8 @@ async def serve(
             if done is not None:
                 done()
 
-    def factory() -> _ServerProtocol:
-        conn = responder(config, keyring, own_id, discovery_lookup, current_pake[0])
+    def factory(session_config: Config = config) -> _ServerProtocol:
+        conn = responder(session_config, keyring, own_id, discovery_lookup, current_pake[0])
         proto = _ServerProtocol(
             pending,
             conn,
@@ -424,10 +453,17 @@ async def serve(
             authorize=authorize,
             admit=admit,
             session_data=session_data,
-            messages=websocket is not None,
+            messages=websocket is not None or mqtt is not None,
         )
         proto.handshake.add_done_callback(lambda result: handshake_done(proto, result))
         return proto
+
+    if mqtt is not None:
+        from pstp.asyncio.mqtt import MqttListener
+
+        listener = MqttListener(mqtt, broker, keyring, factory, config)
+        listener.start()
+        return Server(listener, tasks, current_pake, pending, None, listener)
 
     protocols: Callable[[], asyncio.Protocol] = factory
     if websocket is not None:

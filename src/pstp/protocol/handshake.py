@@ -23,6 +23,7 @@ import msgspec
 from pstp.crypto.kdf import hkdf_expand_sha256, hkdf_sha256, hmac_sha256, random_bytes
 from pstp.exceptions import DecryptError, HandshakeFailed, LocalProtocolError, RemoteProtocolError
 from pstp.protocol.config import Config
+from pstp.protocol.mqtt import rendezvous_id
 from pstp.protocol.noise import HandshakeState
 from pstp.wire.frames import (
     HS_FLAG_DISCOVERY,
@@ -144,6 +145,8 @@ class PeerKey(msgspec.Struct):
     floor: int = 0
     _recent: list[int] = msgspec.field(default_factory=list)
     token: str | None = None
+    #: The key's MQTT rendezvous id (§19.3), derived from the pair key.
+    rid: str = ""
 
     def __repr__(self) -> str:  # never the keys
         return f"PeerKey(device_id={self.device_id!r}, last_timestamp={self.last_timestamp})"
@@ -182,7 +185,12 @@ class PeerKey(msgspec.Struct):
         Raises:
             ValueError: the pair key is not 32 bytes.
         """
-        return cls(device_id, _derive(pair_key, LABEL_PSK), _derive(pair_key, LABEL_KID))
+        return cls(
+            device_id,
+            _derive(pair_key, LABEL_PSK),
+            _derive(pair_key, LABEL_KID),
+            rid=rendezvous_id(pair_key),
+        )
 
     def matches(self, kid: bytes) -> bool:
         """True if ``kid`` was made with this key (constant-time compare)."""
