@@ -152,6 +152,8 @@ EFFECTIVE: dict[str, Callable[[Settings], object]] = {
     "device.discovery": lambda s: s.discovery,
     "device.stealth": lambda s: s.stealth,
     "device.advertise": lambda s: [str(a) for a in s.advertise],
+    "peers.NAME.via": lambda s: list(s.peers["phone"].via),
+    "peers.NAME.reach": lambda s: list(s.peers["phone"].reach),
     "peers.NAME.policy.actions": lambda s: list(_bare_policy(s).actions),
     "peers.NAME.policy.exec": lambda s: list(_bare_policy(s).exec),
     # None when not set, which denies as false does (pstp.daemon.policy.check).

@@ -27,15 +27,18 @@ import re
 import socket
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from pstp import address as channel
 from pstp.address import DEFAULT_PORT, Address, check_host
 from pstp.exceptions import PstpError
+
+if TYPE_CHECKING:
+    from pstp.asyncio.mqtt import BrokerOptions
 
 __all__ = [
     "ALT_CONFIG_NAME",
@@ -112,6 +115,9 @@ class PeerSettings(msgspec.Struct, frozen=True):
         device: the device id the peer proves, when it differs from the name
             it has here (a token imported under a name of one's choosing).
         token: the id of the token ``key`` holds (§20), or None for a pair key.
+        via: further channel addresses of the peer (a proxy's ``wss://``, a
+            broker's ``mqtt://``), tried by the reach ladder.
+        reach: the order of the ladder's steps (:data:`REACH_STEPS`).
     """
 
     id: str
@@ -121,6 +127,8 @@ class PeerSettings(msgspec.Struct, frozen=True):
     ca_file: str | None = None
     device: str | None = None
     token: str | None = None
+    via: tuple[str, ...] = ()
+    reach: tuple[str, ...] = ("direct", "lan", "websocket", "mqtt")
 
     def __repr__(self) -> str:  # never the key
         return f"PeerSettings(id={self.id!r}, address={self.address!r})"
@@ -129,6 +137,26 @@ class PeerSettings(msgspec.Struct, frozen=True):
     def device_id(self) -> str:
         """The device id to expect in the handshake: ``device``, else the name."""
         return self.device or self.id
+
+
+class BrokerSettings(msgspec.Struct, frozen=True):
+    """How to log in to one MQTT broker (``[brokers."HOST"]``).
+
+    Attributes:
+        host: the broker's host, as its ``mqtt://`` addresses write it.
+        username: the MQTT user name, if any.
+        password_file: a file holding the password alone (readable by its owner only).
+        ca_file: CA certificates (PEM) an ``mqtts://`` broker is verified against.
+        cert_file: a client certificate (PEM) to present, with ``key_file``.
+        key_file: its private key (PEM).
+    """
+
+    host: str
+    username: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -145,6 +173,8 @@ class Settings(msgspec.Struct, frozen=True):
         websocket: ``ws://`` addresses to serve WebSocket on (docs/protocol.md §19.2).
         advertise: the addresses peers are told to reach this device at (a reverse
             proxy's public ``wss://`` among them).
+        mqtt: ``mqtt://`` and ``mqtts://`` brokers to serve through (§19.3).
+        brokers: log-in settings by broker host.
     """
 
     path: Path
@@ -156,6 +186,8 @@ class Settings(msgspec.Struct, frozen=True):
     data: dict[str, Any]
     websocket: tuple[Address, ...] = ()
     advertise: tuple[Address, ...] = ()
+    mqtt: tuple[Address, ...] = ()
+    brokers: dict[str, BrokerSettings] = msgspec.field(default_factory=dict)
 
     def __repr__(self) -> str:  # the peers' keys stay out of logs
         return (
@@ -404,6 +436,14 @@ SCHEMA: tuple[Table, ...] = (
                 "map",
             ),
             Key("audit", "table", "none", "Where the audit log lives: see `[audit]`.", "audit"),
+            Key(
+                "brokers",
+                "table of tables",
+                "none",
+                'How to log in to MQTT brokers, one `[brokers."HOST"]` table each.',
+                'brokers."HOST"',
+                "map",
+            ),
         ),
     ),
     Table(
@@ -426,7 +466,10 @@ SCHEMA: tuple[Table, ...] = (
                 '(`0.0.0.0` every IPv4 interface, `"[::]:9000"` every IPv6 one) or a host '
                 f"name, PORT defaults to {DEFAULT_PORT}, a bare port is refused. "
                 '`"ws://HOST:PORT/PATH"`: WebSocket on that HTTP path, for a TLS reverse '
-                "proxy in front (docs/howto/outside.md). At least one TCP address.",
+                'proxy in front (docs/howto/outside.md). `"mqtt://BROKER[:PORT][/PREFIX]"` '
+                '(or `"mqtts://"`): connect out to that broker and serve through it, for a '
+                'device behind NAT (log-in settings in `[brokers."HOST"]`). At least one '
+                "TCP address.",
             ),
             Key(
                 "advertise",
@@ -478,6 +521,22 @@ SCHEMA: tuple[Table, ...] = (
                 "none (`key` is a pair key)",
                 "The id of the token whose secret `key` holds (written by "
                 "`pstp token import`; the device lists and revokes it by this id).",
+            ),
+            Key(
+                "via",
+                "array of strings",
+                "`[]`",
+                'More channel addresses of this peer, for when `address` fails: `"wss://'
+                'home.example.org/pstp"`, `"mqtt://broker.example.net"` (written by '
+                "`pstp token import`; may be set by hand).",
+            ),
+            Key(
+                "reach",
+                "array of strings",
+                '`["direct", "lan", "websocket", "mqtt"]`',
+                "The order in which the client tries its ways to this peer: `direct` (the "
+                "remembered `address` and TCP addresses in `via`), `lan` (discovery), "
+                "`websocket` and `mqtt` (those addresses in `via`). Leave one out to skip it.",
             ),
             Key(
                 "ca_file",
@@ -663,6 +722,33 @@ SCHEMA: tuple[Table, ...] = (
                 "Let a value that begins an argv element start with `-` (`str` only); "
                 "otherwise it is refused, as a program would read it as an option.",
             ),
+        ),
+    ),
+    Table(
+        'brokers."HOST"',
+        '`[brokers."HOST"]`',
+        (
+            Key(
+                "username",
+                "string",
+                "none",
+                "The MQTT user name for the broker at HOST (as the `mqtt://` address writes it).",
+            ),
+            Key(
+                "password_file",
+                "string",
+                "none",
+                "A file holding the password alone, readable by its owner only (a password "
+                "never sits in the configuration or on a command line).",
+            ),
+            Key(
+                "ca_file",
+                "string",
+                "none (the system's trust store)",
+                "A PEM file of CA certificates that an `mqtts://` broker is verified against.",
+            ),
+            Key("cert_file", "string", "none", "A client certificate (PEM) for the broker."),
+            Key("key_file", "string", "none", "The client certificate's private key (PEM)."),
         ),
     ),
     Table(
@@ -931,6 +1017,22 @@ def _device_id(value: object, path: Path, key: str, text: str) -> str:
     return value
 
 
+#: The steps of the reach ladder, in their default order (``[peers.NAME] reach``).
+REACH_STEPS = ("direct", "lan", "websocket", "mqtt")
+
+
+def _addresses(raw: object, key: str, err: Callable[[str, str], ConfigError]) -> list[Address]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise err(key, "must be a list of channel address strings")
+    found: list[Address] = []
+    for item in raw:
+        try:
+            found.append(check_channel(item))
+        except ValueError as exc:
+            raise err(key, str(exc)) from exc
+    return found
+
+
 def load(path: Path | str) -> Settings:
     """Read and validate the configuration.
 
@@ -972,6 +1074,7 @@ def load(path: Path | str) -> Settings:
         )
     listen: list[tuple[str, int]] = []
     websocket: list[Address] = []
+    mqtt: list[Address] = []
     for item in listen_raw:
         try:
             found = check_channel(item, listen=True)
@@ -979,6 +1082,8 @@ def load(path: Path | str) -> Settings:
             raise err("device.listen", str(exc)) from exc
         if found.websocket:
             websocket.append(found)
+        elif found.mqtt:
+            mqtt.append(found)
         else:
             listen.append((found.host, found.port))
     if not listen:
@@ -987,15 +1092,7 @@ def load(path: Path | str) -> Settings:
             f'has no TCP address: add one (e.g. "0.0.0.0:{DEFAULT_PORT}"); pairing and '
             "discovery use it",
         )
-    advertise_raw = device.get("advertise", [])
-    if not isinstance(advertise_raw, list) or not all(isinstance(x, str) for x in advertise_raw):
-        raise err("device.advertise", "must be a list of channel address strings")
-    advertise: list[Address] = []
-    for item in advertise_raw:
-        try:
-            advertise.append(check_channel(item))
-        except ValueError as exc:
-            raise err("device.advertise", str(exc)) from exc
+    advertise = _addresses(device.get("advertise", []), "device.advertise", err)
     flags = {}
     for name, default in (("discovery", True), ("stealth", False)):
         value = device.get(name, default)
@@ -1037,7 +1134,51 @@ def load(path: Path | str) -> Settings:
         token = table.get("token")
         if token is not None and (not isinstance(token, str) or not token.startswith("tok_")):
             raise err(f"{key}.token", 'must be a token id ("tok_...")')
-        peers[name] = PeerSettings(name, pair_key, address, dict(table), ca_file, device, token)
+        via = _addresses(table.get("via", []), f"{key}.via", err)
+        reach_raw = table.get("reach", list(REACH_STEPS))
+        if (
+            not isinstance(reach_raw, list)
+            or not all(isinstance(x, str) and x in REACH_STEPS for x in reach_raw)
+            or len(set(reach_raw)) != len(reach_raw)
+        ):
+            raise err(
+                f"{key}.reach",
+                f"must list some of {', '.join(REACH_STEPS)}, each once, in the order to try",
+            )
+        peers[name] = PeerSettings(
+            name,
+            pair_key,
+            address,
+            dict(table),
+            ca_file,
+            device,
+            token,
+            tuple(str(a) for a in via),
+            tuple(reach_raw),
+        )
+    brokers_raw = data.get("brokers", {})
+    if not isinstance(brokers_raw, dict):
+        raise err("brokers", 'must be a table of [brokers."HOST"] tables')
+    brokers: dict[str, BrokerSettings] = {}
+    for host, table in brokers_raw.items():
+        key = f"brokers.{host}"
+        if not isinstance(table, dict):
+            raise err(key, "must be a table")
+        try:
+            channel.check_host(host)
+        except ValueError as exc:
+            raise err(key, str(exc)) from exc
+        values: dict[str, str] = {}
+        for name in ("username", "password_file", "ca_file", "cert_file", "key_file"):
+            value = table.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise err(f"{key}.{name}", "must be a non-empty string")
+            values[name] = value
+        if ("cert_file" in values) != ("key_file" in values):
+            raise err(key, "cert_file and key_file go together")
+        brokers[host] = BrokerSettings(host, **values)
     return Settings(
         path,
         device_id,
@@ -1048,7 +1189,61 @@ def load(path: Path | str) -> Settings:
         data,
         tuple(websocket),
         tuple(advertise),
+        tuple(mqtt),
+        brokers,
     )
+
+
+def broker_options(settings: Settings, address: Address) -> BrokerOptions:
+    """The log-in of an ``mqtt://`` or ``mqtts://`` address: ``[brokers."HOST"]``, read now.
+
+    A relative file name is taken from the configuration's directory.
+
+    Raises:
+        ConfigError: the password file is missing, empty, or readable by others,
+            or a certificate file cannot be loaded.
+    """
+    import ssl
+
+    from pstp.asyncio.mqtt import BrokerOptions
+
+    found = settings.brokers.get(address.host)
+    if found is None:
+        return BrokerOptions()
+    key = f"brokers.{address.host}"
+    base = settings.path.parent
+
+    def where(name: str) -> Path:
+        return base / Path(name).expanduser()
+
+    password = None
+    if found.password_file is not None:
+        secret = where(found.password_file)
+        try:
+            st = secret.stat()
+            text = secret.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(settings.path, f"password_file: {exc}", key=key) from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                settings.path,
+                f"password_file {secret} is readable by group or others; run: chmod 600 {secret}",
+                key=key,
+            )
+        password = text.rstrip("\r\n")
+        if not password:
+            raise ConfigError(settings.path, f"password_file {secret} is empty", key=key)
+    context = None
+    if address.scheme == "mqtts" and (found.ca_file or found.cert_file):
+        try:
+            context = ssl.create_default_context(
+                cafile=str(where(found.ca_file)) if found.ca_file else None
+            )
+            if found.cert_file and found.key_file:
+                context.load_cert_chain(where(found.cert_file), where(found.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(settings.path, f"TLS files: {exc}", key=key) from None
+    return BrokerOptions(username=found.username, password=password, ssl=context)
 
 
 def write_private(path: Path, text: str) -> None:

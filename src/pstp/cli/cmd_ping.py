@@ -17,8 +17,20 @@ if TYPE_CHECKING:
 __all__ = ["ping"]
 
 
+_WAYS = {
+    "given": "the address given",
+    "direct": "its direct address",
+    "lan": "discovery on the LAN",
+    "websocket": "WebSocket",
+    "mqtt": "the MQTT broker (the broker sees only ciphertext)",
+}
+
+
 def _story(console: Console, session: Session, token: str | None) -> None:
     """``-v``: what the handshake did, in the product's words (never a secret)."""
+    if session.reached is not None:
+        step, where = session.reached
+        console.note(f"  reached through {_WAYS.get(step, step)}: {where}")
     conn = session.connection
     try:
         challenge, response = conn.challenge_response
@@ -65,6 +77,11 @@ def ping(args: argparse.Namespace, console: Console) -> int:
                 json.dumps(
                     {
                         "peer": session.peer_id,
+                        "reached": (
+                            {"step": session.reached[0], "address": session.reached[1]}
+                            if session.reached
+                            else None
+                        ),
                         "connect_ms": round(connect_ms, 3),
                         "rtt_ms": [round(ms, 3) for ms in rtts],
                     }

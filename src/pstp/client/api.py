@@ -1,8 +1,9 @@
 """High-level client operations on configured peers: connect, ping, pair.
 
-A peer is reached at its remembered address first, then by discovery on the
-LAN (a PONG from the expected device id, bound into the handshake), and the
-address that worked is remembered for next time.
+A peer is reached up its reach ladder (``[peers.NAME] reach``): its remembered
+address and other direct ones first, then discovery on the LAN (a PONG from the
+expected device id, bound into the handshake), then its WebSocket and MQTT
+addresses; a direct address that worked is remembered for next time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pstp.settings import (
     DEFAULT_PORT,
     Settings,
     add_peer,
+    broker_options,
     check_channel,
     format_address,
 )
@@ -35,37 +37,59 @@ async def connect_peer(
     address: str | None = None,
     config: Config | None = None,
     discovery_timeout: float = 1.0,
+    attempts: Attempts | None = None,
 ) -> Session:
-    """Open a PSTP-HS session to a configured peer.
+    """Open a PSTP-HS session to a configured peer, up its reach ladder.
+
+    The ladder (``[peers.NAME] reach``, by default direct, LAN, WebSocket,
+    MQTT) is climbed until a way works; ``-v`` says each step, and
+    :attr:`Session.reached` tells which way worked.
 
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: a channel address (``host[:port]``, ``ws://``, ``wss://``) to use
-            alone: no remembered address and no discovery if it fails (as ssh
-            with a host name).
+        address: a channel address (``host[:port]``, ``ws://``, ``wss://``,
+            ``mqtt://``) to use alone: no other address and no discovery if it
+            fails (as ssh with a host name).
         config: protocol limits.
-        discovery_timeout: seconds to wait for PONGs when no address works.
+        discovery_timeout: seconds to wait for PONGs at the ``lan`` step.
+        attempts: the ladder as the blocking driver left it (its addresses
+            already tried are not tried again).
 
     Raises:
         KeyError: no such peer in the configuration.
-        PeerNotFound: no address worked and discovery found nothing, or the
-            given ``address`` did not answer.
+        PeerNotFound: no way worked, or the given ``address`` did not answer.
         HandshakeFailed: the device answered but did not prove the pair key.
     """
-    attempts = Attempts(settings, peer_id, address, config)
-    for candidate, where in attempts.candidates:
-        tls = tls_context(attempts.ca_file) if where.scheme == "wss" else None
-        try:
-            session = await connect(where, ssl=tls, **attempts.options)
-        except OSError as exc:
-            attempts.failed(candidate, exc)
+    if attempts is None:
+        attempts = Attempts(settings, peer_id, address, config)
+    for step, found in attempts.steps:
+        if step == "lan":
+            session = await _discover(settings, peer_id, attempts.tried, config, discovery_timeout)
+            if session is not None:
+                return session
             continue
-        attempts.worked(candidate)
-        return session
+        for candidate, where in found:
+            if candidate in attempts.done:
+                continue
+            attempts.done.add(candidate)
+            tls = tls_context(attempts.ca_file) if where.scheme == "wss" else None
+            broker = broker_options(settings, where) if where.mqtt else None
+            try:
+                session = await connect(where, ssl=tls, broker=broker, **attempts.options)
+            except OSError as exc:
+                attempts.failed(candidate, exc, step)
+                continue
+            attempts.worked(candidate, step)
+            session.reached = (step, candidate)
+            return session
     attempts.give_up()
-    return await discover_peer(
-        settings, peer_id, tried=attempts.tried, config=config, discovery_timeout=discovery_timeout
+    peer = settings.peers[peer_id]
+    if not peer.address and not peer.via:
+        attempts.tried.insert(0, "no remembered address")
+    raise PeerNotFound(
+        f"{peer_id} not reached: tried {'; '.join(attempts.tried) or 'nothing'}. "
+        f"`pstp doctor {peer_id}` says why"
     )
 
 
@@ -96,8 +120,31 @@ async def discover_peer(
     """
     peer = settings.peers[peer_id]
     tried = list(tried or ())
+    session = await _discover(settings, peer_id, tried, config, discovery_timeout)
+    if session is not None:
+        return session
+    if not peer.address:
+        tried.insert(0, "no remembered address")
+    raise PeerNotFound(
+        f"{peer_id} not reached: tried {'; '.join(tried)}. `pstp doctor {peer_id}` says why"
+    )
+
+
+async def _discover(
+    settings: Settings,
+    peer_id: str,
+    tried: list[str],
+    config: Config | None,
+    discovery_timeout: float,
+) -> Session | None:
+    """The ``lan`` step: a session to the peer found by discovery, or None (noted in ``tried``).
+
+    Raises:
+        HandshakeFailed: a device with the peer's id answered but failed the handshake.
+    """
+    peer = settings.peers[peer_id]
     port = DEFAULT_PORT
-    if peer.address and not (where := check_channel(peer.address)).websocket:
+    if peer.address and (where := check_channel(peer.address)).scheme == "tcp":
         port = where.port
     # The PING carries our key id for this peer, so a stealth peer answers too (§8.2).
     kid_key = PeerKey.from_pair_key(peer.device_id, peer.key).kid_key
@@ -123,18 +170,16 @@ async def discover_peer(
             tried.append(f"{dev.host}:{dev.port} (discovered): {why}")
             failure = exc
             continue
-        info("%s: connected at %s:%d (found by discovery)", peer_id, dev.host, dev.port)
-        remember_address(settings, peer_id, format_address(dev.host, dev.port))
+        found_at = format_address(dev.host, dev.port)
+        info("%s: connected at %s (found by discovery)", peer_id, found_at)
+        remember_address(settings, peer_id, found_at)
+        session.reached = ("lan", found_at)
         return session
     if isinstance(failure, HandshakeFailed):
         raise failure
     if not any(dev.device_id == peer.device_id for dev in found):
         tried.append(f"discovery on port {port}: no answer in {discovery_timeout:g} s")
-    if not peer.address:
-        tried.insert(0, "no remembered address")
-    raise PeerNotFound(
-        f"{peer_id} not reached: tried {'; '.join(tried)}. `pstp doctor {peer_id}` says why"
-    )
+    return None
 
 
 async def pair_with(

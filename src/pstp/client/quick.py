@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pstp.address import Address
 from pstp.exceptions import ChannelError, PstpError
 from pstp.protocol.config import Config
 from pstp.protocol.kinds import ActionOpen
@@ -94,20 +95,21 @@ class PeerNotFound(PstpError):
 
 
 class Attempts:
-    """The addresses to try for a peer, in order, and how each went (no I/O).
+    """The reach ladder for a peer: the addresses to try, in order, and how each went (no I/O).
 
     Both drivers' connect loops (:func:`connect_known` here and
     :func:`pstp.client.api.connect_peer`) share it.  An explicit ``address``
     (``--address``) is tried alone: if it fails, that is the answer, with no
-    remembered address and no discovery behind it.  Without one, the
-    remembered address is tried (then the caller discovers).  An address that
-    works and is new is remembered.
+    other address and no discovery behind it.  Without one, the peer's
+    ``reach`` order is followed: ``direct`` (the remembered address, then the
+    TCP addresses in ``via``), ``lan`` (discovery, done by the caller),
+    ``websocket`` and ``mqtt`` (those addresses in ``via``).  A direct address
+    that works and is new is remembered.
 
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: a channel address (``host[:port]``, ``ws://``, ``wss://``) to
-            use alone.
+        address: a channel address to use alone.
         config: protocol limits.
 
     Raises:
@@ -122,9 +124,23 @@ class Attempts:
         self.settings, self.peer_id, self.remembered = settings, peer_id, peer.address
         #: An address was given: it is the only one tried, and no discovery follows.
         self.explicit = address is not None
-        wanted = [address] if address is not None else [peer.address] if peer.address else []
-        #: (address as written, parsed) in the order to try them.
-        self.candidates = [(a, check_channel(a)) for a in wanted]
+        #: (step, [(address as written, parsed)]) in the order to try them.
+        self.steps: list[tuple[str, list[tuple[str, Address]]]] = []
+        if address is not None:
+            self.steps.append(("given", [(address, check_channel(address))]))
+        else:
+            via = [(a, check_channel(a)) for a in peer.via]
+            for step in peer.reach:
+                if step == "direct":
+                    found = [(peer.address, check_channel(peer.address))] if peer.address else []
+                    found += [(a, w) for a, w in via if w.scheme == "tcp"]
+                elif step == "websocket":
+                    found = [(a, w) for a, w in via if w.websocket]
+                elif step == "mqtt":
+                    found = [(a, w) for a, w in via if w.mqtt]
+                else:
+                    found = []
+                self.steps.append((step, list(dict.fromkeys(found))))
         #: The CA file for a ``wss://`` address of this peer (None: the system's).
         self.ca_file = peer.ca_file
         #: The keyword arguments of either driver's ``connect``.
@@ -136,10 +152,17 @@ class Attempts:
         }
         #: A note per address that failed, for the error message.
         self.tried: list[str] = []
+        #: The addresses tried so far (the asyncio driver skips them).
+        self.done: set[str] = set()
 
-    def failed(self, candidate: str, exc: OSError) -> None:
+    @property
+    def candidates(self) -> list[tuple[str, Address]]:
+        """Every address of the ladder, in order (discovery aside)."""
+        return [c for _, found in self.steps for c in found]
+
+    def failed(self, candidate: str, exc: OSError, step: str = "") -> None:
         """Note that ``candidate`` could not be reached."""
-        which = "given" if self.explicit else "remembered"
+        which = "given" if self.explicit else (step or "remembered")
         self.tried.append(f"{candidate} ({which}): {os_reason(exc)}")
         info("%s: %s", self.peer_id, self.tried[-1])
 
@@ -156,12 +179,20 @@ class Attempts:
                 f" `pstp doctor {self.peer_id}` says why"
             )
 
-    def worked(self, candidate: str) -> None:
-        """Remember ``candidate`` if it is not the remembered address already."""
-        which = "given" if self.explicit else "remembered"
-        info("%s: connected at %s (%s address)", self.peer_id, candidate, which)
-        if candidate != self.remembered:
+    def worked(self, candidate: str, step: str = "direct") -> None:
+        """Say which way worked; remember a given or direct address that is new."""
+        which = "given" if self.explicit else step
+        info("%s: connected at %s (%s)", self.peer_id, candidate, _STEP_WORDS.get(which, which))
+        if which in ("given", "direct") and candidate != self.remembered:
             remember_address(self.settings, self.peer_id, candidate)
+
+
+_STEP_WORDS = {
+    "given": "given address",
+    "direct": "direct address",
+    "websocket": "WebSocket",
+    "mqtt": "through the MQTT broker",
+}
 
 
 def connect_known(
@@ -170,37 +201,47 @@ def connect_known(
     *,
     address: str | None = None,
     config: Config | None = None,
-) -> tuple[SyncSession | None, list[str]]:
-    """Try ``address``, then the peer's remembered address, with the blocking driver.
+) -> tuple[SyncSession | None, Attempts]:
+    """Try the first rung of the ladder with the blocking driver: given or direct TCP addresses.
+
+    It stops at the first address the blocking driver cannot reach (WebSocket,
+    MQTT) and when the ladder does not start with a direct step: the asyncio
+    driver goes on from there (:func:`pstp.client.api.connect_peer` with
+    ``attempts=``).
 
     Args:
         settings: our configuration (holds the peer's pair key).
         peer_id: the peer's device id.
-        address: ``host[:port]`` to try before the remembered one.
+        address: a channel address to use alone.
         config: protocol limits.
 
     Returns:
-        The session (``None`` if no address answered) and a note per address
-        that failed, for the error message if discovery fails too.
+        The session (``None`` if no address answered here) and the ladder, with
+        what was tried so far.
 
     Raises:
         KeyError: no such peer in the configuration.
         HandshakeFailed: a device answered but did not prove the pair key.
-        PeerNotFound: ``address`` was given and did not answer.
+        PeerNotFound: ``address`` was given, is TCP, and did not answer.
     """
     attempts = Attempts(settings, peer_id, address, config)
-    for candidate, where in attempts.candidates:
-        if where.websocket:  # the blocking driver speaks TCP only: asyncio takes it
-            return None, attempts.tried
+    step, found = attempts.steps[0] if attempts.steps else ("", [])
+    if step not in ("given", "direct"):
+        return None, attempts
+    for candidate, where in found:
+        if where.scheme != "tcp":  # the blocking driver speaks TCP only: asyncio takes it
+            return None, attempts
+        attempts.done.add(candidate)
         try:
             session = connect(where.host, where.port, **attempts.options)
         except OSError as exc:
-            attempts.failed(candidate, exc)
+            attempts.failed(candidate, exc, step)
             continue
-        attempts.worked(candidate)
-        return session, attempts.tried
+        attempts.worked(candidate, step)
+        session.reached = (step, candidate)
+        return session, attempts
     attempts.give_up()
-    return None, attempts.tried
+    return None, attempts
 
 
 def action_params(
@@ -297,7 +338,7 @@ def run_peer_action(
         ChannelError: the peer refused the action (its policy).
         ConnectionClosed: the session ended.
     """
-    session, tried = connect_known(settings, peer_id, address=address)
+    session, attempts = connect_known(settings, peer_id, address=address)
     if session is not None:
         with session:
             return run_action(session, name, args, reason=reason, stdout=stdout, stderr=stderr)
@@ -306,20 +347,12 @@ def run_peer_action(
     from pstp.asyncio.runner import run as run_loop
     from pstp.client import api, remote
 
-    async def discovered() -> int:
-        if tried or not _websocket_first(settings, peer_id, address):
-            opened = api.discover_peer(settings, peer_id, tried=tried)
-        else:  # a WebSocket address: the asyncio driver connects (then discovers)
-            opened = api.connect_peer(settings, peer_id, address=address)
+    async def rest() -> int:
+        # The rest of the ladder (discovery, WebSocket, MQTT) runs on asyncio.
+        opened = api.connect_peer(settings, peer_id, address=address, attempts=attempts)
         async with await opened as found:
             return await remote.run_action(
                 found, name, args, reason=reason, stdout=stdout, stderr=stderr
             )
 
-    return run_loop(discovered())
-
-
-def _websocket_first(settings: Settings, peer_id: str, address: str | None) -> bool:
-    """Whether the first address to try for the peer is a WebSocket one."""
-    first = address or settings.peers[peer_id].address
-    return first is not None and check_channel(first).websocket
+    return run_loop(rest())

@@ -55,7 +55,7 @@ from pstp.protocol.connection import Connection
 from pstp.protocol.handshake import KeyRing, PeerKey
 from pstp.protocol.kinds import TokenGrant, TokenOpen, action_args
 from pstp.protocol.pake import PAIR_CHANNEL
-from pstp.settings import ConfigError, Settings, format_address, load
+from pstp.settings import ConfigError, Settings, broker_options, format_address, load
 from pstp.sync.discovery import ResponderThread, start_responder
 from pstp.wire.messages import ChannelCode
 
@@ -167,6 +167,8 @@ class Daemon:
     servers: list[Server] = field(default_factory=list)
     #: The WebSocket servers, one per ``ws://`` listen address (no pairing there).
     websocket_servers: list[Server] = field(default_factory=list)
+    #: One per ``mqtt://`` listen address: the device's presence on that broker.
+    mqtt_servers: list[Server] = field(default_factory=list)
     responders: list[ResponderThread] = field(default_factory=list)
     sessions: dict[str, set[Session]] = field(default_factory=dict)
     suppressed_auth_failures: int = 0
@@ -280,6 +282,7 @@ class Daemon:
         # The new peer can open a PSTP-HS session at once, without a restart,
         # and the policy the window wrote for it applies after the reload.
         self.keyring.add(peer_id, key)
+        self._follow_keys()
         self._record("pairing", peer_id, "ok", detail="pair key installed")
         self.spawn(self._reload_quietly())
 
@@ -638,12 +641,19 @@ class Daemon:
         for where in self.settings.websocket:
             if where.host not in ("0.0.0.0", "::"):  # noqa: S104
                 out.append(str(where))
+        out.extend(str(where) for where in self.settings.mqtt)
         for host, port in self.settings.listen:
             if host not in ("0.0.0.0", "::"):  # noqa: S104
                 out.append(format_address(host, port))
         return list(dict.fromkeys(out))
 
     # -- tokens --------------------------------------------------------------------
+
+    def _follow_keys(self) -> None:
+        """The key ring changed: the brokers' subscriptions follow it now (§19.3)."""
+        for server in self.mqtt_servers:
+            if server.mqtt is not None:
+                server.mqtt.refresh()
 
     def _refresh_tokens(self) -> None:
         """Bring the key ring and the guests' policies in line with the token store."""
@@ -654,6 +664,7 @@ class Daemon:
         for token in live.values():
             if self.keyring.get("token:" + token.id) is None:
                 self.keyring.add_token(token.id, token.peer, token.secret, token.last_timestamp)
+        self._follow_keys()
         # A used-up token keeps the sessions it opened (check_tokens): so do its guest's rights.
         now = time.time()
         granting = [t for t in self.tokens.all() if t.revoked is None and now < t.expires]
@@ -795,6 +806,26 @@ class Daemon:
                 )
                 self.websocket_servers.append(server)
                 _log.info("serving %s on %s", self.settings.device_id, where)
+            for where in self.settings.mqtt:
+                # Out to a broker (§19.3): reached behind NAT; connects in the background.
+                server = await serve(
+                    None,
+                    "",
+                    0,
+                    keyring=self.keyring,
+                    own_id=self.settings.device_id,
+                    config=self.config,
+                    handlers=self.handlers(),
+                    authorize=self.authorize,
+                    on_session=self._on_session,
+                    on_handshake_failed=self._auth_failed,
+                    admit=self._admit,
+                    session_data=False,
+                    mqtt=where,
+                    broker=broker_options(self.settings, where),
+                )
+                self.mqtt_servers.append(server)
+                _log.info("serving %s through %s", self.settings.device_id, where)
             # DNS-SD beside broadcast (§8.6); nothing is advertised in stealth mode.
             bound = [
                 (h, srv.port)
@@ -863,6 +894,7 @@ class Daemon:
         for peer_id in gone:
             if peer_id not in new_keys:
                 self.keyring.remove(peer_id)
+        self._follow_keys()
         # Carry the open sessions over, counted from admission (a session is
         # counted from its handshake on, before it is in self.sessions), even
         # above a lowered max_sessions.
@@ -888,7 +920,7 @@ class Daemon:
             await self._control.close()
             self._control = None
         self.close_pairing()
-        for server in self.servers + self.websocket_servers:
+        for server in self.servers + self.websocket_servers + self.mqtt_servers:
             await server.close()
         tasks, self._tasks = self._tasks, None
         if tasks is not None:

@@ -618,6 +618,10 @@ class SessionFacts(Generic[H]):
     """What a driver's session tells about itself; both drivers' sessions subclass it."""
 
     _core: SessionCore[H]
+    #: How a client reached the device: ``(step, address)`` of its reach ladder
+    #: (``"given"``, ``"direct"``, ``"lan"``, ``"websocket"``, ``"mqtt"``), set
+    #: by the client; ``None`` when nobody recorded it.
+    reached: tuple[str, str] | None = None
 
     @property
     def peer_id(self) -> str:
