@@ -2,8 +2,10 @@
 
 pstp-hs.json and records.json (handshake and records), channels.json (channel
 messages, §14), discovery.json (PING, PONG and the stealth tag, §8),
-pake.json (a PSTP-PAKE pairing run, §15) and streams.json (the stream frames
-of exec, shell and action channels, §17.2).  Run
+pake.json (a PSTP-PAKE pairing run, §15), streams.json (the stream frames
+of exec, shell and action channels, §17.2), tokens.json (§20), transports.json
+(channel addresses and WebSocket framing, §19.1, §19.2) and mqtt.json (the MQTT
+mapping's rendezvous ids, topics, record sizes and prefixes, §19.3).  Run
 ``python scripts/make_test_vectors.py`` after a deliberate wire change; the
 tests in tests/protocol/test_vectors.py and tests/discovery/test_vectors.py
 check the code against the files.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from pathlib import Path
 
 import msgspec
@@ -803,9 +806,11 @@ def build_transports(hs: dict[str, object]) -> dict[str, object]:
         "ws://127.0.0.1:8080/pstp",
         "wss://home.example.org/pstp",
         "wss://[2001:db8::1]:8443/a/b",
+        "mqtt://broker.example.org",
+        "mqtts://broker.example.org:8884/home/pstp",
+        "mqtt://[2001:db8::5]/site-1/",
     ]
     bad = [
-        "mqtt://broker/pstp",
         "http://home/pstp",
         "ws://home/pstp?token=x",
         "wss://user@home/pstp",
@@ -814,6 +819,10 @@ def build_transports(hs: dict[str, object]) -> dict[str, object]:
         "ws://::1/p",
         "my_host:9000",
         "9000",
+        "mqtt://broker/a//b",
+        "mqtt://broker/pstp/+",
+        "mqtts://broker/$SYS",
+        "mqtts://user@broker/pstp",
     ]
     addresses = []
     for text in good:
@@ -850,6 +859,180 @@ def build_transports(hs: dict[str, object]) -> dict[str, object]:
     }
 
 
+#: Fixed inputs of mqtt.json (§19.3).  The session ids stand for 16 random bytes.
+_MQTT_SIDS = (bytes(range(0x10, 0x20)).hex(), bytes(range(0xA0, 0xB0)).hex())
+#: The longest prefix: 8 levels of 64 characters.
+_MQTT_LONGEST = "/".join(c * 64 for c in "abcdefgh")
+_MQTT_LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _mqtt_prefix(path: str) -> str | None:
+    """§19.3's PREFIX of an address path, written out here rather than imported."""
+    text = path.strip("/")
+    if not text:
+        return "pstp"
+    levels = text.split("/")
+    if len(levels) > 8 or not all(_MQTT_LEVEL.fullmatch(level) for level in levels):
+        return None
+    return text
+
+
+def build_mqtt(hs: dict[str, object], tokens: dict[str, object]) -> dict[str, object]:
+    """mqtt.json: rendezvous ids, a session's topics, record sizes and prefixes (§19.3).
+
+    HKDF is pyca/cryptography's own (extract with an absent salt, then expand),
+    so the file does not depend on pstp's KDF; topics and sizes are written out
+    from the text of §19.3.
+    """
+    from cryptography.hazmat.primitives import hashes, hmac
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
+
+    label = b"PSTP/2 mqtt topic"
+    hs_key = hs["cases"][0]["inputs"]["pair_key"]  # type: ignore[index]
+    keys = [
+        ("32 bytes of 0x00", bytes(32)),
+        ("pstp-hs.json's pair key, 0x00..0x1f", bytes.fromhex(hs_key)),
+        ("0x01..0x20", bytes(range(1, 33))),
+        ("tokens.json's token secret", bytes.fromhex(str(tokens["secret"]))),
+    ]
+    rendezvous = []
+    for note, key in keys:
+        extract = hmac.HMAC(bytes(32), hashes.SHA256())
+        extract.update(key)
+        prk = extract.finalize()
+        okm = HKDF(hashes.SHA256(), 32, None, label).derive(key)
+        assert okm == HKDFExpand(hashes.SHA256(), 32, label).derive(prk)
+        rendezvous.append(
+            {
+                "note": note,
+                "key": key.hex(),
+                "prk": prk.hex(),
+                "okm": okm.hex(),
+                "rid": okm[:16].hex(),
+            }
+        )
+    rid = rendezvous[2]["rid"]
+    topics = []
+    for prefix, sid in (
+        ("pstp", _MQTT_SIDS[0]),
+        ("home/site-1", _MQTT_SIDS[1]),
+        (_MQTT_LONGEST, _MQTT_SIDS[0]),
+    ):
+        topics.append(
+            {
+                "prefix": prefix,
+                "rid": rid,
+                "sid": sid,
+                "up": f"{prefix}/{rid}/{sid}/i",
+                "down": f"{prefix}/{rid}/{sid}/r",
+                "responder_filter": f"{prefix}/{rid}/+/i",
+            }
+        )
+    up = topics[0]["up"]
+    split = [
+        {"prefix": "pstp", "topic": up, "rid": rid, "sid": _MQTT_SIDS[0]},
+        {"prefix": "home/site-1", "topic": topics[1]["up"], "rid": rid, "sid": _MQTT_SIDS[1]},
+        {"prefix": "pstp", "topic": topics[0]["down"], "rid": None, "sid": None},
+        {
+            "prefix": "pstp",
+            "topic": f"pstp/{rid.upper()}/{_MQTT_SIDS[0]}/i",
+            "rid": None,
+            "sid": None,
+        },
+        {"prefix": "pstp", "topic": f"pstp/{rid}/{_MQTT_SIDS[0][:30]}/i", "rid": None, "sid": None},
+        {"prefix": "pstp", "topic": f"pstp/{rid}/x/{_MQTT_SIDS[0]}/i", "rid": None, "sid": None},
+        {"prefix": "home", "topic": up, "rid": None, "sid": None},
+        {"prefix": "pstp", "topic": f"pstp/{rid}/+/i", "rid": None, "sid": None},
+    ]
+    short = topics[0]["down"]
+    longest = topics[2]["down"]
+    extra = 10 + 30
+    sizes = []
+    for note, limit, topic, wanted in (
+        ("the broker sets no Maximum Packet Size", None, short, 65536),
+        ("MQTT's own ceiling, 256 MiB", 268435455, short, 65536),
+        ("64 KiB packets", 65536, short, 65536),
+        ("64 KiB packets, a smaller max_record_size configured", 65536, short, 4096),
+        ("16 KiB packets", 16384, short, 65536),
+        (
+            "the smallest limit that still carries 1024-byte records",
+            1024 + extra + len(short),
+            short,
+            65536,
+        ),
+        ("one byte less: refused", 1023 + extra + len(short), short, 65536),
+        ("2 KiB packets, the longest topic", 2048, longest, 65536),
+        ("1 KiB packets: refused", 1024, short, 65536),
+    ):
+        room = None if limit is None else limit - extra - len(topic.encode())
+        if room is not None and room < 1024:
+            result: int | None = None
+        else:
+            result = wanted if room is None else min(wanted, room)
+        sizes.append(
+            {
+                "note": note,
+                "packet_limit": limit,
+                "topic": topic,
+                "wanted": wanted,
+                "max_record": result,
+            }
+        )
+    accepted = [
+        "",
+        "/",
+        "/pstp",
+        "/home/site-1",
+        "/a/b.c/d_e-f/",
+        "/" + "/".join("abcdefgh"),
+        "/" + "x" * 64,
+        "/" + _MQTT_LONGEST,
+    ]
+    refused = [
+        "/a//b",
+        "/pstp/+",
+        "/pstp/#",
+        "/$SYS",
+        "/a b",
+        "/caf\u00e9",
+        "/" + "/".join("abcdefghi"),
+        "/" + "x" * 65,
+    ]
+    prefixes = []
+    for path in accepted:
+        prefix = _mqtt_prefix(path)
+        assert prefix is not None, path
+        prefixes.append({"path": path, "prefix": prefix})
+    for path in refused:
+        assert _mqtt_prefix(path) is None, path
+    return {
+        "description": (
+            "MQTT mapping vectors (docs/protocol.md §19.3, §13). 'rendezvous': a key K (pair "
+            'key or token secret) and RID = HKDF(K, "PSTP/2 mqtt topic", 32)[0..16] in '
+            "lower-case hex, with the HKDF-Extract output 'prk' (salt: 32 zero bytes) and the "
+            "32-byte output 'okm'. 'topics': a session's up (initiator to responder) and down "
+            "topics and the responder's filter. 'split': topics a responder receives under a "
+            "prefix, with the RID and SID it reads from them (null: not a session topic, "
+            "ignored). 'max_record': the largest record body whose RECORD frame fits a "
+            "broker's Maximum Packet Size in a PUBLISH to 'topic' (packet_limit null: none "
+            "set), at most 'wanted' (null: the broker is refused). 'prefixes': address paths "
+            "and the topic prefix they give, and paths a parser refuses."
+        ),
+        "label": label.decode(),
+        "default_prefix": "pstp",
+        "rendezvous": rendezvous,
+        "topics": topics,
+        "split": split,
+        "max_record": {
+            "publish_overhead": 10,
+            "record_overhead": 30,
+            "minimum": 1024,
+            "cases": sizes,
+        },
+        "prefixes": {"accepted": prefixes, "refused": refused},
+    }
+
+
 def main() -> None:
     """Write the files."""
     hs, rec = build()
@@ -860,8 +1043,10 @@ def main() -> None:
     (OUT / "discovery.json").write_text(json.dumps(build_discovery(), indent=2) + "\n")
     (OUT / "pake.json").write_text(json.dumps(build_pake(), indent=2) + "\n")
     (OUT / "streams.json").write_text(json.dumps(build_streams(), indent=2) + "\n")
-    (OUT / "tokens.json").write_text(json.dumps(build_tokens(hs), indent=2) + "\n")
+    tokens = build_tokens(hs)
+    (OUT / "tokens.json").write_text(json.dumps(tokens, indent=2) + "\n")
     (OUT / "transports.json").write_text(json.dumps(build_transports(hs), indent=2) + "\n")
+    (OUT / "mqtt.json").write_text(json.dumps(build_mqtt(hs, tokens), indent=2) + "\n")
 
 
 if __name__ == "__main__":

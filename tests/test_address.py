@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pstp.address import DEFAULT_PORT, Address, parse
+from pstp.address import DEFAULT_PORT, SCHEMES, Address, parse
+from pstp.protocol.mqtt import prefix_of
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,15 @@ from pstp.address import DEFAULT_PORT, Address, parse
         ("ws://home", Address("ws", "home", 80, "/")),
         ("wss://home.example.org/pstp", Address("wss", "home.example.org", 443, "/pstp")),
         ("wss://[2001:db8::1]:8443/a/b", Address("wss", "2001:db8::1", 8443, "/a/b")),
+        ("mqtt://broker.example.org", Address("mqtt", "broker.example.org", 1883, "")),
+        ("mqtt://broker/", Address("mqtt", "broker", 1883, "")),
+        ("mqtt://broker:1884/pstp", Address("mqtt", "broker", 1884, "/pstp")),
+        ("MQTT://broker/home/site-1/", Address("mqtt", "broker", 1883, "/home/site-1")),
+        (
+            "mqtts://broker.example.org/a/b.c",
+            Address("mqtts", "broker.example.org", 8883, "/a/b.c"),
+        ),
+        ("mqtts://[2001:db8::5]:8884/pstp", Address("mqtts", "2001:db8::5", 8884, "/pstp")),
     ],
 )
 def test_addresses_that_parse(text: str, expected: Address) -> None:
@@ -30,11 +40,25 @@ def test_addresses_that_parse(text: str, expected: Address) -> None:
     assert parse(text) == expected
 
 
+def test_default_ports() -> None:
+    """TCP 9000, ws 80, wss 443, mqtt 1883, mqtts 8883."""
+    assert SCHEMES == {"tcp": 9000, "ws": 80, "wss": 443, "mqtt": 1883, "mqtts": 8883}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("mqtt://broker/pstp", "mqtt:// is not supported by this version yet"),
         ("http://home/pstp", "unknown scheme 'http'"),
+        ("mqtt://broker/a//b", "'/a//b' is not a topic prefix"),
+        ("mqtt://broker/pstp/+", "is not a topic prefix"),
+        ("mqtts://broker/$SYS", "is not a topic prefix"),
+        ("mqtt://broker/a b", "is not a topic prefix"),
+        ("mqtt://broker/" + "/".join("abcdefghi"), "at most 8 levels"),
+        ("mqtt://broker/" + "x" * 65, "is not a topic prefix"),
+        ("mqtt://broker/pstp#x", "no query, fragment"),
+        ("mqtts://user:pw@broker/pstp", "nothing secret goes into a URL"),
+        ("mqtt://broker:0", "PORT 1-65535"),
+        ("mqtt:///pstp", "no host"),
         ("ws://home/pstp?token=abc", "nothing secret goes into a URL"),
         ("wss://user:pw@home/pstp", "nothing secret goes into a URL"),
         ("ws://home/p#frag", "no query, fragment"),
@@ -65,6 +89,23 @@ def test_a_port_is_required_when_asked() -> None:
     assert parse("home:1", default_port=None).port == 1
 
 
+def test_mqtt_addresses_name_a_broker_and_a_topic_prefix() -> None:
+    """mqtt:// and mqtts:// are brokers (§19.3); the path, without its slashes, is the prefix."""
+    plain = parse("mqtt://broker")
+    assert plain.mqtt and not plain.websocket
+    assert (plain.port, plain.path, prefix_of(plain.path)) == (1883, "", "pstp")
+    tls = parse("mqtts://broker/home/site-1")
+    assert tls.mqtt and (tls.port, prefix_of(tls.path)) == (8883, "home/site-1")
+    assert not parse("ws://home/p").mqtt and not parse("home:9000").mqtt
+
+
+def test_mqtt_is_a_listen_address() -> None:
+    """A device lists its broker among the addresses it serves on, and connects out to it."""
+    assert parse("mqtts://broker.example.org/pstp", listen=True) == Address(
+        "mqtts", "broker.example.org", 8883, "/pstp"
+    )
+
+
 def test_wss_is_not_a_listen_address() -> None:
     """TLS ends at the proxy: the device listens on ws:// and advertises wss://."""
     with pytest.raises(ValueError, match="advertise"):
@@ -80,6 +121,10 @@ def test_wss_is_not_a_listen_address() -> None:
         (Address("ws", "h", 80, "/"), "ws://h/"),
         (Address("wss", "h", 443, "/p"), "wss://h/p"),
         (Address("wss", "::1", 8443, "/p"), "wss://[::1]:8443/p"),
+        (Address("mqtt", "broker", 1883), "mqtt://broker"),
+        (Address("mqtt", "broker", 1884, "/pstp"), "mqtt://broker:1884/pstp"),
+        (Address("mqtts", "broker", 8883, "/a/b"), "mqtts://broker/a/b"),
+        (Address("mqtts", "2001:db8::5", 8883), "mqtts://[2001:db8::5]"),
     ],
 )
 def test_str_is_the_short_form(address: Address, text: str) -> None:
@@ -93,6 +138,13 @@ hosts = st.one_of(
     st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9](\.[a-z][a-z0-9]{0,8}){0,3}", fullmatch=True),
 )
 paths = st.from_regex(r"/[A-Za-z0-9._~/-]{0,30}", fullmatch=True)
+# A topic prefix: 1 to 8 levels of [A-Za-z0-9_.-], as an address path ("" for none).
+topic_paths = st.one_of(
+    st.just(""),
+    st.lists(st.text("ABZabz09_.-", min_size=1, max_size=64), min_size=1, max_size=8).map(
+        lambda levels: "/" + "/".join(levels)
+    ),
+)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -106,6 +158,22 @@ def test_str_parses_back_to_the_same_address(scheme: str, host: str, port: int, 
     """parse(str(a)) == a for every address."""
     address = Address(scheme, host, port, "" if scheme == "tcp" else path)
     assert parse(str(address)) == address
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=60)
+@given(
+    scheme=st.sampled_from(["mqtt", "mqtts"]),
+    host=hosts,
+    port=st.integers(1, 65535),
+    path=topic_paths,
+)
+def test_mqtt_str_parses_back_to_the_same_address(
+    scheme: str, host: str, port: int, path: str
+) -> None:
+    """parse(str(a)) == a for a broker address, and its path is the topic prefix."""
+    address = Address(scheme, host, port, path)
+    assert parse(str(address)) == address
+    assert prefix_of(path) == (path[1:] or "pstp")
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
