@@ -121,6 +121,12 @@ class ReplayError(RemoteProtocolError):
     code = ErrorCode.PROTOCOL_ERROR
 
 
+class RecordGap(RemoteProtocolError):
+    """Window mode: a genuine record arrived after a gap (one was lost or overtaken, §6.3)."""
+
+    code = ErrorCode.PROTOCOL_ERROR
+
+
 class KeyExhausted(RemoteProtocolError):
     """A key was used past its hard limit (docs/protocol.md §6.3)."""
 

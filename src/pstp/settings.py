@@ -1307,11 +1307,11 @@ def add_peer(
     *,
     address: str | None = None,
     default_policy: bool = False,
-    extra: Mapping[str, str] | None = None,
+    extra: Mapping[str, str | list[str]] | None = None,
 ) -> None:
     """Add a peer (or replace its key), keeping the file's comments and layout.
 
-    ``extra`` holds more string keys of the peer's table (``device``, ``token``).
+    ``extra`` holds more keys of the peer's table (``device``, ``token``, ``via``).
 
     With ``default_policy`` a new peer gets an empty ``[peers.NAME.policy]``
     table: it may open sessions (and ping), and nothing else until the owner

@@ -371,30 +371,36 @@ def test_record_replay_reorder_and_duplicate_are_fatal_on_streams() -> None:
         assert delivered == {"replay": [b"a", b"b"], "reorder": [], "duplicate": [b"a"]}[attack]
 
 
-def test_sliding_window_drops_replays_without_moving_the_window() -> None:
-    """In datagram mode duplicates and forgeries are dropped, reordering accepted."""
+def test_window_mode_drops_replays_and_forgeries_and_ends_on_a_gap() -> None:
+    """In window mode duplicates and forgeries are dropped; a lost or overtaken record
+    ends the session (channels rely on order, §14.1) instead of leaving a hole."""
     cfg = Config(ordered=False, replay_window=64)
     pair = Pair.new(cfg, cfg).established()
     records = []
     for i in range(5):
         pair.client.send_data(bytes([i]))
         records.append(pair.client.data_to_send())
-    order = [records[2], records[0], records[2], records[1], records[4], records[0], records[3]]
+    order = [records[0], records[0], records[1], records[0], records[2], records[1], records[3]]
     for rec in order:
         pair.server.receive_data(rec, pair.clock.now)
     got = [e.data for e in pair.server.events_received() if isinstance(e, DataReceived)]
-    assert got == [b"\x02", b"\x00", b"\x01", b"\x04", b"\x03"]
-    assert pair.server.dropped_records == 2
+    assert got == [b"\x00", b"\x01", b"\x02", b"\x03"]
+    assert pair.server.dropped_records == 3
     # A forged record with a far-ahead sequence number must not move the window.
-    pair.client.send_data(b"ok")
-    good = pair.client.data_to_send()
-    forged = bytearray(good)
+    forged = bytearray(records[4])
     forged[5:13] = (10_000).to_bytes(8, "big")
     pair.server.receive_data(bytes(forged), pair.clock.now)
-    pair.server.receive_data(good, pair.clock.now)
+    pair.server.receive_data(records[4], pair.clock.now)
     got = [e.data for e in pair.server.events_received() if isinstance(e, DataReceived)]
-    assert got == [b"ok"]
+    assert got == [b"\x04"]
     assert pair.server.state is ConnectionState.ESTABLISHED
+    # A genuine record after a gap: the session ends with PROTOCOL_ERROR.
+    pair.client.send_data(b"lost")
+    pair.client.data_to_send()
+    pair.client.send_data(b"after")
+    pair.server.receive_data(pair.client.data_to_send(), pair.clock.now)
+    assert pair.server.state is ConnectionState.CLOSED
+    assert pair.server.close_code == ErrorCode.PROTOCOL_ERROR
 
 
 # -- attacks (docs/protocol.md §12): reflection, stripping, cross-protocol ------------------------
@@ -1212,10 +1218,10 @@ def test_messages_carry_one_frame_each(ordered: bool) -> None:
     messages = client.messages_to_send()
     assert len(messages) == 2
     if not ordered:
-        messages.reverse()  # window mode accepts reordering
+        messages = [messages[0], *messages]  # window mode drops a duplicate
     for message in messages:
         server.receive_message(message, clock.now)
-    got = sorted(e.data for e in server.events_received() if isinstance(e, DataReceived))
+    got = [e.data for e in server.events_received() if isinstance(e, DataReceived)]
     assert got == [b"one", b"two"]
     assert client.messages_to_send() == []
 
@@ -1230,9 +1236,23 @@ def test_a_message_of_two_frames_ends_an_ordered_session() -> None:
     assert server.close_code == ErrorCode.PROTOCOL_ERROR
 
 
-@pytest.mark.parametrize("junk", [b"", b"\x10", b"\x10\x00\x00\x09short", b"\x10\x00\x00\x00xx"])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"",
+        b"\x10",
+        b"\x10\x00\x00\x09short",
+        b"\x10\x00\x00\x00xx",
+        b"\x10\x00\x00\x00",  # one frame, of an unknown type
+        b"\x01\x00\x00\x00",  # a handshake frame
+        b"\x02\x00\x00\x03abc",
+        b"\x17\x00\x00\x05abcde",  # a record shorter than header and tag
+        b"\x17\x01\x00\x1b" + bytes(65563),  # a record above max_record_size + 26
+    ],
+)
 def test_a_malformed_message_is_dropped_in_window_mode(junk: bytes) -> None:
-    """In window mode, once established, a message that is not one frame is dropped and counted."""
+    """In window mode, once established, anything but a well-formed record is dropped and
+    counted: anyone who can publish to the transport can send it (§3 rule 2a)."""
     client, server, clock = _message_pair(False)
     server.receive_message(junk, clock.now)
     assert server.state is ConnectionState.ESTABLISHED

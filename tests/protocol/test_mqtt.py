@@ -270,3 +270,16 @@ def test_the_error_names_the_limit_and_what_is_needed() -> None:
     topic = VECTORS["topics"][0]["up"]
     with pytest.raises(ValueError, match=r"\(1135 bytes\).*at least 1136 bytes"):
         max_record_for(1135, topic, 65536)
+
+
+def test_a_keyring_subset_holds_the_keys_of_one_rid_with_their_guards() -> None:
+    """KeyRing.subset(rid): only that RID's keys, the same objects (one replay guard)."""
+    from pstp.protocol.handshake import KeyRing
+
+    ring = KeyRing()
+    ring.add("a", bytes(32))
+    ring.add("b", bytes(range(32)))
+    sub = ring.subset(rendezvous_id(bytes(range(32))))
+    assert [p.device_id for p in sub] == ["b"]
+    assert sub.get("b") is ring.get("b")
+    assert len(ring.subset("0" * 32)) == 0

@@ -13,6 +13,7 @@ from pstp.exceptions import (
     DecryptError,
     KeyExhausted,
     LocalProtocolError,
+    RecordGap,
     RemoteProtocolError,
     ReplayError,
 )
@@ -53,28 +54,63 @@ def _split(frames: bytes) -> list[bytes]:
     return out
 
 
-def test_unordered_receiver_survives_reordering_across_rekeys() -> None:
-    """Shuffled records spanning several key epochs all open exactly once."""
+def test_window_receiver_drops_duplicates_across_rekeys() -> None:
+    """Records spanning several key epochs, each delivered twice or more (QoS 1
+    redelivery, a republished copy): every record opens once, in order."""
     cfg = Config(ordered=False, rekey_after_records=8, reject_after_records=16, replay_window=64)
     tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
     frames = []
     for i in range(40):
         frames += _split(tx.seal(InnerType.DATA, i.to_bytes(2, "big"), 0.0))
     rng = random.Random(7)
-    # Shuffle locally (within a small distance), as a broker might.
-    for i in range(len(frames) - 1):
-        j = min(len(frames) - 1, i + rng.randrange(3))
-        frames[i], frames[j] = frames[j], frames[i]
+    delivered = []
+    for i, frame in enumerate(frames):
+        delivered.append(frame)
+        # copies of this and of earlier frames, as a broker or a stranger might add
+        delivered += [frames[rng.randrange(i + 1)] for _ in range(rng.randrange(3))]
     rx = RecordReceiver("AESGCM", KEY, cfg)
     got = []
-    for f in frames + frames[-5:]:  # trailing duplicates
+    for f in delivered:
         try:
             inner, body = rx.open(f)
         except ReplayError:
             continue
         if inner == InnerType.DATA:
             got.append(int.from_bytes(body, "big"))
-    assert sorted(got) == list(range(40))
+    assert got == list(range(40))
+
+
+def test_window_receiver_ends_on_a_gap() -> None:
+    """A genuine record after a missing one (lost, or overtaken) is a RecordGap: channels
+    rely on order (§14.1), so a hole is never delivered."""
+    cfg = Config(ordered=False)
+    tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    frames = [tx.seal(InnerType.DATA, bytes([i]), 0.0) for i in range(3)]
+    rx = RecordReceiver("AESGCM", KEY, cfg)
+    assert rx.open(frames[0]) == (InnerType.DATA, b"\x00")
+    with pytest.raises(RecordGap, match="out of order"):
+        rx.open(frames[2])
+
+
+def test_window_receiver_ends_when_a_record_overtakes_key_update() -> None:
+    """The next epoch's record before the KEY_UPDATE that announces it, or the previous
+    epoch's record after it: both are gaps."""
+    cfg = Config(ordered=False)
+    tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    update = tx.rekey(0.0)
+    ahead = tx.seal(InnerType.DATA, b"epoch one", 0.0)
+    rx = RecordReceiver("AESGCM", KEY, cfg)
+    with pytest.raises(RecordGap):
+        rx.open(ahead)
+    tx2 = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
+    first = tx2.seal(InnerType.DATA, b"a", 0.0)
+    second = tx2.seal(InnerType.DATA, b"b", 0.0)
+    update2 = tx2.rekey(0.0)
+    rx2 = RecordReceiver("AESGCM", KEY, cfg)
+    assert rx2.open(first) == (InnerType.DATA, b"a")
+    with pytest.raises(RecordGap):  # the KEY_UPDATE overtook the second record
+        rx2.open(update2)
+    del update, second
 
 
 def test_key_update_body_and_short_records_are_refused() -> None:
@@ -221,7 +257,7 @@ def test_receiver_cuts_off_a_key_used_past_the_record_hard_limit() -> None:
 
 
 def test_forged_next_epoch_record_does_not_disturb_the_receiver() -> None:
-    """In window mode a forged next-epoch record fails, and the genuine one still opens."""
+    """In window mode a forged next-epoch record fails, and the genuine stream still opens."""
     cfg = Config(ordered=False)
     tx = RecordSender("AESGCM", KEY, cfg, 0.0, 65536)
     rx = RecordReceiver("AESGCM", KEY, cfg)
@@ -231,10 +267,12 @@ def test_forged_next_epoch_record_does_not_disturb_the_receiver() -> None:
     with pytest.raises(DecryptError):
         rx.open(forged)
     assert rx.epoch == 0
-    assert rx.open(genuine) == (InnerType.DATA, b"epoch one")
-    assert rx.epoch == 1
-    # The late KEY_UPDATE of the old epoch still opens and does not ratchet again.
     assert rx.open(update) == (InnerType.KEY_UPDATE, b"")
+    assert rx.epoch == 1
+    assert rx.open(genuine) == (InnerType.DATA, b"epoch one")
+    # A late copy of the old epoch's KEY_UPDATE is a duplicate: dropped, nothing moves.
+    with pytest.raises(ReplayError):
+        rx.open(update)
     assert rx.epoch == 1
 
 

@@ -43,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pstp.address import Address
 from pstp.asyncio.connection import SessionProtocol
 from pstp.crypto.kdf import random_bytes
+from pstp.exceptions import ErrorCode
 from pstp.protocol.config import Config
 from pstp.protocol.handshake import KeyRing
 from pstp.protocol.mqtt import (
@@ -152,6 +153,9 @@ class BrokerLink:
         self._acks: dict[int, asyncio.Future[None]] = {}
         self._unacked: dict[int, tuple[MqttTransport, int]] = {}
         self._closed = False
+        # paho's callbacks run inside loop_read/loop_write/loop_misc under a lock
+        # that is not reentrant: nothing may call back into its I/O from there.
+        self._busy = False
         #: The broker's Maximum Packet Size (CONNACK), or None if it set none.
         self.packet_limit: int | None = None
 
@@ -197,6 +201,11 @@ class BrokerLink:
         if reason.is_failure:
             self._connack.set_exception(BrokerError(f"{self.address}: broker refused: {reason}"))
             return
+        if getattr(props, "MaximumQoS", 1) < 1:
+            self._connack.set_exception(
+                BrokerError(f"{self.address}: the broker allows QoS 0 only; PSTP needs QoS 1")
+            )
+            return
         self._connack.set_result(getattr(props, "MaximumPacketSize", None))
 
     # -- the socket on the loop ---------------------------------------------
@@ -232,21 +241,31 @@ class BrokerLink:
 
     def _readable(self) -> None:
         client = self._client
-        rc = client.loop_read()
-        sock = self._sock
-        # TLS may hold decrypted bytes the socket no longer signals.
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _ssl.SSLSocket):
-            if not sock.pending():
-                break
+        self._busy = True
+        try:
             rc = client.loop_read()
+            sock = self._sock
+            # TLS may hold decrypted bytes the socket no longer signals.
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _ssl.SSLSocket):
+                if not sock.pending():
+                    break
+                rc = client.loop_read()
+        finally:
+            self._busy = False
         self._flush()
 
     def _flush(self) -> None:
         # paho queues what it sends from inside its callbacks; write it now,
         # and watch for writability only while the socket is full.
+        if self._busy:
+            return  # _readable flushes when paho is done
         client = self._client
         if client.want_write():
-            client.loop_write()
+            self._busy = True
+            try:
+                client.loop_write()
+            finally:
+                self._busy = False
         sock = self._sock
         if sock is None:
             return
@@ -259,7 +278,11 @@ class BrokerLink:
             self.loop.remove_writer(sock)
 
     def _tick(self) -> None:
-        self._client.loop_misc()  # MQTT keepalive: PINGREQ, or a dead broker noticed
+        self._busy = True
+        try:
+            self._client.loop_misc()  # MQTT keepalive: PINGREQ, or a dead broker noticed
+        finally:
+            self._busy = False
         self._flush()
         if not self._closed:
             self._misc = self.loop.call_later(1.0, self._tick)
@@ -313,7 +336,9 @@ class BrokerLink:
         Raises:
             BrokerError: the broker refused a filter (an ACL), or went away.
         """
-        options = SubscribeOptions(qos=1, noLocal=True)
+        # No Local: never our own messages back; Retain Handling 2: no retained
+        # message at all (one would be ignored anyway).
+        options = SubscribeOptions(qos=1, noLocal=True, retainHandling=2)
         pending = list(filters)
         for start in range(0, len(pending), _SUBSCRIBE_BATCH):
             batch = [(t, options) for t in pending[start : start + _SUBSCRIBE_BATCH]]
@@ -345,6 +370,9 @@ class BrokerLink:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
             fut.set_exception(BrokerError(f"{self.address}: broker refused: {refused[0]}"))
+        elif any(r.value == 0 for r in reasons if r.packetType == PacketTypes.SUBACK):
+            # Granted QoS 0: messages could be lost without a word.
+            fut.set_exception(BrokerError(f"{self.address}: the broker granted QoS 0 only"))
         else:
             fut.set_result(None)
 
@@ -363,6 +391,9 @@ class BrokerLink:
     def close(self) -> None:
         """Say DISCONNECT (if connected) and close the connection."""
         if self._closed:
+            return
+        if self._busy:  # inside a paho callback: once it has returned
+            self.loop.call_soon(self.close)
             return
         client = self._client
         client.on_disconnect = None
@@ -472,7 +503,9 @@ class MqttTransport(asyncio.Transport):
         self._held_bytes += len(payload)
         if self._held_bytes > MAX_BUFFERED:
             self._held.clear()
-            self.lost(None)
+            self._held_bytes = 0
+            self._paused = False
+            self._protocol.close(ErrorCode.PROTOCOL_ERROR, "sent past the flow-control windows")
 
     def lost(self, exc: Exception | None) -> None:
         """The broker connection (or this session's place on it) ended."""
@@ -558,7 +591,7 @@ class MqttListener:
         address: Address,
         options: BrokerOptions | None,
         keyring: KeyRing,
-        factory: Callable[[Config], SessionProtocol],
+        factory: Callable[[Config, KeyRing], SessionProtocol],
         config: Config,
     ) -> None:
         self.address = address
@@ -694,7 +727,9 @@ class MqttListener:
         ):
             return
         topics = SessionTopics(self.prefix, ids[0], ids[1])
-        protocol = self._factory(self._session_config)
+        # Only the keys of the topic's RID are tried (§19.3): the topic is bound to
+        # the key, and trial matching costs one key instead of the whole ring.
+        protocol = self._factory(self._session_config, self._keyring.subset(ids[0]))
         protocol.peer_address = f"{self.address} {ids[1][:8]}"
         transport = MqttTransport(
             link,

@@ -444,8 +444,8 @@ async def serve(
             if done is not None:
                 done()
 
-    def factory(session_config: Config = config) -> _ServerProtocol:
-        conn = responder(session_config, keyring, own_id, discovery_lookup, current_pake[0])
+    def factory(session_config: Config = config, ring: KeyRing = keyring) -> _ServerProtocol:
+        conn = responder(session_config, ring, own_id, discovery_lookup, current_pake[0])
         proto = _ServerProtocol(
             pending,
             conn,

@@ -7,9 +7,13 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pstp.cli.common import load_settings, run, stop_event
 from pstp.cli.main import Console
+
+if TYPE_CHECKING:
+    from pstp.asyncio.server import Server
 
 __all__ = ["serve"]
 
@@ -58,7 +62,10 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         ports = ", ".join(f"{host}:{server.port}" for (host, _), server in pairs)
         ws = zip(settings.websocket, daemon.websocket_servers, strict=True)
         ports += "".join(f", ws://{where.netloc}{where.path}" for where, _ in ws)
+        ports += "".join(f", through {where}" for where in settings.mqtt)
         console.print(f"{settings.device_id}: serving {len(settings.peers)} peer(s) on {ports}")
+        for where, server in zip(settings.mqtt, daemon.mqtt_servers, strict=True):
+            daemon.spawn(_say_connected(console, str(where), server))
         if settings.advertise:
             shown = ", ".join(str(a) for a in settings.advertise)
             console.print(f"advertised to peers as: {shown}")
@@ -77,6 +84,13 @@ def serve(args: argparse.Namespace, console: Console) -> int:
     finally:
         if limit is not None:
             limit.flush()
+
+
+async def _say_connected(console: Console, where: str, server: Server) -> None:
+    """Print once that the broker took the device's connection (a lost one is logged)."""
+    if server.mqtt is not None:
+        await server.mqtt.ready.wait()
+        console.print(f"{where}: connected to the broker; reachable through it")
 
 
 def _write_pidfile(path: Path) -> int | None:

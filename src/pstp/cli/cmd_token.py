@@ -172,7 +172,11 @@ def import_(args: argparse.Namespace, console: Console) -> int:
         console.error(f"not a token link: {exc}")
         return 2
     address = link.via[0] if link.via else format_address(*link.addresses[0])
-    extra = {"token": token_id} | ({"device": device} if device != args.name else {})
+    extra: dict[str, str | list[str]] = {"token": token_id}
+    if device != args.name:
+        extra["device"] = device
+    if len(link.via) > 1:  # the other ways, for the reach ladder (a broker among them)
+        extra["via"] = list(link.via[1:])
     try:
         add_peer(settings.path, args.name, secret, address=address, extra=extra)
     except ConfigError as exc:

@@ -623,10 +623,18 @@ class Connection:
             raise InvalidState("receive_message before start")
         try:
             length = int.from_bytes(message[1:FRAME_HEADER_LEN], "big")
-            if len(message) != FRAME_HEADER_LEN + length:
-                if not self.config.ordered and self._state is ConnectionState.ESTABLISHED:
+            if not self.config.ordered and self._state is ConnectionState.ESTABLISHED:
+                # Window mode (§3 rule 2a, §6.3): anyone who can publish to the
+                # transport can send any message; all that is not a well-formed
+                # record is dropped, like a record that fails its checks.
+                if (
+                    len(message) != FRAME_HEADER_LEN + length
+                    or message[0] != FrameType.RECORD
+                    or not _RECORD_EXTRA <= length <= self.config.max_record_size + _RECORD_EXTRA
+                ):
                     self.dropped_records += 1
                     return
+            elif len(message) != FRAME_HEADER_LEN + length:
                 raise RemoteProtocolError("a message must hold exactly one frame")
             self._check_frame_size(message[0], length)
             self._handle_frame(message[0], bytes(message))

@@ -247,6 +247,16 @@ class KeyRing:
         """The ids of the tokens in the ring."""
         return {p.token for p in self._peers.values() if p.token is not None}
 
+    def subset(self, rid: str) -> KeyRing:
+        """A ring of the keys whose MQTT rendezvous id is ``rid`` (§19.3).
+
+        The keys are the same objects, replay guards and all: a handshake through
+        the subset is guarded as one through the whole ring.
+        """
+        ring = KeyRing()
+        ring._peers = {k: p for k, p in self._peers.items() if p.rid == rid}
+        return ring
+
     def remove(self, device_id: str) -> None:
         """Forget a peer's pair key, or a token's key as ``token:ID`` (no error if unknown)."""
         self._peers.pop(device_id, None)

@@ -10,7 +10,13 @@ never repeats.
 from __future__ import annotations
 
 from pstp.crypto.aead import Aead, CipherName
-from pstp.exceptions import KeyExhausted, LocalProtocolError, RemoteProtocolError, ReplayError
+from pstp.exceptions import (
+    KeyExhausted,
+    LocalProtocolError,
+    RecordGap,
+    RemoteProtocolError,
+    ReplayError,
+)
 from pstp.protocol.config import Config
 from pstp.wire.frames import (
     FRAME_HEADER_LEN,
@@ -237,6 +243,8 @@ class RecordReceiver:
 
         Raises:
             ReplayError: duplicate, out of order, too old, or wrong epoch.
+            RecordGap: window mode: it verified but is not the next record (one
+                before it was lost or overtaken).
             KeyExhausted: the sequence number or volume passed a hard limit.
             DecryptError: the tag did not verify.
             RemoteProtocolError: the plaintext is empty, or KEY_UPDATE has a body.
@@ -253,10 +261,17 @@ class RecordReceiver:
         key = self._select(epoch, seq)
         plain = key.aead.open(seq, aad, bytes(view[hdr_end:]))
         # Only a record that verified may move the window (§6.3).
-        if key.window is None:
-            key.next_seq = seq + 1
-        else:
+        if key.window is not None:
             key.window.update(seq)
+            if key is not self._cur or seq != key.next_seq:
+                # The transport keeps each publisher's order (§19.3): a genuine
+                # record after a gap means one was lost or overtaken, and channels
+                # rely on order (§14.1).  End rather than deliver a hole.
+                raise RecordGap(
+                    f"record {epoch}/{seq} arrived out of order (expected "
+                    f"{self._cur.epoch}/{self._cur.next_seq}): a record was lost on the way"
+                )
+        key.next_seq = seq + 1
         key.bytes_opened += len(plain) - 1
         if key.bytes_opened > self._config.reject_after_bytes:
             raise KeyExhausted("record key protected more than the hard limit")
