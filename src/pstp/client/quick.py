@@ -160,10 +160,9 @@ class Attempts:
         """Every address of the ladder, in order (discovery aside)."""
         return [c for _, found in self.steps for c in found]
 
-    def failed(self, candidate: str, exc: OSError, step: str = "") -> None:
+    def failed(self, candidate: str, exc: OSError, step: str = "direct") -> None:
         """Note that ``candidate`` could not be reached."""
-        which = "given" if self.explicit else (step or "remembered")
-        self.tried.append(f"{candidate} ({which}): {os_reason(exc)}")
+        self.tried.append(f"{candidate} ({self._label(candidate, step)}): {os_reason(exc)}")
         info("%s: %s", self.peer_id, self.tried[-1])
 
     def give_up(self) -> None:
@@ -181,14 +180,22 @@ class Attempts:
 
     def worked(self, candidate: str, step: str = "direct") -> None:
         """Say which way worked; remember a given or direct address that is new."""
-        which = "given" if self.explicit else step
+        which = self._label(candidate, step)
         info("%s: connected at %s (%s)", self.peer_id, candidate, _STEP_WORDS.get(which, which))
         if which in ("given", "direct") and candidate != self.remembered:
             remember_address(self.settings, self.peer_id, candidate)
 
+    def _label(self, candidate: str, step: str) -> str:
+        if self.explicit:
+            return "given"
+        if step == "direct" and candidate == self.remembered:
+            return "remembered"
+        return step
+
 
 _STEP_WORDS = {
     "given": "given address",
+    "remembered": "remembered address",
     "direct": "direct address",
     "websocket": "WebSocket",
     "mqtt": "through the MQTT broker",
