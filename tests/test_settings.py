@@ -479,3 +479,72 @@ def test_create_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r'device\.listen: .*use "0\.0\.0\.0:9000"'):
         create(tmp_path / "pstp.toml", "home", listen="9000")
     assert not (tmp_path / "pstp.toml").exists()
+
+
+# -- [brokers."HOST"]: how to log in to an MQTT broker (docs/protocol.md §19.3) -----------
+
+
+def _broker_config(tmp_path: Path, table: str) -> Path:
+    path = tmp_path / "pstp.toml"
+    path.write_text(
+        '[device]\nid = "kettle"\nlisten = ["0.0.0.0:9000", "mqtts://broker.example.net"]\n\n'
+        f'[brokers."broker.example.net"]\n{table}'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_broker_log_in_comes_from_the_table_and_a_private_password_file(tmp_path: Path) -> None:
+    """User name from the table, password from its own 0600 file (relative to the config)."""
+    from pstp.address import parse
+    from pstp.settings import broker_options
+
+    secret = tmp_path / "broker.pass"
+    secret.write_text("correct horse\n")
+    secret.chmod(0o600)
+    table = 'username = "kettle"\npassword_file = "broker.pass"\n'
+    settings = load(_broker_config(tmp_path, table))
+    assert [str(a) for a in settings.mqtt] == ["mqtts://broker.example.net"]
+    login = broker_options(settings, settings.mqtt[0])
+    assert (login.username, login.password) == ("kettle", "correct horse")
+    assert "correct horse" not in repr(login)
+    other = broker_options(settings, parse("mqtt://elsewhere.example.net"))
+    assert (other.username, other.password, other.ssl) == (None, None, None)
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        broker_options(settings, settings.mqtt[0])
+    secret.chmod(0o600)
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        broker_options(settings, settings.mqtt[0])
+    secret.unlink()
+    with pytest.raises(ConfigError, match="password_file"):
+        broker_options(settings, settings.mqtt[0])
+
+
+def test_broker_tls_files_are_loaded_for_mqtts(tmp_path: Path) -> None:
+    """ca_file makes the TLS context; a missing file is a configuration error."""
+    from pstp.settings import broker_options
+    from tests.tlsproxy import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    settings = load(_broker_config(tmp_path, f'ca_file = "{certs.ca}"\n'))
+    login = broker_options(settings, settings.mqtt[0])
+    assert login.ssl is not None and login.ssl.verify_mode.name == "CERT_REQUIRED"
+    settings = load(_broker_config(tmp_path, 'ca_file = "missing.pem"\n'))
+    with pytest.raises(ConfigError, match="TLS files"):
+        broker_options(settings, settings.mqtt[0])
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('username = ""\n', "must be a non-empty string"),
+        ('cert_file = "c.pem"\n', "cert_file and key_file go together"),
+        ('password = "inline"\n', "password"),
+    ],
+)
+def test_bad_broker_tables_are_refused(tmp_path: Path, table: str, message: str) -> None:
+    """Empty values, half a client certificate, and an inline password (unknown key)."""
+    with pytest.raises(ConfigError, match=message):
+        load(_broker_config(tmp_path, table))

@@ -86,3 +86,37 @@ def test_failure_note_raises_other_codes() -> None:
     with pytest.raises(ChannelError) as info:
         failure_note(exc)
     assert info.value is exc
+
+
+def test_the_reach_ladder_follows_reach_and_sorts_via_by_transport(tmp_path: Path) -> None:
+    """direct (remembered, then TCP via), lan, websocket and mqtt (those via), in the
+    configured order; a step left out of ``reach`` is not tried; ``--address`` is alone."""
+    path = create(tmp_path / "phone.toml", "phone")
+    via = ["mqtt://broker.example.net", "wss://home.example.org/pstp", "10.0.0.7:9000"]
+    add_peer(path, "home", KEY, address="10.0.0.2:7000", extra={"via": via})
+    ladder = Attempts(load(path), "home", None, None)
+    assert [(step, [a for a, _ in found]) for step, found in ladder.steps] == [
+        ("direct", ["10.0.0.2:7000", "10.0.0.7:9000"]),
+        ("lan", []),
+        ("websocket", ["wss://home.example.org/pstp"]),
+        ("mqtt", ["mqtt://broker.example.net"]),
+    ]
+    text = path.read_text().replace("[peers.home]", '[peers.home]\nreach = ["mqtt", "direct"]')
+    path.write_text(text)
+    reordered = Attempts(load(path), "home", None, None)
+    assert [step for step, _ in reordered.steps] == ["mqtt", "direct"]
+    assert next(a for a, _ in reordered.candidates) == "mqtt://broker.example.net"
+    given = Attempts(load(path), "home", "ws://10.0.0.9/pstp", None)
+    assert [(s, [a for a, _ in f]) for s, f in given.steps] == [("given", ["ws://10.0.0.9/pstp"])]
+
+
+def test_a_bad_reach_is_refused_with_the_steps(tmp_path: Path) -> None:
+    """An unknown or repeated step: the configuration says which steps exist."""
+    from pstp.settings import ConfigError
+
+    path = create(tmp_path / "phone.toml", "phone")
+    add_peer(path, "home", KEY)
+    for bad in ('["direct", "carrier-pigeon"]', '["mqtt", "mqtt"]', '"mqtt"'):
+        path.write_text(path.read_text().split("reach =")[0].rstrip() + f"\nreach = {bad}\n")
+        with pytest.raises(ConfigError, match="direct, lan, websocket, mqtt"):
+            load(path)
