@@ -20,9 +20,20 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_pair import free_port
-from tests.helpers import TIMEOUT
+from tests.helpers import ROOT, TIMEOUT
 
-__all__ = ["MOSQUITTO", "Broker", "bridged", "capture", "needs_mosquitto"]
+__all__ = ["HOWTO", "MOSQUITTO", "Broker", "bridged", "capture", "howto_block", "needs_mosquitto"]
+
+#: The how-to whose broker configuration blocks the tests run as written.
+HOWTO = ROOT / "docs" / "howto" / "broker.md"
+
+
+def howto_block(section: str, n: int = 0) -> str:
+    """The ``n``-th code block of docs/howto/broker.md's section that starts ``## SECTION``."""
+    text = HOWTO.read_text(encoding="utf-8")
+    part = text.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    return part.split("```", 2 * n + 2)[2 * n + 1].split("\n", 1)[1]
+
 
 #: Debian's broker (``apt-get install mosquitto``; .ci/run installs it).
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -37,16 +48,23 @@ class Broker:
     """One running Mosquitto: ``port``, ``url`` and its log."""
 
     def __init__(
-        self, dir: Path, *, extra: str = "", host: str = "127.0.0.1", port: int | None = None
+        self,
+        dir: Path,
+        *,
+        extra: str = "",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        listener: str | None = None,
     ) -> None:
         self.dir = dir
         self.host = host
         self.port = port or free_port()
         self.conf = dir / "mosquitto.conf"
         self.logfile = dir / "mosquitto.log"
+        # ``listener``: the listener and access lines as a test gives them (a how-to's).
+        head = listener or f"listener {self.port} {host}\nallow_anonymous true\n"
         self.conf.write_text(
-            f"listener {self.port} {host}\n"
-            "allow_anonymous true\n"
+            f"{head}"
             "persistence false\n"
             # As root, mosquitto would switch to its own user, who cannot read the
             # test's private temporary directory.
@@ -106,22 +124,18 @@ class Broker:
 
 @contextmanager
 def bridged(dir: Path) -> Iterator[tuple[Broker, Broker]]:
-    """Two brokers, ``b`` bridged to ``a`` for ``pstp/#`` both ways (QoS 1, MQTT 5).
+    """Two brokers, ``b`` bridged to ``a`` for ``pstp/#`` both ways (QoS 1, MQTT 5), with
+    the bridge block of docs/howto/broker.md.
 
     Yields once a message published on each has crossed to the other.
     """
     (dir / "a").mkdir()
     (dir / "b").mkdir()
     with Broker(dir / "a") as a:
-        bridge = (
-            "connection site-a\n"
-            f"address 127.0.0.1:{a.port}\n"
-            "topic pstp/# both 1\n"
-            "bridge_protocol_version mqttv50\n"
-            "cleansession true\n"
-            "try_private true\n"
-            "restart_timeout 1\n"
-        )
+        # The how-to's bridge, as written but for broker A's address (and a quick retry).
+        bridge = howto_block("4.").replace("broker-a.example.net:1883", f"127.0.0.1:{a.port}")
+        assert f"127.0.0.1:{a.port}" in bridge
+        bridge += "restart_timeout 1\n"
         with Broker(dir / "b", extra=bridge) as b:
             _wait_bridge(a, b)
             yield a, b

@@ -252,3 +252,23 @@ def test_issue_refuses_an_undeclared_action_for_a_guest(tmp_path: Path) -> None:
     assert status == 0, err
     live = [t["actions"] for t in listed(device).values() if t["state"] == "live"]
     assert live == [["gate.open"]]
+
+
+def test_a_link_with_a_broker_puts_the_broker_on_the_reach_ladder(tmp_path: Path) -> None:
+    """`--via wss://… --via mqtts://…`: the import keeps the WebSocket address as the one
+    tried first and the broker in `via`; with a broker alone, the LAN address comes first."""
+    device = create(tmp_path / "home" / "pstp.toml", "home", listen="127.0.0.1:9000")
+    wss, broker = "wss://home.example.org/pstp", "mqtts://broker.example.net"
+    for n, (vias, address, via) in enumerate(
+        (((wss, broker), wss, (broker,)), ((broker,), "127.0.0.1:9000", (broker,)))
+    ):
+        args = [a for v in vias for a in ("--via", v)]
+        status, out, err = cli(device, "token", "issue", "--peer", "n", "--allow", "g.*", *args)
+        assert status == 0, err
+        _, uri = issued(out)
+        (tmp_path / str(n)).mkdir()
+        guest = guest_config(tmp_path / str(n))
+        status, _, err = cli(guest, "token", "import", "neighbour", stdin=uri + "\n")
+        assert status == 0, err
+        peer = load(guest).peers["neighbour"]
+        assert (peer.address, peer.via) == (address, via)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from pstp.daemon.audit import AuditLog
-from tests.cli.test_pair import env_for
+from tests.cli.test_pair import env_for, free_port
 from tests.daemon.serving import PHONE, Served, serve
 from tests.daemon.test_files import sha256
 from tests.discovery.test_netns import Lab
@@ -128,13 +128,7 @@ def start_home(dir: Path, broker: str) -> tuple[Served, Path]:
 
 def wait_reachable(config: Path) -> None:
     """Until the device has subscribed at its broker (it connects in the background)."""
-    deadline = time.monotonic() + TIMEOUT * 2
-    while True:
-        ping = pstp(config, "ping", "home", timeout=TIMEOUT * 2)
-        if ping.returncode == 0:
-            return
-        assert time.monotonic() < deadline, text(ping)
-        time.sleep(0.2)
+    wait_reachable_as(config, "home")
 
 
 def exercise(served: Served, share: Path, config: Path, tmp: Path) -> None:
@@ -276,3 +270,102 @@ def test_a_device_with_only_a_broker_route_is_reached_up_the_ladder(
     finally:
         mosquitto.terminate()
         mosquitto.wait(TIMEOUT)
+
+
+# -- docs/howto/broker.md as written: TLS, a login, an ACL -----------------------------------
+
+
+@pytest.mark.timeout(TIMEOUT * 20)
+def test_the_how_to_broker_device_and_client_work_as_written(tmp_path: Path) -> None:
+    """The how-to's Mosquitto block (TLS on its listener, no anonymous access, a password
+    file and the ACL), its device table and its client table, changed only where a test
+    must (ports, file paths, "localhost" for the certificate's name, a ca_file for the
+    test's own CA, and a reach without discovery, which would broadcast): `pstp ping -v`
+    reaches the device through the broker over mqtts:// with a login, and `pstp run`
+    runs an action; the wrong password is refused by the broker, by name."""
+    from tests.mosquitto import howto_block
+    from tests.tlsproxy import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    bdir = tmp_path / "broker"
+    bdir.mkdir()
+    passwd, acl = bdir / "passwd", bdir / "acl"
+    for user, password in (("kettle", "kettle-pw"), ("phone", "phone-pw")):
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *(["-c"] * (user == "kettle")), str(passwd), user, password],
+            check=True,
+        )
+    acl.write_text(howto_block("3.", 1) + howto_block("3.", 1).replace("kettle", "phone"))
+    port = free_port()
+    listener = (
+        howto_block("3.")
+        .replace("listener 8883", f"listener {port} 127.0.0.1")
+        .replace("/etc/mosquitto/certs/broker.crt", str(certs.cert))
+        .replace("/etc/mosquitto/certs/broker.key", str(certs.key))
+        .replace("/etc/mosquitto/passwd", str(passwd))
+        .replace("/etc/mosquitto/acl", str(acl))
+    )
+    url = f"mqtts://localhost:{port}"
+    with Broker(bdir, port=port, listener=listener):
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "broker.pass").write_text("kettle-pw\n")
+        (home / "broker.pass").chmod(0o600)
+        device = (
+            howto_block("1.")
+            .replace('"0.0.0.0:9000"', '"127.0.0.1:{port}"')
+            .replace('"mqtts://broker.example.net"', f'"{url}"')
+            .replace('[brokers."broker.example.net"]', '[brokers."localhost"]')
+            + f'ca_file = "{certs.ca}"\n\n'
+            + f'[actions."{ACTION}"]\nargv = ["echo", "boiling"]\n\n'
+            + '[peers.phone]\nkey = "{phone}"\n[peers.phone.policy]\nactions = ["kettle.*"]\n'
+        )
+        served = serve(home, device)
+        try:
+            phone = tmp_path / "phone"
+            phone.mkdir()
+            (phone / "broker.pass").write_text("phone-pw\n")
+            (phone / "broker.pass").chmod(0o600)
+            client = phone / "pstp.toml"
+            client.write_text(
+                '[device]\nid = "phone"\nlisten = ["127.0.0.1:1"]\ndiscovery = false\n\n'
+                + howto_block("2.")
+                .replace('"…"', f'"{PHONE.hex()}"')
+                .replace('"192.168.1.30:9000"', '"127.0.0.1:1"')
+                .replace('"mqtts://broker.example.net"', f'"{url}"')
+                .replace(
+                    '# reach = ["direct", "lan", "websocket", "mqtt"]', 'reach = ["direct", "mqtt"]'
+                )
+                + f'\n[brokers."localhost"]\nusername = "phone"\npassword_file = "broker.pass"\n'
+                f'ca_file = "{certs.ca}"\n'
+            )
+            client.chmod(0o600)
+            wait_reachable_as(client, "kettle")
+            ping = pstp(client, "-v", "ping", "-v", "--json", "kettle")
+            assert ping.returncode == 0, text(ping)
+            report = json.loads(ping.stdout.decode().splitlines()[-1])
+            assert report["reached"] == {"step": "mqtt", "address": url}
+            assert "127.0.0.1:1 (remembered): connection refused" in ping.stderr.decode()
+            run = pstp(client, "run", "kettle", ACTION)
+            assert (run.returncode, run.stdout) == (0, b"boiling\n"), text(run)
+            (phone / "broker.pass").write_text("wrong\n")
+            refused = pstp(client, "ping", "kettle")
+            assert refused.returncode != 0
+            assert "broker refused: Not authorized" in refused.stderr.decode(), text(refused)
+        finally:
+            served.stop()
+
+
+#: The client's ladder without discovery (a broadcast, which tests send only in namespaces).
+NO_LAN = 'reach = ["direct", "mqtt"]'
+
+
+def wait_reachable_as(config: Path, peer: str) -> None:
+    """Until ``peer`` answers a ping (its daemon connects to the broker in the background)."""
+    deadline = time.monotonic() + TIMEOUT * 2
+    while True:
+        ping = pstp(config, "ping", peer, timeout=TIMEOUT * 2)
+        if ping.returncode == 0:
+            return
+        assert time.monotonic() < deadline, text(ping)
+        time.sleep(0.2)

@@ -150,7 +150,7 @@ def import_(args: argparse.Namespace, console: Console) -> int:
     """Store a guest credential (a pstp://.../token link) as the peer NAME."""
     from pstp.daemon.pairing import parse_link
     from pstp.protocol.tokens import decode_token_string
-    from pstp.settings import ConfigError, add_peer, format_address
+    from pstp.settings import ConfigError, add_peer, check_channel, format_address
 
     settings = load_settings(args)
     if args.name in settings.peers and not args.replace:
@@ -171,12 +171,15 @@ def import_(args: argparse.Namespace, console: Console) -> int:
     except ValueError as exc:
         console.error(f"not a token link: {exc}")
         return 2
-    address = link.via[0] if link.via else format_address(*link.addresses[0])
+    # The first address that is not a broker's is the one tried first; the rest (a
+    # broker among them) go to `via`, for the reach ladder.
+    direct = [v for v in link.via if not check_channel(v).mqtt]
+    address = direct[0] if direct else format_address(*link.addresses[0])
     extra: dict[str, str | list[str]] = {"token": token_id}
     if device != args.name:
         extra["device"] = device
-    if len(link.via) > 1:  # the other ways, for the reach ladder (a broker among them)
-        extra["via"] = list(link.via[1:])
+    if rest := [v for v in link.via if v != address]:
+        extra["via"] = rest
     try:
         add_peer(settings.path, args.name, secret, address=address, extra=extra)
     except ConfigError as exc:
