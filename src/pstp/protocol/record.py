@@ -202,10 +202,11 @@ class RecordReceiver:
     """Opens incoming records for one direction.
 
     In ordered mode (``config.ordered``) every record must carry exactly the
-    next sequence number of the current epoch.  Otherwise a sliding window per
-    epoch accepts reordering, the previous epoch stays usable for late
-    records, and a record of the next epoch may arrive before the KEY_UPDATE
-    that announces it.
+    next sequence number of the current epoch, and anything else is a
+    ReplayError.  In window mode a sliding window per epoch (previous, current
+    and next) tells duplicates, replays and forgeries (ReplayError,
+    DecryptError: the caller drops them) from genuine records, which must still
+    come in order: a genuine record after a gap is a RecordGap.
 
     Args:
         cipher: the AEAD of the negotiated suite.
@@ -276,13 +277,10 @@ class RecordReceiver:
         if key.bytes_opened > self._config.reject_after_bytes:
             raise KeyExhausted("record key protected more than the hard limit")
         inner, body = plain[0], plain[1:]
-        if key is self._next:
-            self._ratchet()
-        if inner == InnerType.KEY_UPDATE:
+        if inner == InnerType.KEY_UPDATE:  # only the current key gets this far
             if body:
                 raise RemoteProtocolError("KEY_UPDATE with a body")
-            if key is self._cur:
-                self._ratchet()
+            self._ratchet()
         return inner, body
 
     def _select(self, epoch: int, seq: int) -> _EpochKey:
