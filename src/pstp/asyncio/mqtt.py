@@ -222,7 +222,9 @@ class BrokerLink:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def watch() -> None:
-            if self._closed:
+            if self._closed:  # given up (a timeout) while the connect ran in its thread
+                with contextlib.suppress(OSError):
+                    sock.close()
                 return
             self._sock = sock
             self.loop.add_reader(sock, self._readable)
