@@ -380,3 +380,14 @@ async def test_through_two_bridged_brokers(tmp_path: Path) -> None:
                 assert await echo(session, data) == data
         finally:
             await server.close()
+
+
+async def test_the_broker_connection_has_nagle_off(broker: Broker, device: Device) -> None:
+    """TCP_NODELAY on the client's broker connection (paho leaves Nagle on, which holds a
+    small QoS 1 message back until the previous one is acknowledged)."""
+    import socket
+
+    async with await connect(broker.url, pair_key=KEY, own_id=CLIENT) as session:
+        transport = session._protocol._transport
+        sock = transport._link._client.socket()  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
