@@ -262,7 +262,10 @@ def test_a_device_with_only_a_broker_route_is_reached_up_the_ladder(
         assert code == 0, (out, err)
         report = json.loads(out.splitlines()[-1])
         assert report["reached"] == {"step": "mqtt", "address": "mqtt://10.77.2.1"}
-        assert "10.77.1.2:9000 (direct)" in err, err  # tried first, and failed
+        # The ladder in order: the direct address, discovery on its LAN, then the broker.
+        steps = ["10.77.1.2:9000 (remembered)", "discovery on port 9000", "connected at mqtt"]
+        at = [err.find(step) for step in steps]
+        assert -1 not in at and at == sorted(at), err
         code, out, err = lab.pstp(client_ns, pcfg, "run", "home", ACTION, "level=55").finish()
         assert (code, out) == (0, "boiling at 55 degrees\n"), err
         # The direct address failed, so it is still the remembered one (not the broker).

@@ -65,9 +65,12 @@ async def connect_peer(
         attempts = Attempts(settings, peer_id, address, config)
     for step, found in attempts.steps:
         if step == "lan":
+            noted = len(attempts.tried)
             session = await _discover(settings, peer_id, attempts.tried, config, discovery_timeout)
             if session is not None:
                 return session
+            for note in attempts.tried[noted:]:
+                info("%s: %s", peer_id, note)
             continue
         for candidate, where in found:
             if candidate in attempts.done:
