@@ -1,8 +1,8 @@
 """PSTP client workers: each subcommand measures one thing and prints one JSON line.
 
-    python -m bench.client latency    --port P --reps N [--inproc]
+    python -m bench.client latency    --port P --reps N [--inproc] [--url URL] [--connect-only]
     python -m bench.client rtt        --port P --reps N --size B [--url URL [--ca FILE]]
-                                      [--inproc tcp|ws]
+                                      [--inproc tcp|ws] [--steps request,channel,session]
     python -m bench.client bulk       --port P --size B --reps N [--max-record N] [--uvloop]
                                       [--url URL [--ca FILE]]
     python -m bench.client handshakes --port P --start T0 --end T1
@@ -11,8 +11,10 @@
 Pair keys come from the environment (see :data:`bench.common.KEYS_ENV`).  Every
 concurrent *slot* below has its own key (the server then trial-matches among
 several peers, as a real device does) and runs its handshakes one after another.
-``--url`` reaches the server at a channel address instead (``ws://``, or ``wss://``
-verified against the CA certificates in ``--ca``).
+``--url`` reaches the server at a channel address instead (``ws://``, ``wss://``
+verified against the CA certificates in ``--ca``, or an ``mqtt://`` broker the
+server serves through).  ``latency --connect-only`` times ``connect()`` alone
+(transport, handshake); the close that follows is not timed.
 """
 
 from __future__ import annotations
@@ -87,11 +89,15 @@ async def latency(args: argparse.Namespace) -> dict[str, Any]:
     times: list[float] = []
     for i in range(args.reps + args.warmup):
         t0 = time.perf_counter()
-        session = await _connect(port, key, name)
-        reply = await session.request("echo", payload)
-        await session.close()
-        dt = time.perf_counter() - t0
-        assert reply == payload
+        session = await _connect(port, key, name, url=args.url)
+        if args.connect_only:
+            dt = time.perf_counter() - t0
+            await session.close()
+        else:
+            reply = await session.request("echo", payload)
+            await session.close()
+            dt = time.perf_counter() - t0
+            assert reply == payload
         if i >= args.warmup:
             times.append(dt)
     if server is not None:
@@ -153,6 +159,8 @@ async def rtt(args: argparse.Namespace) -> dict[str, Any]:
     # Beside the wall time, this process's CPU time per step ("cpu_" + step): with
     # --inproc, both sides' work, which waiting for a busy machine's CPU does not count.
     steps = {"request": request, "channel": channel, "session": record}
+    if args.steps:
+        steps = {name: steps[name] for name in args.steps.split(",")}
     out: dict[str, list[float]] = {name: [] for name in [*steps, *(f"cpu_{s}" for s in steps)]}
     for i in range(args.reps + args.warmup):
         for name, step in steps.items():
@@ -274,13 +282,31 @@ def main() -> None:
         p.add_argument(
             "--ws-batch", action="store_true", help="bench.experiments.batch_websocket_writes"
         )
+        p.add_argument(
+            "--paho-buffered", action="store_true", help="bench.experiments.buffered_paho_reads"
+        )
+        p.add_argument(
+            "--quickack", action="store_true", help="bench.experiments.quickack_after_reads"
+        )
+        p.add_argument(
+            "--paho-coalesce", action="store_true", help="bench.experiments.coalesce_paho_writes"
+        )
     sub.choices["latency"].add_argument("--inproc", action="store_true")
+    sub.choices["latency"].add_argument("--url", help="a channel address instead of TCP")
+    sub.choices["latency"].add_argument(
+        "--connect-only", action="store_true", help="time connect() alone (no request)"
+    )
     sub.choices["rtt"].add_argument("--size", type=int, default=64)
+    sub.choices["rtt"].add_argument(
+        "--steps", help="a subset of request,channel,session (default: all, interleaved)"
+    )
     sub.choices["rtt"].add_argument(
         "--inproc", choices=["tcp", "ws"], help="serve in this event loop, over TCP or ws://"
     )
     for name in ("rtt", "bulk"):
-        sub.choices[name].add_argument("--url", help="a ws:// or wss:// address instead of TCP")
+        sub.choices[name].add_argument(
+            "--url", help="a ws://, wss:// or mqtt:// address instead of TCP"
+        )
         sub.choices[name].add_argument("--ca", help="CA certificates (PEM) for a wss:// --url")
     b = sub.choices["bulk"]
     b.add_argument("--size", type=int, default=1 << 30)
@@ -303,6 +329,18 @@ def main() -> None:
         from bench.experiments import batch_websocket_writes
 
         batch_websocket_writes()
+    if args.paho_buffered:
+        from bench.experiments import buffered_paho_reads
+
+        buffered_paho_reads()
+    if args.quickack:
+        from bench.experiments import quickack_after_reads
+
+        quickack_after_reads()
+    if args.paho_coalesce:
+        from bench.experiments import coalesce_paho_writes
+
+        coalesce_paho_writes()
     fn = {"latency": latency, "rtt": rtt, "bulk": bulk, "handshakes": handshakes, "idle": idle}
     emit(run_async(lambda: fn[args.cmd](args), use_uvloop=args.uvloop))
 

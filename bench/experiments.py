@@ -90,3 +90,148 @@ def batch_websocket_writes() -> None:
 
     transport.write = write  # type: ignore[method-assign]
     transport._flush = flush  # type: ignore[method-assign]
+
+
+def buffered_paho_reads() -> None:
+    """Let paho read its broker connection 64 KiB at a time instead of a byte at a time.
+
+    paho-mqtt 2 reads each MQTT packet with one ``recv(1)`` for the packet type,
+    one ``recv(1)`` per byte of the remaining length (1 to 4), then ``recv`` of the
+    rest: three to six system calls per packet, a 4-byte PUBACK included.
+    Patched: ``Client._sock_recv`` serves those reads from a buffer that one
+    ``recv(65536)`` fills, and :class:`pstp.asyncio.mqtt.BrokerLink` keeps calling
+    ``loop_read`` while the buffer holds bytes (the socket no longer signals them).
+    For TLS nothing changes (``SSLSocket.pending`` already covers it).
+    """
+    from paho.mqtt.client import Client
+
+    from pstp.asyncio import mqtt
+
+    buffers: dict[int, bytearray] = {}
+    real_recv = Client._sock_recv
+
+    def _sock_recv(self: Client, bufsize: int) -> bytes:
+        buf = buffers.setdefault(id(self), bytearray())
+        if not buf:
+            data = real_recv(self, 65536)  # BlockingIOError when there is nothing
+            if not data:
+                return data  # the broker closed the connection
+            buf += data
+        out = bytes(buf[:bufsize])
+        del buf[:bufsize]
+        return out
+
+    real_readable = mqtt.BrokerLink._readable
+
+    def _readable(self: mqtt.BrokerLink) -> None:
+        real_readable(self)
+        client = self._client
+        while buffers.get(id(client)) and self._sock is not None:
+            client.loop_read()
+            self._flush()
+
+    Client._sock_recv = _sock_recv  # type: ignore[method-assign]
+    mqtt.BrokerLink._readable = _readable  # type: ignore[method-assign]
+
+
+def quickack_after_reads() -> None:
+    """Re-arm ``TCP_QUICKACK`` on paho's broker socket after every read (Linux).
+
+    A broker that leaves Nagle's algorithm on (mosquitto's default,
+    ``set_tcp_nodelay false``) holds a PUBLISH to a client while its previous small
+    packet to that client (a PUBACK) is unacknowledged, and the client's kernel
+    delays that acknowledgement by 40 ms or more: every QoS 1 round trip then
+    costs over 40 ms whatever the client does with TCP_NODELAY.  Patched:
+    ``Client.loop_read`` (which :class:`pstp.asyncio.mqtt.BrokerLink` calls when the
+    socket is readable) sets ``TCP_QUICKACK`` again afterwards (the kernel clears
+    it), so the client acknowledges at once and the broker's Nagle wait ends.
+    """
+    import contextlib
+    import socket
+
+    from paho.mqtt.client import Client
+    from paho.mqtt.enums import MQTTErrorCode
+
+    real_loop_read = Client.loop_read
+
+    def loop_read(self: Client, max_packets: int = 1) -> MQTTErrorCode:
+        rc = real_loop_read(self, max_packets)
+        sock = self._sock
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        return rc
+
+    Client.loop_read = loop_read  # type: ignore[method-assign]
+
+
+def coalesce_paho_writes() -> None:
+    """Send what paho queues in one event-loop iteration in one ``send``.
+
+    paho-mqtt writes every MQTT packet with its own ``send``: a PUBLISH, and the
+    PUBACK for each PUBLISH received, one system call each.  Over loopback a
+    ``send`` also runs the receiving side's TCP input and wakes the broker, so on
+    this VM the sends are a quarter to a third of a PSTP process's CPU through a
+    broker.  Patched (for connections made on a running event loop, i.e. those of
+    :class:`pstp.asyncio.mqtt.BrokerLink`): ``Client._sock_send`` appends to a
+    per-connection buffer and reports the bytes as sent; one ``loop.call_soon``
+    per iteration sends the buffer, waiting for writability if the socket is full.
+    ``BrokerLink.close`` sends what is left first.  Pacing by the broker's PUBACKs
+    (HIGH_WATER) is unchanged.
+    """
+    import asyncio
+
+    from paho.mqtt.client import Client
+
+    from pstp.asyncio import mqtt
+
+    buffers: dict[int, bytearray] = {}
+    scheduled: set[int] = set()
+    blocked: set[int] = set()
+    real_send = Client._sock_send
+
+    def flush(client: Client) -> None:
+        key = id(client)
+        scheduled.discard(key)
+        buf = buffers.get(key)
+        sock = client._sock
+        if not buf or sock is None:
+            return
+        try:
+            sent = sock.send(buf)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            buf.clear()
+            return
+        del buf[:sent]
+        loop = asyncio.get_running_loop()
+        if buf and key not in blocked:
+            blocked.add(key)
+            loop.add_writer(sock, flush, client)
+        elif not buf and key in blocked:
+            blocked.discard(key)
+            loop.remove_writer(sock)
+
+    def _sock_send(self: Client, buf: bytes | bytearray) -> int:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # paho's connect() in an executor thread: CONNECT
+            return real_send(self, buf)
+        key = id(self)
+        buffers.setdefault(key, bytearray()).extend(buf)
+        if key not in scheduled and key not in blocked:
+            scheduled.add(key)
+            loop.call_soon(flush, self)
+        return len(buf)
+
+    real_close = mqtt.BrokerLink.close
+
+    def close(self: mqtt.BrokerLink) -> None:
+        if not self._busy:
+            self._client.loop_write()  # DISCONNECT (or anything queued) into the buffer
+            flush(self._client)
+        real_close(self)
+
+    Client._sock_send = _sock_send  # type: ignore[method-assign]
+    mqtt.BrokerLink.close = close  # type: ignore[method-assign]

@@ -14,7 +14,10 @@ Rows (targets are the project's goals, figures are medians of several repetition
 5. full handshakes per second against one server process;
 6. server RSS per idle authenticated session (heartbeats on) at 1 000 and 10 000;
 7. transports: a 64 B echo on an open channel and bulk on one channel over TCP, ws://
-   and wss:// through a real nginx TLS proxy (``nginx`` installed; else skipped).
+   and wss:// through a real nginx TLS proxy (``nginx`` installed; else skipped);
+8. MQTT: PSTP through a private Mosquitto broker beside that broker's own publish ->
+   echo -> subscribe round trip, connect + handshake and bulk beside TCP
+   (``mosquitto`` installed; else skipped; see bench/mqtt.py).
 
 Every PSTP server runs in its own process (``bench.server``) unless a row says
 otherwise; pair keys go to it on stdin and to clients in the environment.
@@ -58,6 +61,7 @@ from bench.common import (
     spawn_worker,
     stop_child,
 )
+from bench.startup import cpu_name
 
 if TYPE_CHECKING:
     from tests.tlsproxy import Nginx
@@ -1205,6 +1209,301 @@ def _transport_rows(
     return rtt_rows + bulk_rows
 
 
+# -- 8: MQTT: PSTP through a real Mosquitto broker ----------------------------------------
+
+
+def p90(values: list[float]) -> float:
+    """The 90th percentile (nearest rank)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[max(0, -(-len(s) * 9 // 10) - 1)]
+
+
+def ms_p90(values: list[float]) -> str:
+    """``median / p90 ms``."""
+    return f"{median(values) * 1e3:.2f} / {p90(values) * 1e3:.2f} ms"
+
+
+def _mqtt_echo_worker(port: int, *opts: object) -> subprocess.Popen[str]:
+    """The broker-echo process (bench.mqtt echo), subscribed and ready."""
+    echo = spawn_worker("bench.mqtt", "echo", "--port", port, *opts)
+    assert echo.stdout is not None
+    try:
+        said = read_line(echo.stdout, 30, echo)
+    except BaseException:
+        stop_child(echo)
+        raise
+    if said != "READY":
+        stop_child(echo)
+        raise RuntimeError(f"bench.mqtt echo said {said!r}")
+    return echo
+
+
+def _mqtt_rtt(
+    port: int,
+    url: str,
+    reps: int,
+    rounds: int,
+    keys: dict[str, bytes],
+    broker_pid: int,
+    *opts: object,
+) -> dict[str, list[float]]:
+    """Broker echo and PSTP round trips through one broker, alternating batch by batch.
+
+    ``opts`` go to both client workers (an experiment's flag).
+    """
+    out: dict[str, list[float]] = {
+        k: [] for k in ("echo", "echo_cpu", "broker_cpu", "request", "channel", "session")
+    }
+    out |= {f"cpu_{k}": [] for k in ("request", "channel", "session")}
+    per = max(1, reps // rounds)
+    for _ in range(rounds):
+        b0 = cpu_seconds(broker_pid)
+        r = run_worker("bench.mqtt", "rtt", "--port", port, "--reps", per, *opts)
+        out["broker_cpu"].append((cpu_seconds(broker_pid) - b0) / per)
+        out["echo"] += r["times"]
+        out["echo_cpu"] += r["cpu"]
+        r = run_worker("bench.client", "rtt", "--url", url, "--reps", per, *opts, keys=keys)
+        for k in ("request", "channel", "session"):
+            out[k] += r[k]
+            out[f"cpu_{k}"] += r[f"cpu_{k}"]
+    return out
+
+
+def bench_mqtt(plan: Plan, extra: dict[str, Any]) -> list[Row]:
+    """PSTP through a private Mosquitto broker beside the broker's own round trip.
+
+    One broker (``bench.mqtt.Mosquitto``: ``set_tcp_nodelay true``) carries the
+    broker-echo baseline (two paho processes, no PSTP) and PSTP (a device process
+    serving through it, ``bench.client`` workers connecting to it), alternating batch
+    by batch; connect + handshake and bulk on one channel alternate with the same
+    over TCP.  A second broker with mosquitto's default ``set_tcp_nodelay false``
+    shows what Nagle's algorithm on the broker's side costs a QoS 1 round trip.
+    """
+    from bench.mqtt import Mosquitto, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        return [Row("MQTT broker echo and PSTP over mqtt://", "skipped: mosquitto not installed")]
+    keys = make_keys(1)
+    rounds = 4
+    nbytes = plan.bulk_variant_bytes // 2  # 256 MiB (64 MiB with --quick)
+    nagle_reps = 12 if plan.quick else 30
+    conn: dict[str, list[float]] = {"mqtt": [], "tcp": []}
+    rates: dict[str, list[float]] = {"mqtt": [], "tcp": []}
+    cpu: dict[str, list[float]] = {n: [0.0, 0.0, 0.0] for n in rates}  # server, client, broker
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(Mosquitto())
+        echo = _mqtt_echo_worker(broker.port)
+        stack.callback(stop_child, echo)
+        dev = stack.enter_context(ServerProcess(keys, "--session-echo", "--mqtt", broker.url))
+        tcp = stack.enter_context(ServerProcess(keys, "--session-echo"))
+        log(
+            f"mqtt: 64 B round trips through mosquitto {broker.version} on port {broker.port}: "
+            "broker echo / PSTP"
+        )
+        rtt = _mqtt_rtt(broker.port, broker.url, plan.rtt_reps, rounds, keys, broker.pid)
+        log("mqtt: connect + handshake, through the broker / TCP")
+        per = max(1, plan.latency_reps // 2)
+        for _ in range(2):
+            for name, opts in (("mqtt", ["--url", broker.url]), ("tcp", ["--port", tcp.port])):
+                r = run_worker(
+                    "bench.client", "latency", "--connect-only", *opts, "--reps", per, keys=keys
+                )
+                conn[name] += r["times"]
+        log(f"mqtt: bulk on one channel, {nbytes // MiB} MiB x {plan.bulk_reps}, mqtt / TCP")
+        targets = (("mqtt", ["--url", broker.url], dev), ("tcp", ["--port", tcp.port], tcp))
+        for _ in range(plan.bulk_reps):
+            for name, opts, srv in targets:
+                s0, b0 = cpu_seconds(srv.pid), cpu_seconds(broker.pid)
+                r = run_worker(
+                    "bench.client", "bulk", *opts, "--size", nbytes, "--reps", 1, keys=keys
+                )
+                rates[name].append(mbps(r["bytes"], r["times"][0]))
+                gb = r["bytes"] / 1e9 * plan.bulk_reps
+                cpu[name][0] += (cpu_seconds(srv.pid) - s0) / gb
+                cpu[name][1] += r["cpu"] / gb
+                if name == "mqtt":
+                    cpu[name][2] += (cpu_seconds(broker.pid) - b0) / gb
+    log("mqtt: the same round trips through a broker with Nagle on (mosquitto's default)")
+    with contextlib.ExitStack() as stack:
+        slow = stack.enter_context(Mosquitto(nodelay=False))
+        echo = _mqtt_echo_worker(slow.port)
+        try:
+            with ServerProcess(keys, "--session-echo", "--mqtt", slow.url):
+                nagle = _mqtt_rtt(slow.port, slow.url, nagle_reps, 1, keys, slow.pid)
+        finally:
+            stop_child(echo)  # the experiment's echo takes its topic
+        # The experiment: every paho client (echo, clients, device) re-arms
+        # TCP_QUICKACK after each read; the device has its own key (own topics).
+        qkeys = make_keys(1, "q")
+        echo = _mqtt_echo_worker(slow.port, "--quickack")
+        stack.callback(stop_child, echo)
+        stack.enter_context(
+            ServerProcess(qkeys, "--session-echo", "--mqtt", slow.url, "--quickack")
+        )
+        quick = _mqtt_rtt(slow.port, slow.url, nagle_reps, 1, qkeys, slow.pid, "--quickack")
+    extra["mqtt"] = {
+        "mosquitto": broker.version,
+        **{f"{k}_ms": median(v) * 1e3 for k, v in rtt.items() if not k.startswith("cpu")},
+        **{
+            f"{k}_p90_ms": p90(v) * 1e3
+            for k in ("echo", "request", "channel", "session")
+            for v in [rtt[k]]
+        },
+        **{f"{k}_cpu_us": median(v) * 1e6 for k, v in rtt.items() if "cpu" in k},
+        "nagle_echo_ms": median(nagle["echo"]) * 1e3,
+        "nagle_channel_ms": median(nagle["channel"]) * 1e3,
+        "nagle_quickack_echo_ms": median(quick["echo"]) * 1e3,
+        "nagle_quickack_channel_ms": median(quick["channel"]) * 1e3,
+        "connect_ms": {k: median(v) * 1e3 for k, v in conn.items()},
+        "bulk_mbps": {k: median(v) for k, v in rates.items()},
+        "cpu_per_gb": {
+            k: dict(zip(("server", "client", "broker"), v, strict=True)) for k, v in cpu.items()
+        },
+    }
+    return _mqtt_rows(broker.version, rtt, nagle, quick, conn, rates, cpu, nbytes, plan, rounds)
+
+
+def _mqtt_rows(
+    version: str,
+    rtt: dict[str, list[float]],
+    nagle: dict[str, list[float]],
+    quick: dict[str, list[float]],
+    conn: dict[str, list[float]],
+    rates: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    nbytes: int,
+    plan: Plan,
+    rounds: int,
+) -> list[Row]:
+    """The table rows of :func:`bench_mqtt`."""
+    echo = rtt["echo"]
+    e_med, e_p90 = median(echo), p90(echo)
+    base = f"{ms_p90(echo)} (broker echo)"
+    goal = "≤ broker echo + 0.3 ms"
+
+    def diff(values: list[float]) -> str:
+        return f"{(median(values) - e_med) * 1e3:+.2f} ms (p90 {(p90(values) - e_p90) * 1e3:+.2f})"
+
+    def cpu_us(key: str) -> str:
+        return us(median(rtt[key]))
+
+    rows = [
+        Row(
+            "MQTT broker echo, 64 B QoS 1 (paho, no PSTP), median / p90",
+            ms_p90(echo),
+            note=(
+                f"mosquitto {version} on loopback (listener 127.0.0.1, allow_anonymous, no "
+                "persistence, set_tcp_nodelay true); a paho-mqtt 2 client (MQTT 5, QoS 1, "
+                "TCP_NODELAY) publishes 64 B, an echo process republishes it on a reply topic, "
+                f"the client waits for it; {len(echo)} round trips in {rounds} batches "
+                "alternating with PSTP's; CPU per round trip: client "
+                f"{cpu_us('echo_cpu')}, broker {cpu_us('broker_cpu')}"
+            ),
+        ),
+        Row(
+            "  PSTP request/response on an open session, mqtt://",
+            ms_p90(rtt["request"]),
+            base,
+            diff(rtt["request"]),
+            goal,
+            verdict(median(rtt["request"]) - e_med <= 0.3e-3),
+            (
+                "Session.request('echo', 64 B) through the same broker to a device process "
+                "serving over mqtt://: OPEN, DATA, EOF out and ACCEPT, DATA, CLOSE back, one "
+                f"MQTT message each; client CPU {cpu_us('cpu_request')} per request"
+            ),
+        ),
+        Row(
+            "  PSTP 64 B echo on an open channel, mqtt://",
+            ms_p90(rtt["channel"]),
+            base,
+            diff(rtt["channel"]),
+            goal,
+            verdict(median(rtt["channel"]) - e_med <= 0.3e-3),
+            (
+                "64 B written on an accepted `chat` channel and read back: one MQTT message "
+                f"each way, as the broker echo; client CPU {cpu_us('cpu_channel')} per echo"
+            ),
+        ),
+        Row(
+            "  PSTP 64 B session send/recv, mqtt://",
+            ms_p90(rtt["session"]),
+            base,
+            diff(rtt["session"]),
+            note=f"one DATA record each way; client CPU {cpu_us('cpu_session')}",
+        ),
+        Row(
+            "  broker echo, mosquitto's default set_tcp_nodelay false",
+            ms_p90(nagle["echo"]),
+            note=(
+                f"a second broker without set_tcp_nodelay; {len(nagle['echo'])} round trips "
+                "each: the broker's PUBLISH to a client waits behind its unacknowledged "
+                "PUBACK for that client's delayed ACK (Nagle's algorithm)"
+            ),
+        ),
+        Row(
+            "    PSTP 64 B echo on an open channel, same broker",
+            ms_p90(nagle["channel"]),
+            f"{ms_p90(nagle['echo'])} (broker echo)",
+            f"{(median(nagle['channel']) - median(nagle['echo'])) * 1e3:+.2f} ms",
+            note=f"Session.request through that broker: {ms_p90(nagle['request'])}",
+        ),
+        Row(
+            "    same, clients re-arm TCP_QUICKACK (experiment)",
+            ms_p90(quick["channel"]),
+            f"{ms_p90(quick['echo'])} (broker echo, same)",
+            f"{(median(quick['channel']) - median(quick['echo'])) * 1e3:+.2f} ms",
+            note=(
+                "bench.experiments.quickack_after_reads in every paho client (the echo "
+                "baseline's two, the PSTP device and client): TCP_QUICKACK set again after "
+                "each loop_read, so they acknowledge at once and the broker's Nagle wait "
+                f"ends; Session.request: {ms_p90(quick['request'])}"
+            ),
+        ),
+    ]
+    c_mqtt, c_tcp = median(conn["mqtt"]), median(conn["tcp"])
+    rows.append(
+        Row(
+            "connect + handshake through the broker",
+            ms(c_mqtt),
+            f"{ms(c_tcp)} (TCP)",
+            f"{c_mqtt / c_tcp:.1f}x",
+            note=(
+                "connect('mqtt://127.0.0.1:PORT', pair_key=...) until the session is "
+                "established: TCP to the broker, CONNECT/CONNACK, SUBSCRIBE/SUBACK, "
+                f"PSTP-HS through the broker; {len(conn['mqtt'])} times each, alternating "
+                "with connect() over TCP to a server process; the close is not timed"
+            ),
+        )
+    )
+    r_mqtt, r_tcp = median(rates["mqtt"]), median(rates["tcp"])
+    used = "; ".join(
+        f"{name} "
+        + ", ".join(
+            f"{v:.2f} {who}"
+            for who, v in zip(("server", "client", "broker"), cpu[name], strict=True)
+            if v
+        )
+        for name in ("mqtt", "tcp")
+    )
+    rows.append(
+        Row(
+            "bulk, one channel, mqtt://",
+            f"{r_mqtt:.0f} MB/s",
+            f"{r_tcp:.0f} MB/s (TCP)",
+            f"{r_mqtt / r_tcp:.2f}x",
+            note=(
+                f"{nbytes // MiB} MiB in 1 MiB writes to a `sink` channel, {plan.bulk_reps} "
+                "times each, alternating with TCP; records of up to 64 KiB, one MQTT message "
+                f"each; CPU s per GB: {used}"
+            ),
+        )
+    )
+    return rows
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1229,7 +1528,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="apt-get install OpenSSH and pip install asyncssh if missing",
     )
-    parser.add_argument("--only", help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle,ws")
+    parser.add_argument(
+        "--only", help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle,ws,mqtt"
+    )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the table here")
     args = parser.parse_args(argv)
@@ -1237,10 +1538,11 @@ def main(argv: list[str] | None = None) -> int:
     only = (
         set(args.only.split(","))
         if args.only
-        else {"latency", "fresh", "rtt", "bulk", "hs", "idle", "ws"}
+        else {"latency", "fresh", "rtt", "bulk", "hs", "idle", "ws", "mqtt"}
     )
     raise_nofile()
     t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
     busy0 = machine_busy()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ru0s = resource.getrusage(resource.RUSAGE_SELF)
@@ -1266,6 +1568,7 @@ def main(argv: list[str] | None = None) -> int:
             ("hs", "handshakes/s", lambda: bench_handshakes(plan, extra)),
             ("idle", "RSS per idle session", lambda: bench_idle(plan, peers)),
             ("ws", "transports", lambda: bench_transports(plan, extra)),
+            ("mqtt", "MQTT through mosquitto", lambda: bench_mqtt(plan, extra)),
         ]
         for key, what, fn in steps:
             if key in only:
@@ -1295,8 +1598,9 @@ def main(argv: list[str] | None = None) -> int:
     title = (
         f"PSTP benchmarks ({'--quick' if plan.quick else 'full run'}), "
         f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.python_implementation()} "
-        f"{platform.python_version()}, {cores} cores, {uv}; run took {elapsed:.0f} s; "
-        f"other processes used {others:.0%} of the machine meanwhile"
+        f"{platform.python_version()}, {cpu_name()}, {cores} cores, {uv}; run took "
+        f"{elapsed:.0f} s; other processes used {others:.0%} of the machine meanwhile "
+        f"(load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after)"
     )
     table = render(rows, title)
     print(table)

@@ -1,13 +1,16 @@
 """The PSTP server process the benchmarks measure against.
 
     python -m bench.server [--max-record N] [--window N] [--keepalive S] [--uvloop]
-                           [--websocket PATH]
+                           [--websocket PATH | --mqtt URL]
 
 ``--profile FILE`` writes cProfile statistics of the whole run to FILE.
 
 The first line of standard input holds the pair keys (``id=hex,...``); the
 server then prints ``READY <port>``.  With ``--websocket PATH`` it serves PSTP over
-WebSocket on that HTTP path (``ws://127.0.0.1:<port>/PATH``) instead of plain TCP.
+WebSocket on that HTTP path (``ws://127.0.0.1:<port>/PATH``) instead of plain TCP;
+with ``--mqtt mqtt://127.0.0.1:PORT`` it listens nowhere and serves through that
+broker instead (``READY`` then comes once it is connected and subscribed, and
+names the broker's port).
 Further lines are commands, each answered with one line: ``stats`` (a JSON
 object: RSS, sessions open and established so far) and ``tracemalloc`` (the
 biggest Python allocation sites, if started with ``PYTHONTRACEMALLOC=1``).  End
@@ -114,6 +117,11 @@ async def serve_main(args: argparse.Namespace, keys: dict[str, bytes]) -> None:
         finally:
             counts["open"] -= 1
 
+    broker = None
+    if args.mqtt:
+        from pstp.address import parse
+
+        broker = parse(args.mqtt)
     server = await serve(
         on_session,
         HOST,
@@ -123,11 +131,18 @@ async def serve_main(args: argparse.Namespace, keys: dict[str, bytes]) -> None:
         config=config,
         handlers={"echo": _echo, "sink": _sink, "chat": _chat},
         websocket=args.websocket,
+        mqtt=broker,
     )
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    print(f"READY {server.port}", flush=True)
+    if broker is not None:
+        assert server.mqtt is not None
+        await asyncio.wait_for(server.mqtt.ready.wait(), 30.0)  # connected and subscribed
+        port = broker.port
+    else:
+        port = server.port
+    print(f"READY {port}", flush=True)
     while line := (await reader.readline()).decode().strip():
         if line == "stats":
             if args.gc:
@@ -151,6 +166,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--session-echo", action="store_true")
     parser.add_argument("--websocket", metavar="PATH", help="serve ws:// on this path, not TCP")
+    parser.add_argument("--mqtt", metavar="URL", help="serve through this mqtt:// broker, not TCP")
     parser.add_argument("--gc", action="store_true", help="gc.collect() before each stats")
     parser.add_argument("--profile", help="write cProfile stats of the whole run to this file")
     parser.add_argument(
@@ -160,6 +176,21 @@ def main() -> None:
         "--ws-batch",
         action="store_true",
         help="experiment: bench.experiments.batch_websocket_writes",
+    )
+    parser.add_argument(
+        "--paho-buffered",
+        action="store_true",
+        help="experiment: bench.experiments.buffered_paho_reads",
+    )
+    parser.add_argument(
+        "--quickack",
+        action="store_true",
+        help="experiment: bench.experiments.quickack_after_reads",
+    )
+    parser.add_argument(
+        "--paho-coalesce",
+        action="store_true",
+        help="experiment: bench.experiments.coalesce_paho_writes",
     )
     args = parser.parse_args()
     raise_nofile()
@@ -171,6 +202,18 @@ def main() -> None:
         from bench.experiments import batch_websocket_writes
 
         batch_websocket_writes()
+    if args.paho_buffered:
+        from bench.experiments import buffered_paho_reads
+
+        buffered_paho_reads()
+    if args.quickack:
+        from bench.experiments import quickack_after_reads
+
+        quickack_after_reads()
+    if args.paho_coalesce:
+        from bench.experiments import coalesce_paho_writes
+
+        coalesce_paho_writes()
     keys = decode_keys(sys.stdin.readline())
     if not args.profile:
         run_async(lambda: serve_main(args, keys), use_uvloop=args.uvloop)
