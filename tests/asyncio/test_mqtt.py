@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from pstp.address import parse
 from pstp.asyncio.client import connect
-from pstp.asyncio.connection import Session
+from pstp.asyncio.connection import Channel, Session
 from pstp.asyncio.mqtt import HIGH_WATER, BrokerError, BrokerOptions
 from pstp.asyncio.server import Server, serve
 from pstp.protocol.handshake import KeyRing
@@ -106,9 +106,23 @@ async def device(broker: Broker) -> AsyncIterator[Device]:
                 return
             await session.send(data.upper())
 
+    async def echo_channel(ch: Channel) -> int:
+        while data := await ch.read():
+            await ch.write(data.upper())
+        await ch.write_eof()
+        return 0
+
     ring = KeyRing()
     ring.add(CLIENT, KEY)
-    server = await serve(handler, "", 0, keyring=ring, own_id=DEVICE, mqtt=parse(broker.url))
+    server = await serve(
+        handler,
+        "",
+        0,
+        keyring=ring,
+        own_id=DEVICE,
+        mqtt=parse(broker.url),
+        handlers={"echo": echo_channel},
+    )
     dev = Device(server)
     assert server.mqtt is not None
     await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
@@ -282,28 +296,29 @@ async def test_records_fit_the_brokers_packet_limit(tmp_path: Path) -> None:
 
 
 async def test_a_stalled_broker_slows_the_sender(broker: Broker, device: Device) -> None:
-    """The broker stopped (SIGSTOP): the sender stops at the high-water mark instead of
-    queueing; once it resumes, everything arrives."""
+    """The broker stopped (SIGSTOP): a channel's writer stops at the high-water mark
+    instead of queueing; once it resumes, everything arrives, echoed."""
     async with await connect(broker.url, pair_key=KEY, own_id=CLIENT) as session:
-        assert await echo(session, b"warm") == b"WARM"
+        ch = await session.open_channel("echo")
         transport = session._protocol._transport
         assert transport is not None
         assert broker.proc is not None
         data = os.urandom(16 << 20)
+        received = bytearray()
+
+        async def produce() -> None:
+            for at in range(0, len(data), 1 << 16):
+                await ch.write(data[at : at + (1 << 16)])
+            await ch.write_eof()
+
+        async def consume() -> None:
+            while chunk := await ch.read():
+                received.extend(chunk)
+
+        reading = asyncio.ensure_future(consume())
+        await asyncio.sleep(0)
         broker.proc.send_signal(signal.SIGSTOP)
         try:
-
-            async def produce() -> None:  # a streaming sender, as a channel writes
-                for at in range(0, len(data), 1 << 16):
-                    await session.send(data[at : at + (1 << 16)])
-
-            received = bytearray()
-
-            async def consume() -> None:  # the echo is read as it comes
-                while len(received) < len(data):
-                    received.extend(await session.recv())
-
-            reading = asyncio.ensure_future(consume())
             sending = asyncio.ensure_future(produce())
             await asyncio.sleep(1.0)
             assert not sending.done()
@@ -311,8 +326,7 @@ async def test_a_stalled_broker_slows_the_sender(broker: Broker, device: Device)
         finally:
             broker.proc.send_signal(signal.SIGCONT)
         await asyncio.wait_for(asyncio.gather(sending, reading), TIMEOUT * 4)
-        got = bytes(received)
-        assert got == data.upper()
+        assert bytes(received) == data.upper()
 
 
 async def test_the_device_comes_back_after_the_broker_restarts(
@@ -391,3 +405,19 @@ async def test_the_broker_connection_has_nagle_off(broker: Broker, device: Devic
         transport = session._protocol._transport
         sock = transport._link._client.socket()  # type: ignore[union-attr]
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def test_a_request_is_one_message_each_way(broker: Broker, device: Device, spy: Spy) -> None:
+    """OPEN, data and EOF of a request leave in one flush and travel as one MQTT message
+    (several whole frames in one message, §19.3); the reply likewise."""
+    async with await connect(broker.url, pair_key=KEY, own_id=CLIENT) as session:
+        assert await session.request("echo", b"kettle?") == b"KETTLE?"
+        await asyncio.sleep(0.3)
+        before = len(spy.seen())
+        assert await session.request("echo", b"kettle!") == b"KETTLE!"
+        await asyncio.sleep(0.3)
+        during = spy.seen()[before:]
+    up = [p for t, p in during if t.endswith("/i")]
+    down = [p for t, p in during if t.endswith("/r")]
+    assert len(up) == 1, [len(p) for p in up]
+    assert len(down) <= 2, [len(p) for p in down]  # the reply, and at most a late WINDOW

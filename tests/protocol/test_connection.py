@@ -1313,3 +1313,11 @@ def test_a_heartbeat_flood_ends_the_session() -> None:
     assert pair.server.state is ConnectionState.CLOSED
     assert "heartbeat flood" in str(pair.server.close_exc)
     assert pair.server.close_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_max_send_body_is_the_smaller_max_record_once_keyed() -> None:
+    """1 024 before the keys; then the smaller of both sides' max_record (§10)."""
+    pair = Pair.new(Config(max_record_size=300_000), Config(max_record_size=70_000))
+    assert pair.client.max_send_body == 1024
+    pair.established()
+    assert pair.client.max_send_body == pair.server.max_send_body == 70_000

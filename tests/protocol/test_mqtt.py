@@ -22,10 +22,12 @@ from pstp.protocol.mqtt import (
     DEFAULT_PREFIX,
     LABEL_TOPIC,
     SessionTopics,
+    join_frames,
     max_record_for,
     new_session_id,
     prefix_of,
     rendezvous_id,
+    split_frames,
     split_topic,
 )
 from tests.helpers import OUR_VECTORS
@@ -283,3 +285,50 @@ def test_a_keyring_subset_holds_the_keys_of_one_rid_with_their_guards() -> None:
     assert [p.device_id for p in sub] == ["b"]
     assert sub.get("b") is ring.get("b")
     assert len(ring.subset("0" * 32)) == 0
+
+
+# -- several whole frames in one message (§19.3) ----------------------------------------------
+
+_frame = st.builds(
+    lambda t, body: bytes([t]) + len(body).to_bytes(3, "big") + body,
+    st.sampled_from([0x01, 0x02, 0x17, 0x42]),
+    st.binary(max_size=300),
+)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(st.lists(_frame, max_size=12), st.integers(min_value=1, max_value=2000))
+def test_frames_joined_split_back_in_order(frames: list[bytes], limit: int) -> None:
+    """join_frames packs whole frames up to the limit (a longer one alone); split_frames
+    gives the same frames back, in order, from each message."""
+    messages = join_frames(frames, limit)
+    assert all(len(m) <= limit or len(split_frames(m) or ()) == 1 for m in messages)
+    back = [f for m in messages for f in split_frames(m) or [b"?"]]
+    assert back == frames
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(st.lists(_frame, min_size=1, max_size=6), st.binary(min_size=1, max_size=8))
+def test_a_message_that_is_not_whole_frames_splits_to_none(
+    frames: list[bytes], extra: bytes
+) -> None:
+    """Cut anywhere inside a frame, or with bytes after the last frame: None (the session
+    judges it whole); cut at a frame boundary: the frames before it."""
+    message = b"".join(frames)
+    bounds = {0}
+    for f in frames:
+        bounds.add(max(bounds) + len(f))
+    for cut in range(1, len(message)):
+        got = split_frames(message[:cut])
+        assert (got is not None) == (cut in bounds)
+    trailing = split_frames(message + extra)
+    assert trailing is None or trailing[: len(frames)] == frames
+
+
+def test_one_frame_comes_back_as_itself_and_empty_is_none() -> None:
+    """The common case costs no copy; an empty message holds no frame."""
+    frame = b"\x17\x00\x00\x03abc"
+    assert split_frames(frame)[0] is frame  # type: ignore[index]
+    assert split_frames(b"") is None
+    assert join_frames([], 100) == []
+    assert join_frames([frame], 1) == [frame]

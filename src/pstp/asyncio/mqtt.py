@@ -48,9 +48,11 @@ from pstp.protocol.config import Config
 from pstp.protocol.handshake import KeyRing
 from pstp.protocol.mqtt import (
     SessionTopics,
+    join_frames,
     max_record_for,
     new_session_id,
     prefix_of,
+    split_frames,
     split_topic,
 )
 from pstp.wire.frames import FRAME_HEADER_LEN, FrameType
@@ -77,6 +79,10 @@ MAX_BUFFERED = 8 << 20
 KEEPALIVE = 30
 #: The device's first and last wait before connecting to its broker again.
 RECONNECT_FIRST, RECONNECT_MAX = 1.0, 30.0
+# A RECORD frame's size above its body: frame header and record overhead (§3, §6.1).
+_FRAME_EXTRA = FRAME_HEADER_LEN + 26
+# Linux's TCP_QUICKACK (absent elsewhere: delayed ACKs then stay as they are).
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 #: Topic filters per SUBSCRIBE packet.
 _SUBSCRIBE_BATCH = 128
 # The record layer's overhead above max_record_size, the frame header, and room
@@ -147,6 +153,8 @@ class BrokerLink:
         client.on_unsubscribe = self._subscribed
         self._client = client
         self._sock: socket.socket | None = None
+        # The TCP socket (under TLS too), for socket options.
+        self._raw: socket.socket | None = None
         self._writing = False
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[int | None] = self.loop.create_future()
@@ -220,6 +228,7 @@ class BrokerLink:
         raw = sock if isinstance(sock, socket.socket) else None
         if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._raw = raw
 
         def watch() -> None:
             if self._closed:  # given up (a timeout) while the connect ran in its thread
@@ -238,6 +247,7 @@ class BrokerLink:
             self.loop.remove_writer(sock)
             self._writing = False
             self._sock = None
+            self._raw = None
 
         self._soon(unwatch)
 
@@ -254,6 +264,13 @@ class BrokerLink:
                 rc = client.loop_read()
         finally:
             self._busy = False
+        if _QUICKACK is not None and self._raw is not None:
+            # A broker with Nagle on (Mosquitto's default) holds its next small
+            # packet until we acknowledge the last; a delayed ACK (40 ms) then
+            # stalls every round trip.  The kernel clears TCP_QUICKACK as it
+            # goes: set it again after each read.
+            with contextlib.suppress(OSError):
+                self._raw.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         self._flush()
 
     def _flush(self) -> None:
@@ -315,15 +332,18 @@ class BrokerLink:
             return
         self._on_message(topic, bytes(msg.payload))
 
-    def publish(self, topic: str, payload: bytes, owner: MqttTransport | None) -> int:
-        """Publish one frame (QoS 1, not retained); returns the bytes now unacknowledged."""
+    def publish(self, topic: str, payload: bytes, owner: MqttTransport | None) -> bool:
+        """Publish one message (QoS 1, not retained); False if it could not be queued.
+
+        ``owner.acked`` is called with its size when the broker acknowledges it.
+        """
         info = self._client.publish(topic, payload, qos=1, retain=False)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return 0
+            return False
         self._flush()
         if owner is not None:
             self._unacked[info.mid] = (owner, len(payload))
-        return len(payload)
+        return True
 
     def _published(
         self, _c: Client, _u: Any, mid: int, _reason: ReasonCode, _p: Properties | None
@@ -423,9 +443,11 @@ class MqttTransport(asyncio.Transport):
         *,
         source: str,
         on_close: Callable[[MqttTransport], None],
+        max_payload: int,
     ) -> None:
         super().__init__()
         self._link = link
+        self._max_payload = max_payload
         self._topic = topic
         self._protocol = protocol
         self._source = source
@@ -436,16 +458,34 @@ class MqttTransport(asyncio.Transport):
         self._held_bytes = 0
         self._unacked = 0
         self._write_paused = False
+        self._pending: list[bytes] = []
 
     # -- asyncio.Transport ---------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        # Frames written in one turn of the loop (a request's OPEN, data and EOF;
+        # data and its WINDOW) leave together, several to a message (§19.3): one
+        # MQTT message then costs what three did.
         if self._closing:
             return
-        self._unacked += self._link.publish(self._topic, bytes(data), self)
+        if not self._pending:
+            self._link.loop.call_soon(self._publish)
+        self._pending.append(bytes(data))
+        self._unacked += len(data)
         if self._unacked > HIGH_WATER and not self._write_paused:
             self._write_paused = True
             self._protocol.pause_writing()
+
+    def _publish(self) -> None:
+        pending, self._pending = self._pending, []
+        if self._closing:  # lost meanwhile (close() publishes what it has first)
+            self._unacked -= sum(map(len, pending))
+            return
+        # Never above what the peer's broker connection accepts: its max_record.
+        limit = min(self._max_payload, self._protocol.conn.max_send_body + _FRAME_EXTRA)
+        for message in join_frames(pending, limit):
+            if not self._link.publish(self._topic, message, self):
+                self.acked(len(message))  # not sent (the link is going): not owed
 
     def acked(self, size: int) -> None:
         """The broker acknowledged ``size`` bytes of ours."""
@@ -463,11 +503,15 @@ class MqttTransport(asyncio.Transport):
     def close(self) -> None:
         if self._closing:
             return
+        if self._pending:  # the last frames (a CLOSE record) go before the end
+            self._publish()
         self._closing = True
         self._on_close(self)
         self._link.loop.call_soon(self._protocol.connection_lost, None)
 
     def abort(self) -> None:
+        self._unacked -= sum(map(len, self._pending))
+        self._pending = []
         self.close()
 
     def pause_reading(self) -> None:
@@ -493,7 +537,14 @@ class MqttTransport(asyncio.Transport):
     # -- from the broker -----------------------------------------------------
 
     def feed(self, payload: bytes) -> None:
-        """One message arrived on this session's topic."""
+        """One message arrived on this session's topic: each of its frames in turn."""
+        frames = split_frames(payload)
+        if frames is None:  # not whole frames: the session judges it (§3 rule 2a)
+            frames = [payload]
+        for frame in frames:
+            self._feed_frame(frame)
+
+    def _feed_frame(self, payload: bytes) -> None:
         if self._closing:
             return
         if not self._paused:
@@ -572,7 +623,12 @@ async def open_session(
     protocol = make_protocol(session_config)
     protocol.peer_address = str(address)
     transport = MqttTransport(
-        link, topics.up, protocol, source=str(address), on_close=lambda _t: link.close()
+        link,
+        topics.up,
+        protocol,
+        source=str(address),
+        on_close=lambda _t: link.close(),
+        max_payload=session_config.max_record_size + _FRAME_EXTRA,
     )
     protocol.connection_made(transport)
     return protocol
@@ -739,6 +795,7 @@ class MqttListener:
             protocol,
             source=f"mqtt:{ids[0]}",
             on_close=lambda t: self._forget(ids, t),
+            max_payload=self._session_config.max_record_size + _FRAME_EXTRA,
         )
         self._sessions[ids] = transport
         protocol.connection_made(transport)

@@ -325,6 +325,16 @@ class Connection:
         return self._session_keys(after_close=True).session_id
 
     @property
+    def max_send_body(self) -> int:
+        """The largest record body this side may send now (§10 ``max_record``).
+
+        Once the keys are in, the smaller of both sides' ``max_record``; before,
+        1 024, the least any peer accepts (a transport that packs frames into
+        messages uses it as its bound, §19.3).
+        """
+        return self._sender.max_body if self._sender is not None else 1024
+
+    @property
     def suite(self) -> int:
         """The negotiated record suite.
 

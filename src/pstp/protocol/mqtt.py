@@ -25,10 +25,12 @@ __all__ = [
     "DEFAULT_PREFIX",
     "LABEL_TOPIC",
     "SessionTopics",
+    "join_frames",
     "max_record_for",
     "new_session_id",
     "prefix_of",
     "rendezvous_id",
+    "split_frames",
     "split_topic",
 ]
 
@@ -133,3 +135,42 @@ def max_record_for(packet_limit: int | None, topic: str, wanted: int) -> int:
         )
     room = packet_limit - extra
     return min(wanted, room)
+
+
+def join_frames(frames: list[bytes], limit: int) -> list[bytes]:
+    """Whole frames packed into as few messages of at most ``limit`` bytes as order allows.
+
+    A frame longer than ``limit`` travels alone.  Frames keep their order, within and
+    across messages (§19.3: a message carries one or more whole frames).
+    """
+    out: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if batch and size + len(frame) > limit:
+            out.append(batch[0] if len(batch) == 1 else b"".join(batch))
+            batch, size = [], 0
+        batch.append(frame)
+        size += len(frame)
+    if batch:
+        out.append(batch[0] if len(batch) == 1 else b"".join(batch))
+    return out
+
+
+def split_frames(message: bytes) -> list[bytes] | None:
+    """The whole frames a message holds, in order; ``None`` if it is not whole frames.
+
+    Only the 4-byte headers are read (type and length, §3); each frame is then judged
+    by the connection.  A message that is exactly one frame comes back as itself.
+    """
+    frames: list[bytes] = []
+    pos, end = 0, len(message)
+    while pos < end:
+        if end - pos < 4:
+            return None
+        stop = pos + 4 + int.from_bytes(message[pos + 1 : pos + 4], "big")
+        if stop > end:
+            return None
+        frames.append(message if (pos, stop) == (0, end) else message[pos:stop])
+        pos = stop
+    return frames or None
