@@ -444,10 +444,13 @@ class MqttTransport(asyncio.Transport):
         source: str,
         on_close: Callable[[MqttTransport], None],
         max_payload: int,
+        held: bool = False,
     ) -> None:
         super().__init__()
         self._link = link
         self._max_payload = max_payload
+        # Writes wait for release() (the initiator's subscription, §19.3).
+        self._held_writes = held
         self._topic = topic
         self._protocol = protocol
         self._source = source
@@ -468,13 +471,19 @@ class MqttTransport(asyncio.Transport):
         # MQTT message then costs what three did.
         if self._closing:
             return
-        if not self._pending:
+        if not self._pending and not self._held_writes:
             self._link.loop.call_soon(self._publish)
         self._pending.append(bytes(data))
         self._unacked += len(data)
         if self._unacked > HIGH_WATER and not self._write_paused:
             self._write_paused = True
             self._protocol.pause_writing()
+
+    def release(self) -> None:
+        """Writes may go now: what was held is published."""
+        self._held_writes = False
+        if self._pending:
+            self._publish()
 
     def _publish(self) -> None:
         pending, self._pending = self._pending, []
@@ -503,7 +512,7 @@ class MqttTransport(asyncio.Transport):
     def close(self) -> None:
         if self._closing:
             return
-        if self._pending:  # the last frames (a CLOSE record) go before the end
+        if self._pending and not self._held_writes:  # the last frames (a CLOSE) go first
             self._publish()
         self._closing = True
         self._on_close(self)
@@ -615,7 +624,7 @@ async def open_session(
     try:
         await link.connect(timeout)
         record = max_record_for(link.packet_limit, topics.up, config.max_record_size)
-        await link.subscribe([topics.down])
+        subscribed = asyncio.ensure_future(link.subscribe([topics.down]))
     except BaseException:
         link.close()
         raise
@@ -629,8 +638,18 @@ async def open_session(
         source=str(address),
         on_close=lambda _t: link.close(),
         max_payload=session_config.max_record_size + _FRAME_EXTRA,
+        held=True,
     )
+    # HS_INIT is made while the SUBACK is on its way, and held until it is there (the
+    # answer to it would be lost before the subscription exists).
     protocol.connection_made(transport)
+    try:
+        await subscribed
+    except BaseException:
+        subscribed.cancel()
+        transport.abort()
+        raise
+    transport.release()
     return protocol
 
 
