@@ -1411,8 +1411,9 @@ def _mqtt_rows(
             verdict(median(rtt["request"]) - e_med <= 0.3e-3),
             (
                 "Session.request('echo', 64 B) through the same broker to a device process "
-                "serving over mqtt://: OPEN, DATA, EOF out and ACCEPT, DATA, CLOSE back, one "
-                f"MQTT message each; client CPU {cpu_us('cpu_request')} per request"
+                "serving over mqtt://: OPEN, DATA, EOF out in one MQTT message, ACCEPT, then "
+                "DATA and CLOSE back in two (frames written in one turn of the loop travel "
+                f"together, §19.3); client CPU {cpu_us('cpu_request')} per request"
             ),
         ),
         Row(
@@ -1497,7 +1498,7 @@ def _mqtt_rows(
             note=(
                 f"{nbytes // MiB} MiB in 1 MiB writes to a `sink` channel, {plan.bulk_reps} "
                 "times each, alternating with TCP; records of up to 64 KiB, one MQTT message "
-                f"each; CPU s per GB: {used}"
+                f"each (a small one rides along); CPU s per GB: {used}"
             ),
         )
     )
