@@ -376,7 +376,8 @@ async def test_keys_added_later_are_followed(broker: Broker) -> None:
 
 
 async def test_through_two_bridged_brokers(tmp_path: Path) -> None:
-    """Device on broker A, client on broker B, joined by a Mosquitto bridge: unchanged."""
+    """Device on broker A, client on broker B, joined by a Mosquitto bridge: unchanged,
+    and what a publisher on B replays, reversed and duplicated, is dropped on both ends."""
     with bridged(tmp_path) as (a, b):
         ring = KeyRing()
         ring.add(CLIENT, KEY)
@@ -389,9 +390,19 @@ async def test_through_two_bridged_brokers(tmp_path: Path) -> None:
         try:
             assert server.mqtt is not None
             await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
-            async with await connect(b.url, pair_key=KEY, own_id=CLIENT) as session:
-                data = os.urandom(2 << 20)
-                assert await echo(session, data) == data
+            spy = Spy(b)
+            try:
+                async with await connect(b.url, pair_key=KEY, own_id=CLIENT) as session:
+                    data = os.urandom(2 << 20)
+                    assert await echo(session, data) == data
+                    await asyncio.sleep(0.2)
+                    seen = spy.seen()
+                    for topic, payload in [*reversed(seen), *seen]:
+                        await asyncio.to_thread(spy.publish, topic, payload)
+                    assert await echo(session, b"still one session") == b"still one session"
+                    assert session.connection.dropped_records > 0
+            finally:
+                spy.close()
         finally:
             await server.close()
 
