@@ -161,6 +161,7 @@ EFFECTIVE: dict[str, Callable[[Settings], object]] = {
     "peers.NAME.policy.require_reason": lambda s: _bare_policy(s).require_reason,
     "peers.NAME.policy.files": lambda s: list(_bare_policy(s).files),
     "peers.NAME.policy.forward": lambda s: list(_bare_policy(s).forward),
+    "peers.NAME.policy.forward_listen": lambda s: list(_bare_policy(s).forward_listen),
     "peers.NAME.policy.when.from": lambda s: _hhmm(_window(s).start),
     "peers.NAME.policy.when.to": lambda s: _hhmm(_window(s).end),
     "peers.NAME.policy.files.write": lambda s: _policy(s).files[0].write,

@@ -622,7 +622,18 @@ SCHEMA: tuple[Table, ...] = (
                 "forward",
                 "array of strings",
                 "`[]`",
-                '`"HOST:PORT"` targets the peer may forward to (`"[v6]:port"` for IPv6).',
+                '`"HOST:PORT"` targets the peer may forward to (`pstp forward`): HOST a '
+                'name, a glob (`"*.lan:80"`), an IP address or a CIDR range '
+                '(`"192.168.1.0/24:554"`, `"[2001:db8::/32]:*"`; it matches targets given as '
+                'addresses), PORT a port, a range `"8000-8099"` or `"*"`.',
+            ),
+            Key(
+                "forward_listen",
+                "array of strings",
+                "`[]`",
+                "Where the peer may ask this device to listen for it (`pstp forward -R`): "
+                '`"[ADDR:]PORT"`, ADDR an IP address (default `127.0.0.1`, this device '
+                'only), PORT a port, a range or `"*"` (0, any free port, only if allowed).',
             ),
         ),
     ),

@@ -13,6 +13,7 @@ that code and the reason ``bad params: ...`` (§17.3).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import ClassVar, Literal
@@ -52,6 +53,8 @@ ARG_PREFIX = "arg."
 #: A terminal type name (§17.5).
 _TERM_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}\Z")
 _U16 = 0xFFFF
+# A host name (253) or an address with a zone, with room to spare.
+_HOST_MAX = 255
 
 
 class BadParams(ChannelFailure):
@@ -372,13 +375,13 @@ class FileOpen(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
-    """OPEN params of ``forward``: RESERVED for the port-forwarding issue.
+    """OPEN params of ``forward`` (§17.14): connect to ``host:port`` and carry its bytes.
 
-    No device serves this kind yet (an OPEN is rejected UNKNOWN_KIND, §14.4);
-    the struct fixes the names so that the issue starts from them.
+    The device connects to the target once the policy allows it, then the
+    channel's data is the TCP connection's, each way, with half-close.
 
     Attributes:
-        host: the host the device connects to.
+        host: the host the device connects to (a name or an IP address).
         port: its TCP port, 1 to 65535.
         reason: why (policy and audit).
     """
@@ -398,15 +401,97 @@ class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
         """Decode and validate OPEN params.
 
         Raises:
-            BadParams: an empty or missing host, a port outside 1..65535, or a
-                ``reason`` that is not a string or nil.
+            BadParams: an empty, over-long or missing host, a port outside
+                1..65535, or a ``reason`` that is not a string or nil.
         """
         host, port = params.get("host"), params.get("port")
-        if not isinstance(host, str) or not host:
-            raise BadParams("host must be a non-empty string")
+        if not isinstance(host, str) or not 0 < len(host) <= _HOST_MAX:
+            raise BadParams(f"host must be a string of 1 to {_HOST_MAX} characters")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= _U16:
             raise BadParams("port must be an integer in 1..65535")
         return cls(host=host, port=port, reason=_reason(params))
+
+
+class ListenOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``forward-listen`` (§17.15): the device listens for the peer.
+
+    While the channel is open the device accepts TCP connections on
+    ``host:port`` and hands each to the peer in a ``forward-in`` channel it
+    opens.  Its first data on this channel is the address it bound, as UTF-8
+    ``HOST:PORT`` and a newline (the port a ``port`` of 0 got).
+
+    Attributes:
+        host: the address to listen on (default ``127.0.0.1``).
+        port: the TCP port, 0 to 65535 (0: any free port).
+        reason: why (policy and audit).
+    """
+
+    KIND: ClassVar[str] = "forward-listen"
+
+    port: int
+    host: str = "127.0.0.1"
+    reason: str | None = None
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"host": self.host, "port": self.port, "reason": self.reason}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ListenOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: a host that is not an IP address, or a port outside 0..65535.
+        """
+        host, port = params.get("host", "127.0.0.1"), params.get("port")
+        if not isinstance(host, str) or not _is_ip(host):
+            raise BadParams("host must be an IP address to listen on")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= _U16:
+            raise BadParams("port must be an integer in 0..65535")
+        return cls(host=host, port=port, reason=_reason(params))
+
+
+class ForwardInOpen(msgspec.Struct, frozen=True, kw_only=True):
+    """OPEN params of ``forward-in`` (§17.15), opened by the device toward the peer.
+
+    One per connection the device accepted for a ``forward-listen`` channel;
+    its data is that connection's, each way, with half-close.
+
+    Attributes:
+        listen: the channel id of the ``forward-listen`` channel it belongs to.
+        origin: who connected, ``HOST:PORT`` (for the peer's log).
+    """
+
+    KIND: ClassVar[str] = "forward-in"
+
+    listen: int
+    origin: str = ""
+
+    def to_params(self) -> Params:
+        """The OPEN params map."""
+        return {"listen": self.listen, "origin": self.origin}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> ForwardInOpen:
+        """Decode and validate OPEN params.
+
+        Raises:
+            BadParams: ``listen`` is not a channel id, or ``origin`` not a short string.
+        """
+        listen, origin = params.get("listen"), params.get("origin", "")
+        if isinstance(listen, bool) or not isinstance(listen, int) or not 0 <= listen < 1 << 32:
+            raise BadParams("listen must be a channel id")
+        if not isinstance(origin, str) or len(origin) > _HOST_MAX:
+            raise BadParams(f"origin must be a string of at most {_HOST_MAX} characters")
+        return cls(listen=listen, origin=origin)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 #: The channel kinds a token's scope may name (§17.13).

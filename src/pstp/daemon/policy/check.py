@@ -26,6 +26,7 @@ from pstp.daemon.policy.model import (
     FileRequest,
     FileRoot,
     ForwardRequest,
+    ListenRequest,
     PeerPolicy,
     Request,
     SessionRequest,
@@ -215,6 +216,8 @@ class Policy:
                 return self._check_file(policy, request)
             case ForwardRequest():
                 return self._check_forward(policy, request)
+            case ListenRequest():
+                return self._check_listen(policy, request)
             case _:
                 assert_never(request)
 
@@ -450,13 +453,29 @@ class Policy:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             return _deny(DEFAULT_DENY, f"port {show_value(port)} is out of range (1-65535)")
         host = norm_host(request.host)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         for i, target in enumerate(policy.forward):
-            if target.host == host and target.port == port:
+            if target.matches(host, port):
                 return _allow(
                     f"{key}[{i}] {show_value(target.text)}",
-                    f"forwarding to {show_value(target.text)}",
+                    f"forwarding to {show_value(shown)}",
                 )
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if not policy.forward:
             return _deny(DEFAULT_DENY, f"{key} allows no targets")
+        return _deny(DEFAULT_DENY, f"{show_value(shown)} is not in {key}")
+
+    def _check_listen(self, policy: PeerPolicy, request: ListenRequest) -> Decision:
+        key = f"{policy.key}.forward_listen"
+        port = request.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            return _deny(DEFAULT_DENY, f"port {show_value(port)} is out of range (0-65535)")
+        host = norm_host(request.host)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for i, target in enumerate(policy.forward_listen):
+            if target.matches(host, port):
+                return _allow(
+                    f"{key}[{i}] {show_value(target.text)}", f"listening on {show_value(shown)}"
+                )
+        if not policy.forward_listen:
+            return _deny(DEFAULT_DENY, f"{key} allows no listening")
         return _deny(DEFAULT_DENY, f"{show_value(shown)} is not in {key}")

@@ -26,7 +26,7 @@ from pstp.daemon.policy.model import (
     RateLimit,
     TimeWindow,
     has_glob,
-    parse_target,
+    parse_pattern,
     show_value,
     toml_key,
 )
@@ -278,6 +278,10 @@ class _Loader:
             changes["files"] = self.files(f"{key}.files", raw["files"])
         if "forward" in raw:
             changes["forward"] = self.forward(f"{key}.forward", raw["forward"])
+        if "forward_listen" in raw:
+            changes["forward_listen"] = self.forward(
+                f"{key}.forward_listen", raw["forward_listen"], listen=True
+            )
         return dataclasses.replace(policy, **changes)
 
     def action_globs(
@@ -392,14 +396,16 @@ class _Loader:
             roots.append(FileRoot(path, write))
         return tuple(roots)
 
-    def forward(self, key: str, value: object) -> tuple[ForwardTarget, ...]:
+    def forward(
+        self, key: str, value: object, *, listen: bool = False
+    ) -> tuple[ForwardTarget, ...]:
         targets = []
-        for i, text in enumerate(self.strings(key, value, '"host:port" strings')):
+        what = '"[addr:]port" strings' if listen else '"host:port" strings'
+        for i, text in enumerate(self.strings(key, value, what)):
             try:
-                host, port = parse_target(text)
+                targets.append(parse_pattern(text, listen=listen))
             except ValueError as exc:
                 raise self.error(f"{key}[{i}]", str(exc)) from None
-            targets.append(ForwardTarget(host, port, text))
         return tuple(targets)
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "FileRoot",
     "ForwardRequest",
     "ForwardTarget",
+    "ListenRequest",
     "PeerPolicy",
     "RateLimit",
     "Request",
@@ -43,6 +44,7 @@ __all__ = [
     "TimeWindow",
     "has_glob",
     "norm_host",
+    "parse_pattern",
     "parse_target",
     "path_pattern_dir",
     "show_value",
@@ -143,8 +145,29 @@ class ForwardRequest:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ListenRequest:
+    """Listen on ``host:port`` on the device for the peer (``pstp forward -R``).
+
+    Attributes:
+        host: the IP address to listen on.
+        port: the TCP port (0: any free port).
+        reason: why ("" for none).
+    """
+
+    host: str
+    port: int
+    reason: str = ""
+
+
 Request: TypeAlias = (
-    ActionRequest | ExecRequest | ShellRequest | SessionRequest | FileRequest | ForwardRequest
+    ActionRequest
+    | ExecRequest
+    | ShellRequest
+    | SessionRequest
+    | FileRequest
+    | ForwardRequest
+    | ListenRequest
 )
 
 
@@ -593,17 +616,89 @@ class FileRoot:
 
 @dataclass(frozen=True, slots=True)
 class ForwardTarget:
-    """A ``host:port`` the peer may forward to.
+    """A ``HOST:PORT`` pattern the peer may forward to (or, for ``forward_listen``,
+    an ``ADDR:PORT`` it may ask the device to listen on).
+
+    HOST is a name, an fnmatch glob over names (``*.lan``), an IP address or a
+    CIDR range (``192.168.1.0/24``, ``[2001:db8::/32]``: it matches targets given
+    as IP addresses); PORT is a port, a range ``N-M`` or ``*``.
 
     Attributes:
-        host: the host, normalised (lower case, IP addresses in canonical form).
-        port: the TCP port.
+        host: the host or pattern, normalised (lower case, IPs canonical).
+        port: the lowest port allowed.
         text: the configured text.
+        last: the highest port allowed (``port`` for a single port).
+        net: the CIDR range, if HOST is one.
     """
 
     host: str
     port: int
     text: str
+    last: int = 0
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    def matches(self, host: str, port: int) -> bool:
+        """Whether ``host`` (normalised) and ``port`` fall under this pattern."""
+        if not self.port <= port <= max(self.port, self.last):
+            return False
+        if self.net is not None:
+            try:
+                return ipaddress.ip_address(host) in self.net
+            except ValueError:
+                return False  # a name is not in a range: name it in a rule of its own
+        if has_glob(self.host):
+            return fnmatch.fnmatchcase(host, self.host)
+        return host == self.host
+
+
+def parse_pattern(text: str, *, listen: bool = False) -> ForwardTarget:
+    """Read a ``forward`` pattern (or, with ``listen``, a ``forward_listen`` one).
+
+    ``forward``: ``HOST:PORT`` (see :class:`ForwardTarget`).  ``forward_listen``:
+    ``[ADDR:]PORT`` with ADDR an IP address (default ``127.0.0.1``, this device
+    only) and PORT a port, a range or ``*``.
+
+    Raises:
+        ValueError: not a valid pattern, with what to write.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, ports = text[1:].partition("]:")
+    elif listen and ":" not in text:
+        host, sep, ports = "127.0.0.1", ":", text
+    else:
+        host, sep, ports = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"{show_value(text)}: write IPv6 addresses as [ADDR]:PORT")
+    if not sep or not host or not ports:
+        raise ValueError(f"{show_value(text)} is not HOST:PORT")
+    first, dash, last = ports.partition("-")
+    if ports == "*":
+        low, high = 1 if not listen else 0, 65535
+    elif all(p.isascii() and p.isdigit() and len(p) <= 5 for p in (first, *([last] * bool(dash)))):
+        low, high = int(first), int(last) if dash else int(first)
+        if not (0 if listen else 1) <= low <= high <= 65535:
+            raise ValueError(f"{show_value(text)}: ports are 1-65535, low to high")
+    else:
+        raise ValueError(f"{show_value(text)}: PORT is a port, a range N-M or *")
+    net = None
+    if "/" in host:
+        try:
+            net = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            bad = f"{show_value(text)}: {show_value(host)} is not a CIDR range"
+            raise ValueError(bad) from None
+        host = str(net)
+    else:
+        host = norm_host(host)
+    if listen and net is None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{show_value(text)}: listen on an IP address") from None
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{show_value(text)} has an invalid host")
+    return ForwardTarget(host, low, text, high, net)
 
 
 def norm_host(host: str) -> str:
@@ -663,6 +758,7 @@ class PeerPolicy:
         max_sessions: concurrent session limit (None: unlimited).
         files: file roots.
         forward: forwarding targets.
+        forward_listen: where the peer may ask the device to listen (``-R``).
     """
 
     peer_id: str
@@ -676,6 +772,7 @@ class PeerPolicy:
     max_sessions: int | None = None
     files: tuple[FileRoot, ...] = ()
     forward: tuple[ForwardTarget, ...] = ()
+    forward_listen: tuple[ForwardTarget, ...] = ()
 
     @property
     def key(self) -> str:
