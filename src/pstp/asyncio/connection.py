@@ -70,6 +70,9 @@ class Channel(ChannelFacts):
     def __init__(self, proto: SessionProtocol, core: ChannelCore) -> None:
         self._proto = proto
         self._core = core
+        #: What the channel's handler wants its audit row to say beyond its exit
+        #: status (a forward's bytes each way, how it ended).
+        self.audit: dict[str, object] = {}
         self._changed = asyncio.Event()
         self.accepted: asyncio.Future[None] = proto.loop.create_future()
         self.closed: asyncio.Future[int | None] = proto.loop.create_future()
@@ -80,6 +83,11 @@ class Channel(ChannelFacts):
     def connection(self) -> Connection:
         """The session's sans-I/O connection (peer id, how it was keyed, exporter)."""
         return self._proto.conn
+
+    @property
+    def session(self) -> Session:
+        """The session the channel belongs to (to open more channels on it)."""
+        return Session(self._proto)
 
     @property
     def exit_status(self) -> int | None:

@@ -285,6 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     exec_.set_defaults(func=_lazy("pstp.cli.cmd_exec", "exec_command"))
 
+    fwd = sub.add_parser(
+        "forward",
+        help="forward TCP ports through a peer (as ssh -L and -R)",
+        description=(
+            "Carry TCP connections through PEER until interrupted. "
+            "[BIND_ADDR:]PORT:HOST:HOSTPORT (or -L): listen here, and for each connection "
+            "have PEER connect to HOST:HOSTPORT (its policy's forward list decides). "
+            "-R [BIND_ADDR:]PORT:HOST:HOSTPORT: PEER listens (its forward_listen list "
+            "decides), and each connection it takes is carried to HOST:HOSTPORT here. "
+            "BIND_ADDR defaults to 127.0.0.1; IPv6 addresses go in brackets."
+        ),
+    )
+    fwd.add_argument("peer", help="the peer's device id")
+    fwd.add_argument("specs", nargs="*", metavar="SPEC", help="local forwards, as -L")
+    fwd.add_argument(
+        "-L", dest="local", action="append", default=[], metavar="SPEC", help="a local forward"
+    )
+    fwd.add_argument(
+        "-R", dest="remote", action="append", default=[], metavar="SPEC", help="a reverse forward"
+    )
+    fwd.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
+    fwd.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="HOST[:PORT], ws://, wss:// or mqtt://...: used alone (no other way, no discovery)",
+    )
+    fwd.set_defaults(func=_lazy("pstp.cli.cmd_forward", "forward"))
+
     shell = sub.add_parser("shell", help="an interactive shell on a peer")
     shell.add_argument("peer", help="the peer's device id")
     shell.add_argument("--reason", metavar="TEXT", help="why (for the peer's policy and audit)")
@@ -619,6 +647,13 @@ _HELP_TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "pstp exec home -- uptime",
             "pstp exec home --reason backup -- tar -C /srv -c . > srv.tar",
+        ),
+    ),
+    "forward": (
+        "",
+        (
+            "pstp forward home 8080:camera.local:80",
+            "pstp forward -R 2222:localhost:22 home",
         ),
     ),
     "shell": (

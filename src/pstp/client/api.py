@@ -8,10 +8,12 @@ addresses; a direct address that worked is remembered for next time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 from pstp.asyncio.client import connect, tls_context
-from pstp.asyncio.connection import Session
+from pstp.asyncio.connection import ChannelHandler, Session
 from pstp.asyncio.discovery import discover
 from pstp.client.quick import Attempts, PeerNotFound, info, os_reason, remember_address
 from pstp.exceptions import HandshakeFailed, PermissionDenied
@@ -38,6 +40,7 @@ async def connect_peer(
     config: Config | None = None,
     discovery_timeout: float = 1.0,
     attempts: Attempts | None = None,
+    handlers: Mapping[str, ChannelHandler] | None = None,
 ) -> Session:
     """Open a PSTP-HS session to a configured peer, up its reach ladder.
 
@@ -55,6 +58,8 @@ async def connect_peer(
         discovery_timeout: seconds to wait for PONGs at the ``lan`` step.
         attempts: the ladder as the blocking driver left it (its addresses
             already tried are not tried again).
+        handlers: channel kinds this side serves if the device opens them
+            (``forward-in`` for ``pstp forward -R``).
 
     Raises:
         KeyError: no such peer in the configuration.
@@ -63,10 +68,14 @@ async def connect_peer(
     """
     if attempts is None:
         attempts = Attempts(settings, peer_id, address, config)
+    if handlers:
+        attempts.options["handlers"] = handlers
     for step, found in attempts.steps:
         if step == "lan":
             noted = len(attempts.tried)
-            session = await _discover(settings, peer_id, attempts.tried, config, discovery_timeout)
+            session = await _discover(
+                settings, peer_id, attempts.tried, config, discovery_timeout, handlers
+            )
             if session is not None:
                 return session
             for note in attempts.tried[noted:]:
@@ -139,6 +148,7 @@ async def _discover(
     tried: list[str],
     config: Config | None,
     discovery_timeout: float,
+    handlers: Mapping[str, ChannelHandler] | None = None,
 ) -> Session | None:
     """The ``lan`` step: a session to the peer found by discovery, or None (noted in ``tried``).
 
@@ -167,6 +177,7 @@ async def _discover(
                 config=config,
                 discovery=dev.binding,
                 own_id=settings.device_id,
+                handlers=handlers,
             )
         except (OSError, HandshakeFailed) as exc:
             why = exc if isinstance(exc, HandshakeFailed) else os_reason(exc)

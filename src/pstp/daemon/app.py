@@ -27,6 +27,7 @@ from pstp.daemon.audit import AuditLog, audit_path, audit_reserve
 from pstp.daemon.control import ControlServer
 from pstp.daemon.exec import exec_handler, shell_handler
 from pstp.daemon.files import file_handler
+from pstp.daemon.forward import FORWARD_CHANNEL, LISTEN_CHANNEL, forward_handler, listen_handler
 from pstp.daemon.mdns import Advertisement, advertise_device
 from pstp.daemon.pairing import PairingWindow
 from pstp.daemon.policy import (
@@ -34,6 +35,8 @@ from pstp.daemon.policy import (
     Decision,
     ExecRequest,
     FileRequest,
+    ForwardRequest,
+    ListenRequest,
     Policy,
     Request,
     SessionRequest,
@@ -126,6 +129,13 @@ def _request(kind: str, params: Mapping[str, object]) -> Request | None:
         if not isinstance(path, str) or op not in ("put", "get"):
             path = ""  # denied: not an absolute path
         return FileRequest(path, op == "put", reason)
+    if kind in (FORWARD_CHANNEL, LISTEN_CHANNEL):
+        host, port = params.get("host", "127.0.0.1"), params.get("port")
+        host = host if isinstance(host, str) else ""
+        port = port if isinstance(port, int) and not isinstance(port, bool) else -1
+        if kind == FORWARD_CHANNEL:
+            return ForwardRequest(host, port, reason)
+        return ListenRequest(host, port, reason)
     return None
 
 
@@ -513,6 +523,7 @@ class Daemon:
                 }
                 if live.revoked is not None:
                     result["revoked"] = live.revoked
+                result.update(ch.audit)
                 self._record(
                     kind,
                     peer,
@@ -583,6 +594,8 @@ class Daemon:
             "file": self._audited(
                 "file", file_handler(lambda: self.policy, self._record, reserve=self._reserve())
             ),
+            FORWARD_CHANNEL: self._audited("forward", forward_handler()),
+            LISTEN_CHANNEL: self._audited("forward", listen_handler(self._record)),
         }
         handlers[PAIR_CHANNEL] = self._pair_channel
         handlers[TOKEN_CHANNEL] = self._token_channel

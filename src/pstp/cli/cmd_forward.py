@@ -1,0 +1,65 @@
+"""``pstp forward``: carry TCP connections through a peer (``-L``) or from it (``-R``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pstp.cli.common import load_settings, run, stop_event
+from pstp.cli.main import Console
+
+__all__ = ["forward"]
+
+
+def forward(args: argparse.Namespace, console: Console) -> int:
+    """Run every ``-L`` and ``-R`` forward over one session until interrupted."""
+    import asyncio
+
+    from pstp.client.api import connect_peer
+    from pstp.client.forward import Forwarder, parse_spec
+
+    try:
+        local = [parse_spec(text) for text in [*args.local, *args.specs]]
+        remote = [parse_spec(text, reverse=True) for text in args.remote]
+    except ValueError as exc:
+        console.error(str(exc))
+        return 2
+    if not local and not remote:
+        console.error("nothing to forward: give [ADDR:]PORT:HOST:PORT, -L or -R")
+        return 2
+    settings = load_settings(args)
+    if args.peer not in settings.peers:
+        console.error(f"no peer {args.peer!r} in {settings.path} (pair first: pstp pair HOST)")
+        return 2
+
+    async def main() -> int:
+        stop = stop_event()
+        forwarder = Forwarder(console.note, args.reason)
+        session = await connect_peer(
+            settings, args.peer, address=args.address, handlers=forwarder.handlers
+        )
+        try:
+            for spec in local:
+                bound = await forwarder.local(session, spec)
+                console.print(f"forwarding {bound} -> {spec.host}:{spec.port} from {args.peer}")
+            for spec in remote:
+                bound = await forwarder.remote(session, spec)
+                console.print(f"{args.peer} listens on {bound} -> {spec.host}:{spec.port} here")
+            console.note("Ctrl-C stops")
+            ended = asyncio.ensure_future(session.wait_closed())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if ended.done():
+                console.error(f"the session with {args.peer} ended")
+                return 4
+            ended.cancel()
+            return 0
+        except OSError as exc:
+            console.error(f"cannot listen: {exc.strerror or exc}")
+            return 2
+        finally:
+            await forwarder.close()
+            await session.close()
+            console.note(f"{forwarder.carried} connection(s) carried, {forwarder.refused} refused")
+
+    return run(main())
