@@ -45,8 +45,9 @@ def forward(args: argparse.Namespace, console: Console) -> int:
                 bound = await forwarder.remote(session, spec)
                 console.print(f"{args.peer} listens on {bound} -> {spec.host}:{spec.port} here")
             console.note("Ctrl-C stops")
-            ended = asyncio.ensure_future(session.wait_closed())
-            stopped = asyncio.ensure_future(stop.wait())
+            # Shielded: cancelling the wait must not cancel the session's own end.
+            ended: asyncio.Future[object] = asyncio.shield(session.wait_closed())
+            stopped: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
             await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if ended.done():

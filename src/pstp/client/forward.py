@@ -119,6 +119,7 @@ class Forwarder:
         self._reason = reason
         self._servers: list[asyncio.Server] = []
         self._listens: dict[int, Spec] = {}
+        self._listen_channels: list[Channel] = []
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections carried so far, and refused.
         self.carried = 0
@@ -166,6 +167,7 @@ class Forwarder:
         params = ListenOpen(host=spec.bind_host, port=spec.bind_port, reason=self._reason)
         ch = await session.open_channel(ListenOpen.KIND, params.to_params())
         self._listens[ch.id] = spec
+        self._listen_channels.append(ch)
         line = b""
         while not line.endswith(b"\n"):
             chunk = await ch.read(256)
@@ -191,7 +193,13 @@ class Forwarder:
         return 0 if done.ended == "closed" else 1
 
     async def close(self) -> None:
-        """Stop listening and end the connections still carried."""
+        """Stop listening, here and on the device, and end the connections still carried."""
+        for ch in self._listen_channels:  # the device stops listening and closes it
+            with contextlib.suppress(PstpError):
+                await ch.write_eof()
+        for ch in self._listen_channels:
+            with contextlib.suppress(PstpError, TimeoutError):
+                await asyncio.wait_for(ch.wait_closed(), 2.0)
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
