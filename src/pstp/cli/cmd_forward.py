@@ -16,6 +16,7 @@ def forward(args: argparse.Namespace, console: Console) -> int:
 
     from pstp.client.api import connect_peer
     from pstp.client.forward import Forwarder, parse_spec
+    from pstp.exceptions import ChannelError
 
     try:
         local = [parse_spec(text) for text in [*args.local, *args.specs]]
@@ -42,7 +43,11 @@ def forward(args: argparse.Namespace, console: Console) -> int:
                 bound = await forwarder.local(session, spec)
                 console.print(f"forwarding {bound} -> {spec.host}:{spec.port} from {args.peer}")
             for spec in remote:
-                bound = await forwarder.remote(session, spec)
+                try:
+                    bound = await forwarder.remote(session, spec)
+                except ChannelError as exc:
+                    console.error(f"-R {spec}: refused by {args.peer}: {exc.reason or exc}")
+                    return 1
                 console.print(f"{args.peer} listens on {bound} -> {spec.host}:{spec.port} here")
             console.note("Ctrl-C stops")
             # Shielded: cancelling the wait must not cancel the session's own end.

@@ -405,8 +405,10 @@ class ForwardOpen(msgspec.Struct, frozen=True, kw_only=True):
                 1..65535, or a ``reason`` that is not a string or nil.
         """
         host, port = params.get("host"), params.get("port")
-        if not isinstance(host, str) or not 0 < len(host) <= _HOST_MAX:
-            raise BadParams(f"host must be a string of 1 to {_HOST_MAX} characters")
+        if not isinstance(host, str) or not host:
+            raise BadParams("host must be a non-empty string")
+        if len(host) > _HOST_MAX:
+            raise BadParams(f"host must be at most {_HOST_MAX} characters")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= _U16:
             raise BadParams("port must be an integer in 1..65535")
         return cls(host=host, port=port, reason=_reason(params))
