@@ -1034,3 +1034,30 @@ def test_carried_sessions_stay_counted_above_a_lowered_maximum() -> None:
     assert policy.sessions("phone") == 3 and policy.sessions("nobody") == 0
     policy.session_closed("phone")
     assert not policy.session_opened("phone").allowed  # 2 still open, 2 allowed
+
+
+def test_forward_listen_is_denied_by_default_and_allowed_where_listed() -> None:
+    """forward_listen: no list, no listening; a listed address and port range allow it."""
+    from pstp.daemon.policy import ListenRequest
+
+    bare = make_policy()
+    assert bare.check("phone", ListenRequest("127.0.0.1", 2222), at=AT) == Decision(
+        False, "default deny", "peers.phone.policy.forward_listen allows no listening"
+    )
+    policy = make_policy(FULL + 'forward_listen = ["2200-2299", "0.0.0.0:8080"]\n')
+    ok = policy.check("phone", ListenRequest("127.0.0.1", 2222), at=AT)
+    assert ok.allowed and ok.rule == 'peers.phone.policy.forward_listen[0] "2200-2299"'
+    assert policy.check("phone", ListenRequest("0.0.0.0", 8080), at=AT).allowed
+    wide = policy.check("phone", ListenRequest("0.0.0.0", 2222), at=AT)
+    assert wide.reason == '"0.0.0.0:2222" is not in peers.phone.policy.forward_listen'
+    assert policy.check("phone", ListenRequest("127.0.0.1", 70000), at=AT).reason == (
+        "port 70000 is out of range (0-65535)"
+    )
+
+
+def test_forward_cidr_and_port_range_rules() -> None:
+    """A range rule allows an address inside it, not a name; a port range its ports."""
+    policy = make_policy(FULL.replace('"[::1]:22"]', '"[::1]:22", "10.1.0.0/16:8000-8099"]'))
+    assert policy.check("phone", ForwardRequest("10.1.2.3", 8042), at=AT).allowed
+    assert not policy.check("phone", ForwardRequest("10.1.2.3", 8100), at=AT).allowed
+    assert not policy.check("phone", ForwardRequest("nas.lan", 8042), at=AT).allowed

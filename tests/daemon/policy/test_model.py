@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import pytest
@@ -12,6 +13,7 @@ from pstp.daemon.policy.model import (
     Decision,
     ExecRule,
     TimeWindow,
+    parse_pattern,
     parse_target,
 )
 
@@ -115,3 +117,43 @@ def test_decision_refusal_is_none_when_allowed_else_the_reason() -> None:
 
     assert Decision(True, "r", "ok").refusal is None
     assert Decision(False, "default deny", "no rule").refusal == "no rule"
+
+
+@pytest.mark.parametrize(
+    ("text", "listen", "allowed", "denied"),
+    [
+        ("camera.local:80", False, [("camera.local", 80)], [("camera.local", 81)]),
+        ("*.lan:80-89", False, [("tv.lan", 80), ("nas.lan", 89)], [("nas.lan", 90), ("lan", 80)]),
+        ("192.168.1.0/24:*", False, [("192.168.1.7", 1)], [("192.168.2.7", 1), ("nas.lan", 1)]),
+        ("[2001:db8::/32]:443", False, [("2001:db8::5", 443)], [("2001:db9::5", 443)]),
+        ("[::1]:22", False, [("::1", 22)], [("::2", 22)]),
+        ("2222", True, [("127.0.0.1", 2222)], [("0.0.0.0", 2222), ("127.0.0.1", 2223)]),
+        ("0.0.0.0:*", True, [("0.0.0.0", 0), ("0.0.0.0", 65535)], [("127.0.0.1", 80)]),
+    ],
+)
+def test_forward_patterns_match_names_globs_addresses_and_ranges(
+    text: str, listen: bool, allowed: list[tuple[str, int]], denied: list[tuple[str, int]]
+) -> None:
+    """A CIDR range matches addresses, never a name (no DNS in the policy)."""
+    pattern = parse_pattern(text, listen=listen)
+    assert all(pattern.matches(h, p) for h, p in allowed)
+    assert not any(pattern.matches(h, p) for h, p in denied)
+
+
+@pytest.mark.parametrize(
+    ("text", "listen", "message"),
+    [
+        ("camera.local", False, "is not HOST:PORT"),
+        ("::1:22", False, "write IPv6 addresses as"),
+        ("a:0", False, "ports are 1-65535"),
+        ("a:90-80", False, "ports are 1-65535"),
+        ("a:x", False, "PORT is a port"),
+        ("10.0.0.300/8:80", False, "is not a CIDR range"),
+        ("localhost:22", True, "listen on an IP address"),
+        ("[::1:22", False, "is not HOST:PORT"),
+    ],
+)
+def test_bad_forward_patterns_are_refused(text: str, listen: bool, message: str) -> None:
+    """What is wrong, in words."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_pattern(text, listen=listen)
