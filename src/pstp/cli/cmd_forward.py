@@ -17,6 +17,7 @@ def forward(args: argparse.Namespace, console: Console) -> int:
     from pstp.client.api import connect_peer
     from pstp.client.forward import Forwarder, parse_spec
     from pstp.exceptions import ChannelError
+    from pstp.protocol.config import Config
 
     try:
         local = [parse_spec(text) for text in [*args.local, *args.specs]]
@@ -36,7 +37,13 @@ def forward(args: argparse.Namespace, console: Console) -> int:
         stop = stop_event()
         forwarder = Forwarder(console.note, args.reason)
         session = await connect_peer(
-            settings, args.peer, address=args.address, handlers=forwarder.handlers
+            settings,
+            args.peer,
+            address=args.address,
+            handlers=forwarder.handlers,
+            # Bulk through a forward (a camera's stream, a download) wants the
+            # transfers' window and records, as pstp put and get use.
+            config=Config(max_record_size=256 << 10, channel_window=4 << 20),
         )
         try:
             for spec in local:

@@ -109,7 +109,7 @@ class Aead:
             raise ValueError(f"nonce counter out of range: {n}") from exc
         return self._aead.encrypt(nonce, plaintext, ad)
 
-    def open(self, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+    def open(self, n: int, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """Verify and decrypt ``ciphertext`` sealed under counter nonce ``n``.
 
         Args:

@@ -601,17 +601,23 @@ class Connection:
         buf += data
         try:
             pos = 0
-            while self._is_open():
-                if len(buf) - pos < FRAME_HEADER_LEN:
-                    break
-                ftype = buf[pos]
-                length = int.from_bytes(buf[pos + 1 : pos + 4], "big")
-                self._check_frame_size(ftype, length)
-                end = pos + FRAME_HEADER_LEN + length
-                if len(buf) < end:
-                    break
-                self._handle_frame(ftype, bytes(buf[pos:end]))
-                pos = end
+            # A record is opened straight from the buffer (no copy); the view is
+            # released before the buffer is trimmed.
+            with memoryview(buf) as view:
+                while self._is_open():
+                    if len(buf) - pos < FRAME_HEADER_LEN:
+                        break
+                    ftype = buf[pos]
+                    length = int.from_bytes(buf[pos + 1 : pos + 4], "big")
+                    self._check_frame_size(ftype, length)
+                    end = pos + FRAME_HEADER_LEN + length
+                    if len(buf) < end:
+                        break
+                    if ftype == FrameType.RECORD:
+                        self._on_record(view[pos:end])
+                    else:
+                        self._handle_frame(ftype, bytes(view[pos:end]))
+                    pos = end
             del buf[:pos]
         except ProtocolError as exc:
             self._fail(exc)
@@ -804,7 +810,7 @@ class Connection:
             )
         )
 
-    def _on_record(self, frame: bytes) -> None:
+    def _on_record(self, frame: bytes | memoryview) -> None:
         assert self._receiver is not None
         try:
             inner, body = self._receiver.open(frame)

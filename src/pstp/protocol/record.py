@@ -260,7 +260,7 @@ class RecordReceiver:
         if seq >= self._config.reject_after_records:
             raise KeyExhausted("record sequence number past the hard limit")
         key = self._select(epoch, seq)
-        plain = key.aead.open(seq, aad, bytes(view[hdr_end:]))
+        plain = key.aead.open(seq, aad, view[hdr_end:])  # no copy: AESGCM reads the view
         # Only a record that verified may move the window (§6.3).
         if key.window is not None:
             key.window.update(seq)
