@@ -3,12 +3,14 @@
 pstp-hs.json and records.json (handshake and records), channels.json (channel
 messages, §14), discovery.json (PING, PONG and the stealth tag, §8),
 pake.json (a PSTP-PAKE pairing run, §15), streams.json (the stream frames
-of exec, shell and action channels, §17.2), tokens.json (§20), transports.json
-(channel addresses and WebSocket framing, §19.1, §19.2) and mqtt.json (the MQTT
-mapping's rendezvous ids, topics, record sizes and prefixes, §19.3).  Run
-``python scripts/make_test_vectors.py`` after a deliberate wire change; the
-tests in tests/protocol/test_vectors.py and tests/discovery/test_vectors.py
-check the code against the files.
+of exec, shell and action channels, §17.2), kinds.json (the OPEN params of
+every channel kind and an actions listing, §17.4 to §17.15), tokens.json
+(§20), transports.json (channel addresses and WebSocket framing, §19.1,
+§19.2) and mqtt.json (the MQTT mapping's rendezvous ids, topics, record sizes
+and prefixes, §19.3).  Run ``python scripts/make_test_vectors.py`` after a
+deliberate wire change; the tests in tests/protocol/test_vectors.py,
+tests/discovery/test_vectors.py, tests/protocol/test_kinds.py and
+tests/protocol/test_listing.py check the code against the files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -715,6 +718,291 @@ def build_streams() -> dict[str, object]:
     }
 
 
+_X255 = "x" * 255
+#: Inputs of kinds.json, per kind (§17.4 to §17.8, §17.12 to §17.15): the fields of
+#: each valid case, params a receiver accepts, and params it refuses.  The params,
+#: their bytes, the decoded fields and the refusals' reasons come from the code.
+_KIND_CASES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]] = {
+    "action": (
+        [
+            {"name": "gate.open", "reason": "delivery", "args": {"seconds": 30}},
+            {"name": "lamp.set", "reason": None, "args": {"level": "40", "on": True}},
+        ],
+        [{"name": "x", "arg.": 1, "other": "kept out"}],
+        [{}, {"name": 3}, {"name": "x", "reason": 3}],
+    ),
+    "actions": (
+        [{"reason": "which?"}, {"reason": None}],
+        [{}, {"reason": "x", "other": 1}],
+        [{"reason": 3}],
+    ),
+    "exec": (
+        [{"argv": ["uname", "-a"], "reason": "check"}, {"argv": ["true"], "reason": None}],
+        [{"argv": ["ls"], "extra": 1}],
+        [
+            {},
+            {"argv": []},
+            {"argv": "ls"},
+            {"argv": [""]},
+            {"argv": ["ls", 1]},
+            {"argv": ["ls"], "reason": 3},
+        ],
+    ),
+    "shell": (
+        [
+            {"term": "xterm-256color", "rows": 50, "cols": 132, "reason": "debug"},
+            {"term": "dumb", "rows": 24, "cols": 80, "reason": None},
+            {"term": "dumb", "rows": 24, "cols": 80, "reason": None, "pty": False},
+        ],
+        [{}, {"rows": 0, "cols": 65535}, {"pty": True}, {"pty": False, "term": "xterm"}],
+        [
+            {"rows": "24"},
+            {"cols": -1},
+            {"rows": True},
+            {"cols": 65536},
+            {"term": "x y"},
+            {"term": ""},
+            {"term": "dumb\n"},
+            {"reason": ["a"]},
+            {"pty": 1},
+            {"pty": None},
+            {"pty": "false"},
+        ],
+    ),
+    "ping": ([{}], [{"anything": [1]}], []),
+    "file": (
+        [
+            {"op": "put", "path": "/srv/share/", "force": False, "into": True, "reason": "backup"},
+            {
+                "op": "get",
+                "path": "/srv/share/a.txt",
+                "force": False,
+                "into": False,
+                "reason": None,
+            },
+        ],
+        [
+            {"op": "put", "path": "/a", "force": 1, "into": "yes", "reason": 3},
+            {"op": "get", "path": "/a"},
+        ],
+        [{}, {"op": "move", "path": "/a"}, {"op": "get", "path": 1}],
+    ),
+    "forward": (
+        [
+            {"host": "127.0.0.1", "port": 8080, "reason": None},
+            {"host": "camera.local", "port": 554, "reason": "check the door"},
+            {"host": "2001:db8::7", "port": 443, "reason": None},
+        ],
+        [{"host": "router.lan", "port": 80}, {"host": _X255, "port": 65535, "other": 1}],
+        [
+            {"port": 22},
+            {"host": "", "port": 22},
+            {"host": 7, "port": 22},
+            {"host": _X255 + "x", "port": 22},
+            {"host": "h"},
+            {"host": "h", "port": 0},
+            {"host": "h", "port": 65536},
+            {"host": "h", "port": True},
+            {"host": "h", "port": "80"},
+            {"host": "h", "port": 22, "reason": 1},
+        ],
+    ),
+    "forward-listen": (
+        [
+            {"port": 2222, "host": "127.0.0.1", "reason": "ssh home"},
+            {"port": 0, "host": "::1", "reason": None},
+        ],
+        [{"port": 9090}, {"host": "0.0.0.0", "port": 65535, "other": 1}],  # noqa: S104
+        [
+            {"host": "localhost", "port": 2222},
+            {"host": "", "port": 2222},
+            {"host": "[::1]", "port": 2222},
+            {"host": 7, "port": 2222},
+            {},
+            {"port": -1},
+            {"port": 65536},
+            {"port": False},
+            {"port": None},
+            {"port": 2222, "reason": 1},
+        ],
+    ),
+    "forward-in": (
+        [
+            {"listen": 3, "origin": "127.0.0.1:50312"},
+            {"listen": 4_294_967_295, "origin": "[::1]:40000"},
+        ],
+        [{"listen": 5}, {"listen": 7, "origin": "", "other": 1}],
+        [
+            {},
+            {"listen": -1},
+            {"listen": 1 << 32},
+            {"listen": True},
+            {"listen": "3"},
+            {"listen": 3, "origin": 5},
+            {"listen": 3, "origin": _X255 + "x"},
+        ],
+    ),
+    "token": (
+        [
+            {"ttl": 3600, "uses": None, "kinds": [], "actions": [], "reason": None},
+            {
+                "ttl": 7200,
+                "uses": 5,
+                "kinds": ["ping", "action"],
+                "actions": ["gate.*"],
+                "reason": "guest",
+            },
+        ],
+        [{"ttl": 60}, {"ttl": 60, "kinds": [], "other": 1}],
+        [
+            {},
+            {"ttl": 59},
+            {"ttl": 2592001},
+            {"ttl": True},
+            {"ttl": 60, "uses": 0},
+            {"ttl": 60, "kinds": "ping"},
+            {"ttl": 60, "kinds": ["forward"]},
+            {"ttl": 60, "actions": ["a,b"]},
+            {"ttl": 60, "actions": ["x"] * 33},
+        ],
+    ),
+}
+
+
+def _kind_entry(kind: str) -> dict[str, object]:
+    """One kind's cases: valid (fields, params, bytes), accepted, and refused with the reason."""
+    from pstp.protocol.kinds import (
+        ActionOpen,
+        ActionsOpen,
+        BadParams,
+        ExecOpen,
+        FileOpen,
+        ForwardInOpen,
+        ForwardOpen,
+        ListenOpen,
+        PingOpen,
+        ShellOpen,
+        TokenOpen,
+    )
+
+    classes = (
+        ActionOpen,
+        ActionsOpen,
+        ExecOpen,
+        ShellOpen,
+        PingOpen,
+        FileOpen,
+        ForwardOpen,
+        ListenOpen,
+        ForwardInOpen,
+        TokenOpen,
+    )
+    cls: Any = {c.KIND: c for c in classes}[kind]
+    valid_fields, accepted, refused = _KIND_CASES[kind]
+    valid = []
+    for fields in valid_fields:
+        obj = cls(**fields)
+        params = obj.to_params()
+        assert cls.from_params(params) == obj
+        valid.append(
+            {
+                "fields": fields,
+                "params": params,
+                "msgpack": msgspec.msgpack.encode(params).hex(),
+            }
+        )
+    decode = [
+        {"params": params, "fields": msgspec.structs.asdict(cls.from_params(params))}
+        for params in accepted
+    ]
+    rejected = []
+    for params in refused:
+        try:
+            cls.from_params(params)
+        except BadParams as exc:
+            rejected.append({"params": params, "reason": exc.reason})
+        else:
+            raise AssertionError(f"{kind}: {params!r} was accepted")
+    return {"reserved": False, "valid": valid, "decode": decode, "rejected": rejected}
+
+
+def build_kinds() -> dict[str, object]:
+    """kinds.json: the OPEN params of each channel kind (§17.4 to §17.15) and a listing."""
+    from pstp.protocol.kinds import ActionInfo, ArgInfo, decode_listing, encode_listing
+
+    listing = [
+        ActionInfo(
+            name="gate.open",
+            description="open the gate",
+            args=[ArgInfo(name="seconds", type="int", required=True, min=1, max=600)],
+        ),
+        ActionInfo(
+            name="lamp.set",
+            args=[
+                ArgInfo(name="level", type="int", required=False, default=50, min=0, max=100),
+                ArgInfo(
+                    name="room",
+                    type="str",
+                    required=False,
+                    default="hall",
+                    max_len=20,
+                    choices=["hall", "desk"],
+                ),
+                ArgInfo(name="tag", type="str", required=True, max_len=1024, pattern="[a-z]+"),
+            ],
+        ),
+        ActionInfo(name="reboot"),
+    ]
+    accepted = [encode_listing([]), msgspec.msgpack.encode([{"name": "x", "future": [1, 2]}])]
+    refused = [
+        (msgspec.msgpack.encode({"name": "x"}), "not an array"),
+        (msgspec.msgpack.encode([{"description": "no name"}]), "an action without a name"),
+        (
+            msgspec.msgpack.encode(
+                [{"name": "x", "args": [{"name": "a", "type": "list", "required": True}]}]
+            ),
+            "an unknown argument type",
+        ),
+        (encode_listing([]) + b"\x00", "trailing bytes"),
+    ]
+    for data, _why in refused:
+        try:
+            decode_listing(data)
+        except ValueError:
+            continue
+        raise AssertionError(f"listing {data.hex()} was accepted")
+    return {
+        "description": (
+            "OPEN params of each channel kind (docs/protocol.md §17.4 to §17.8, §17.12 to "
+            "§17.15, §13). 'valid': the struct's fields, the params map a sender puts in "
+            "OPEN (as JSON, null = nil) and its exact MessagePack bytes (hex, entries in "
+            "this order); decoding the map gives the fields back. 'decode': params a "
+            "receiver accepts and the fields they decode to. 'rejected': params a receiver "
+            "refuses with code BAD_PARAMS (9) and 'reason' (§17.3). 'reserved' is false "
+            "for every kind (it was true for 'forward' before §17.14). 'listing': the "
+            "answer of an 'actions' channel."
+        ),
+        "bad_params_code": ChannelCode.BAD_PARAMS,
+        "kinds": {kind: _kind_entry(kind) for kind in _KIND_CASES},
+        "listing": {
+            "description": (
+                "The answer to an 'actions' channel (docs/protocol.md §17.12): 'value' is the "
+                "MessagePack array as JSON (null = nil), 'msgpack' its exact bytes (hex; map "
+                "entries in this order). 'decode': bytes (hex) a receiver accepts, and the "
+                "value it reads (a map key it does not know is ignored). 'rejected': bytes "
+                "(hex) a receiver refuses."
+            ),
+            "value": msgspec.to_builtins(listing),
+            "msgpack": encode_listing(listing).hex(),
+            "decode": [
+                {"msgpack": data.hex(), "value": msgspec.to_builtins(decode_listing(data))}
+                for data in accepted
+            ],
+            "rejected": [{"msgpack": data.hex(), "why": why} for data, why in refused],
+        },
+    }
+
+
 #: Fixed inputs of tokens.json (§20): the session is pstp-hs.json's first case.
 _TOKEN_ID = "tok_abcdefghijkl"  # noqa: S105  (a public id)
 _TOKEN_R = bytes(range(0x40, 0x50))
@@ -1043,6 +1331,7 @@ def main() -> None:
     (OUT / "discovery.json").write_text(json.dumps(build_discovery(), indent=2) + "\n")
     (OUT / "pake.json").write_text(json.dumps(build_pake(), indent=2) + "\n")
     (OUT / "streams.json").write_text(json.dumps(build_streams(), indent=2) + "\n")
+    (OUT / "kinds.json").write_text(json.dumps(build_kinds(), indent=2) + "\n")
     tokens = build_tokens(hs)
     (OUT / "tokens.json").write_text(json.dumps(tokens, indent=2) + "\n")
     (OUT / "transports.json").write_text(json.dumps(build_transports(hs), indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""pstp.protocol.kinds against docs/test-vectors/kinds.json (docs/protocol.md §17.4-§17.8)."""
+"""pstp.protocol.kinds against docs/test-vectors/kinds.json (docs/protocol.md §17.4-§17.15)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from pstp.protocol.kinds import (
     ActionOpen,
     BadParams,
     ExecOpen,
+    ForwardInOpen,
+    ForwardOpen,
+    ListenOpen,
     ShellOpen,
     action_args,
 )
@@ -25,6 +28,9 @@ from pstp.wire.messages import ChannelCode, Open, decode_control, encode_control
 VECTORS = json.loads(
     (Path(__file__).parents[2] / "docs" / "test-vectors" / "kinds.json").read_text()
 )["kinds"]
+#: Every kind's params struct: those a client opens (KINDS) and ``forward-in``,
+#: which the device opens toward the peer (§17.15).
+CLASSES = {**KINDS, **{cls.KIND: cls for cls in (ForwardOpen, ListenOpen, ForwardInOpen)}}
 
 
 def cases(section: str) -> list[Any]:
@@ -37,16 +43,20 @@ def cases(section: str) -> list[Any]:
 
 
 def test_every_kind_has_vectors() -> None:
-    """The vectors cover exactly the kinds the module defines; only forward is reserved."""
-    kinds = {"action", "actions", "exec", "shell", "ping", "file", "forward", "token"}
-    assert set(VECTORS) == set(KINDS) == kinds
-    assert [k for k, e in VECTORS.items() if e["reserved"]] == ["forward"]
+    """The vectors cover exactly the kinds the module defines; none is reserved any more."""
+    kinds = {"action", "actions", "exec", "shell", "ping", "file", "token"}
+    kinds |= {"forward", "forward-listen", "forward-in"}
+    assert set(VECTORS) == set(CLASSES) == kinds
+    assert set(KINDS) <= kinds
+    assert [k for k, e in VECTORS.items() if e["reserved"]] == []
+    for kind in ("forward", "forward-listen", "forward-in"):
+        assert all(VECTORS[kind][section] for section in ("valid", "decode", "rejected"))
 
 
 @pytest.mark.parametrize(("kind", "case"), cases("valid"))
 def test_encoder_gives_the_published_params(kind: str, case: dict[str, Any]) -> None:
     """Each struct encodes to the published params map and MessagePack bytes, and back."""
-    cls = KINDS[kind]
+    cls = CLASSES[kind]
     obj = cls(**case["fields"])
     params = obj.to_params()
     assert params == case["params"]
@@ -58,7 +68,7 @@ def test_encoder_gives_the_published_params(kind: str, case: dict[str, Any]) -> 
 @pytest.mark.parametrize(("kind", "case"), cases("decode"))
 def test_decoder_accepts(kind: str, case: dict[str, Any]) -> None:
     """Params a receiver accepts decode to the published fields."""
-    obj = KINDS[kind].from_params(case["params"])
+    obj = CLASSES[kind].from_params(case["params"])
     assert msgspec.structs.asdict(obj) == case["fields"]
 
 
@@ -66,7 +76,7 @@ def test_decoder_accepts(kind: str, case: dict[str, Any]) -> None:
 def test_decoder_rejects_with_bad_params(kind: str, case: dict[str, Any]) -> None:
     """Invalid params raise BadParams: a ChannelFailure with code BAD_PARAMS and the reason."""
     with pytest.raises(BadParams) as info:
-        KINDS[kind].from_params(case["params"])
+        CLASSES[kind].from_params(case["params"])
     assert isinstance(info.value, ChannelFailure)
     assert info.value.code == ChannelCode.BAD_PARAMS == 9
     assert info.value.reason == case["reason"]
@@ -76,7 +86,7 @@ def test_decoder_rejects_with_bad_params(kind: str, case: dict[str, Any]) -> Non
 @pytest.mark.parametrize(("kind", "case"), cases("valid"))
 def test_params_travel_in_open(kind: str, case: dict[str, Any]) -> None:
     """An OPEN carrying the encoded params decodes to them (the wire form of §14.4)."""
-    msg = Open(3, kind, 65536, KINDS[kind](**case["fields"]).to_params())
+    msg = Open(3, kind, 65536, CLASSES[kind](**case["fields"]).to_params())
     assert decode_control(encode_control(msg)) == msg
 
 
@@ -121,3 +131,25 @@ def test_shell_decoder_never_fails_otherwise(params: dict[str, Any]) -> None:
     except BadParams:
         return
     assert ShellOpen.from_params(obj.to_params()) == obj
+
+
+_FORWARD_VALUE = st.one_of(
+    _VALUE, st.integers(-1, 70000), st.sampled_from(["127.0.0.1", "::1", "[::1]", "a.lan", ""])
+)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["forward", "forward-listen", "forward-in"]),
+    params=st.dictionaries(
+        st.sampled_from(["host", "port", "reason", "listen", "origin"]), _FORWARD_VALUE
+    ),
+)
+def test_forward_decoders_never_fail_otherwise(kind: str, params: dict[str, Any]) -> None:
+    """The forwarding kinds decode or raise BadParams, whatever the values (§17.14, §17.15)."""
+    cls = CLASSES[kind]
+    try:
+        obj = cls.from_params(params)
+    except BadParams:
+        return
+    assert cls.from_params(obj.to_params()) == obj
