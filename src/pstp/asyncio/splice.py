@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pstp.asyncio.connection import Channel
 from pstp.exceptions import ChannelError, PstpError
 from pstp.wire.messages import ChannelCode
 
-__all__ = ["CHUNK", "Spliced", "nodelay", "splice"]
+__all__ = ["CHUNK", "Spliced", "nodelay", "os_reason", "splice"]
 
 #: Bytes read from TCP at most at once (a few records' worth).
 CHUNK = 256 << 10
@@ -61,16 +62,22 @@ def nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 async def splice(
-    ch: Channel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ch: Channel,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    done: Spliced | None = None,
 ) -> Spliced:
     """Carry bytes between ``reader``/``writer`` and ``ch`` until both directions ended.
 
     The TCP connection is closed on return.  A failure on one side (a reset,
     the channel closed with an error) ends the other: the channel is closed
     with APPLICATION_ERROR if TCP broke, the TCP connection is reset if the
-    channel did.
+    channel did.  Cancelled (the forward is stopped or revoked), it resets
+    the TCP connection and closes the channel with CANCELLED.  ``done``, if
+    given, is filled in as it goes, so a caller that is cancelled still has
+    the counts.
     """
-    done = Spliced()
+    done = done if done is not None else Spliced()
     started = time.monotonic()
 
     async def inbound() -> None:
@@ -101,6 +108,12 @@ async def splice(
                 else:
                     writer.transport.abort()
                 break
+    except asyncio.CancelledError:
+        done.ended = "stopped"
+        writer.transport.abort()
+        with contextlib.suppress(PstpError):
+            await ch.close(code=ChannelCode.CANCELLED, reason="forward stopped")
+        raise
     finally:
         for task in tasks:
             task.cancel()
@@ -112,9 +125,16 @@ async def splice(
     return done
 
 
+def os_reason(exc: OSError) -> str:
+    """An OSError in words, the same on every event loop (``connection refused``)."""
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
 def _why(exc: BaseException) -> str:
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
     if isinstance(exc, OSError):
-        return (exc.strerror or type(exc).__name__).lower()
+        return os_reason(exc)
     return str(exc) or type(exc).__name__

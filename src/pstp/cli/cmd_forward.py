@@ -15,7 +15,7 @@ def forward(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
     from pstp.client.api import connect_peer
-    from pstp.client.forward import Forwarder, parse_spec
+    from pstp.client.forward import Forwarder, parse_spec, show
     from pstp.exceptions import ChannelError
     from pstp.protocol.config import Config
 
@@ -48,14 +48,18 @@ def forward(args: argparse.Namespace, console: Console) -> int:
         try:
             for spec in local:
                 bound = await forwarder.local(session, spec)
-                console.print(f"forwarding {bound} -> {spec.host}:{spec.port} from {args.peer}")
+                console.print(
+                    f"forwarding {bound} -> {show(spec.host, spec.port)} from {args.peer}"
+                )
             for spec in remote:
                 try:
                     bound = await forwarder.remote(session, spec)
                 except ChannelError as exc:
                     console.error(f"-R {spec}: refused by {args.peer}: {exc.reason or exc}")
                     return 1
-                console.print(f"{args.peer} listens on {bound} -> {spec.host}:{spec.port} here")
+                console.print(
+                    f"{args.peer} listens on {bound} -> {show(spec.host, spec.port)} here"
+                )
             console.note("Ctrl-C stops")
             # Shielded: cancelling the wait must not cancel the session's own end.
             ended: asyncio.Future[object] = asyncio.shield(session.wait_closed())
@@ -69,7 +73,7 @@ def forward(args: argparse.Namespace, console: Console) -> int:
             return 0
         except OSError as exc:
             console.error(f"cannot listen: {exc.strerror or exc}")
-            return 2
+            return 4  # bind failed (the exit table's 4)
         finally:
             await forwarder.close()
             await session.close()

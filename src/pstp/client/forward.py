@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pstp.asyncio.connection import Channel, ChannelHandler, Session
-from pstp.asyncio.splice import nodelay, splice
+from pstp.asyncio.splice import nodelay, os_reason, splice
 from pstp.exceptions import ChannelError, ChannelFailure, PstpError
 from pstp.protocol.kinds import ForwardInOpen, ForwardOpen, ListenOpen
 from pstp.wire.messages import ChannelCode
 
-__all__ = ["Forwarder", "Spec", "parse_spec"]
+__all__ = ["CONNECT_TIMEOUT", "Forwarder", "Spec", "parse_spec", "show"]
+
+#: Seconds to wait for a local target of a reverse forward to accept.
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ def parse_spec(text: str, *, reverse: bool = False) -> Spec:
     return Spec(bind_host, _port(bind_port, text, zero=reverse), host, _port(port, text), text)
 
 
+def show(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 address in brackets."""
+    return _show(host, port)
+
+
 def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -120,6 +128,7 @@ class Forwarder:
         self._servers: list[asyncio.Server] = []
         self._listens: dict[int, Spec] = {}
         self._listen_channels: list[Channel] = []
+        self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections carried so far, and refused.
         self.carried = 0
@@ -174,7 +183,24 @@ class Forwarder:
             if not chunk or len(line) > 256:
                 raise ChannelError(ch.id, ChannelCode.APPLICATION_ERROR, "the device said nothing")
             line += chunk
-        return line.decode(errors="replace").strip()
+        bound = line.decode(errors="replace").strip()
+        watch = asyncio.ensure_future(self._watch(ch, spec, bound))
+        self._tasks.add(watch)
+        watch.add_done_callback(self._tasks.discard)
+        return bound
+
+    async def _watch(self, ch: Channel, spec: Spec, bound: str) -> None:
+        """Say when the device stops listening for ``spec`` (revoked, or it went away)."""
+        why = "it stopped listening"
+        try:
+            while await ch.read():
+                pass
+        except PstpError as exc:
+            why = _reason(exc)
+        finally:
+            self._listens.pop(ch.id, None)
+        if not self._closing:
+            self._say(f"-R {spec}: the device no longer listens on {bound}: {why}")
 
     async def _forward_in(self, ch: Channel) -> int:
         ask = ForwardInOpen.from_params(ch.params)
@@ -182,9 +208,14 @@ class Forwarder:
         if spec is None:
             raise ChannelFailure(ChannelCode.REFUSED, "no such forward here")
         try:
-            reader, writer = await asyncio.open_connection(spec.host, spec.port)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(spec.host, spec.port), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
+            self._say(f"-R {spec}: {_show(spec.host, spec.port)}: no answer")
+            raise ChannelFailure(ChannelCode.NOT_FOUND, "no answer") from None
         except OSError as exc:
-            why = (exc.strerror or str(exc)).lower()
+            why = os_reason(exc)
             self._say(f"-R {spec}: {_show(spec.host, spec.port)}: {why}")
             raise ChannelFailure(ChannelCode.NOT_FOUND, why) from None
         nodelay(writer)
@@ -194,6 +225,7 @@ class Forwarder:
 
     async def close(self) -> None:
         """Stop listening, here and on the device, and end the connections still carried."""
+        self._closing = True
         for ch in self._listen_channels:  # the device stops listening and closes it
             with contextlib.suppress(PstpError):
                 await ch.write_eof()

@@ -130,7 +130,9 @@ def _request(kind: str, params: Mapping[str, object]) -> Request | None:
             path = ""  # denied: not an absolute path
         return FileRequest(path, op == "put", reason)
     if kind in (FORWARD_CHANNEL, LISTEN_CHANNEL):
-        host, port = params.get("host", "127.0.0.1"), params.get("port")
+        # Only a listen has a default host (ListenOpen); a forward names its target.
+        host = params.get("host", "127.0.0.1" if kind == LISTEN_CHANNEL else "")
+        port = params.get("port")
         host = host if isinstance(host, str) else ""
         port = port if isinstance(port, int) and not isinstance(port, bool) else -1
         if kind == FORWARD_CHANNEL:
@@ -496,13 +498,17 @@ class Daemon:
             raise PermissionDenied(decision.reason)
         return dict(decision.args)
 
-    def _audited(self, kind: str, handler: ChannelHandler) -> ChannelHandler:
+    def _audited(
+        self, kind: str, handler: ChannelHandler, *, request_kind: str | None = None
+    ) -> ChannelHandler:
+        asked = request_kind or kind
+
         async def run(ch: Channel) -> int | None:
             started = time.monotonic()
             status: int | None = None
             failed = True
             peer = ch.connection.peer_id or "?"
-            request = _request(kind, ch.params)
+            request = _request(asked, ch.params)
             assert request is not None  # every audited kind is governed
             live = _Live(peer, ch.connection, request, asyncio.ensure_future(handler(ch)))
             self._live.add(live)
@@ -529,7 +535,7 @@ class Daemon:
                     peer,
                     "fail" if failed else "ok",
                     reason=_reason(ch.params) or None,
-                    args=_audit_args(kind, ch.params),
+                    args=_audit_args(asked, ch.params),
                     result=result,
                 )
 
@@ -595,7 +601,10 @@ class Daemon:
                 "file", file_handler(lambda: self.policy, self._record, reserve=self._reserve())
             ),
             FORWARD_CHANNEL: self._audited("forward", forward_handler()),
-            LISTEN_CHANNEL: self._audited("forward", listen_handler(self._record)),
+            # Audited as forwarding, judged (and re-judged on reload) as a listen.
+            LISTEN_CHANNEL: self._audited(
+                "forward", listen_handler(self._record), request_kind=LISTEN_CHANNEL
+            ),
         }
         handlers[PAIR_CHANNEL] = self._pair_channel
         handlers[TOKEN_CHANNEL] = self._token_channel

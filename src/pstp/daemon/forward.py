@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
-from pstp.asyncio.splice import nodelay, splice
+from pstp.asyncio.splice import Spliced, nodelay, os_reason, splice
 from pstp.exceptions import ChannelFailure, PstpError
 from pstp.protocol.kinds import ForwardInOpen, ForwardOpen, ListenOpen
 from pstp.wire.messages import ChannelCode
@@ -69,12 +69,15 @@ def forward_handler(connect_timeout: float = CONNECT_TIMEOUT) -> ChannelHandler:
             ch.audit["ended"] = "connect timed out"
             raise ChannelFailure(ChannelCode.NOT_FOUND, f"{target}: no answer") from None
         except OSError as exc:
-            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+            why = os_reason(exc)
             ch.audit["ended"] = why
             raise ChannelFailure(ChannelCode.NOT_FOUND, f"{target}: {why}") from None
         nodelay(writer)
-        done = await splice(ch, reader, writer)
-        ch.audit.update(done.audit())
+        done = Spliced()
+        try:
+            await splice(ch, reader, writer, done)
+        finally:  # cancelled (revoked, shutting down) too: the row has the counts
+            ch.audit.update(done.audit())
         return 0 if done.ended == "closed" else 1
 
     return run
@@ -109,22 +112,25 @@ def listen_handler(record: Record) -> ChannelHandler:
                     writer.transport.abort()
                     record("forward", peer, "fail", detail=f"peer refused: {exc}", args=args)
                     return
-                done = await splice(inbound, reader, writer)
-                record(
-                    "forward",
-                    peer,
-                    "ok" if done.ended == "closed" else "fail",
-                    detail=f"reverse {bound} from {origin}",
-                    args=args,
-                    result=done.audit(),
-                )
+                done = Spliced()
+                try:
+                    await splice(inbound, reader, writer, done)
+                finally:  # a stopped listen's connections are reset and recorded too
+                    record(
+                        "forward",
+                        peer,
+                        "ok" if done.ended == "closed" else "fail",
+                        detail=f"reverse {bound} from {origin}",
+                        args=args,
+                        result=done.audit(),
+                    )
             finally:
                 active.discard(task)
 
         try:
             server = await asyncio.start_server(accepted, ask.host, ask.port)
         except OSError as exc:
-            why = (exc.strerror or str(exc)).lower()
+            why = os_reason(exc)
             raise ChannelFailure(
                 ChannelCode.APPLICATION_ERROR,
                 f"cannot listen on {_show(ask.host, ask.port)}: {why}",

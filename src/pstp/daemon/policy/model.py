@@ -678,7 +678,8 @@ def parse_pattern(text: str, *, listen: bool = False) -> ForwardTarget:
     elif all(p.isascii() and p.isdigit() and len(p) <= 5 for p in (first, *([last] * bool(dash)))):
         low, high = int(first), int(last) if dash else int(first)
         if not (0 if listen else 1) <= low <= high <= 65535:
-            raise ValueError(f"{show_value(text)}: ports are 1-65535, low to high")
+            lowest = 0 if listen else 1
+            raise ValueError(f"{show_value(text)}: ports are {lowest}-65535, low to high")
     else:
         raise ValueError(f"{show_value(text)}: PORT is a port, a range N-M or *")
     net = None
