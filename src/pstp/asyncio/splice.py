@@ -137,4 +137,6 @@ def _why(exc: BaseException) -> str:
         return "connection reset"
     if isinstance(exc, OSError):
         return os_reason(exc)
+    if isinstance(exc, ChannelError) and exc.reason:
+        return exc.reason  # what the other side said, without the channel's number
     return str(exc) or type(exc).__name__

@@ -77,6 +77,9 @@ def forward(args: argparse.Namespace, console: Console) -> int:
         finally:
             await forwarder.close()
             await session.close()
-            console.note(f"{forwarder.carried} connection(s) carried, {forwarder.refused} refused")
+            failed = f", {forwarder.failed} failed on the way" if forwarder.failed else ""
+            console.note(
+                f"{forwarder.carried} connection(s) carried, {forwarder.refused} refused{failed}"
+            )
 
     return run(main())

@@ -130,9 +130,11 @@ class Forwarder:
         self._listen_channels: list[Channel] = []
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Connections carried so far, and refused.
+        #: Connections carried so far, refused by the device, and failed on the way
+        #: (the target refused, a reset).
         self.carried = 0
         self.refused = 0
+        self.failed = 0
 
     @property
     def handlers(self) -> dict[str, ChannelHandler]:
@@ -159,7 +161,12 @@ class Forwarder:
                 self.carried += 1
                 done = await splice(ch, reader, writer)
                 if done.ended != "closed":
+                    self.failed += 1
                     self._say(f"{spec}: {done.ended}")
+            except asyncio.CancelledError:
+                # Stopping: splice reset the connection.  Not re-raised: asyncio 3.11
+                # logs a traceback for a cancelled client_connected_cb.
+                return
             finally:
                 self._tasks.discard(task)
 

@@ -124,6 +124,11 @@ def listen_handler(record: Record) -> ChannelHandler:
                         args=args,
                         result=done.audit(),
                     )
+            except asyncio.CancelledError:
+                # The listen stopped: splice reset the connection and the row is
+                # written.  Not re-raised: asyncio 3.11 logs a traceback for a
+                # cancelled client_connected_cb.
+                return
             finally:
                 active.discard(task)
 
