@@ -23,6 +23,7 @@ from typing import Any
 
 from pstp.asyncio.connection import Channel, ChannelHandler
 from pstp.asyncio.splice import Spliced, nodelay, os_reason, splice
+from pstp.daemon.policy.model import norm_host
 from pstp.exceptions import ChannelFailure, PstpError
 from pstp.protocol.kinds import ForwardInOpen, ForwardOpen, ListenOpen
 from pstp.wire.messages import ChannelCode
@@ -60,10 +61,11 @@ def forward_handler(connect_timeout: float = CONNECT_TIMEOUT) -> ChannelHandler:
 
     async def run(ch: Channel) -> int:
         ask = ForwardOpen.from_params(ch.params)
-        target = _show(ask.host, ask.port)
+        host = norm_host(ask.host)  # the host the policy judged, exactly
+        target = _show(host, ask.port)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(ask.host, ask.port), connect_timeout
+                asyncio.open_connection(host, ask.port), connect_timeout
             )
         except TimeoutError:
             ch.audit["ended"] = "connect timed out"

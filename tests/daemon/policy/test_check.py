@@ -1061,3 +1061,10 @@ def test_forward_cidr_and_port_range_rules() -> None:
     assert policy.check("phone", ForwardRequest("10.1.2.3", 8042), at=AT).allowed
     assert not policy.check("phone", ForwardRequest("10.1.2.3", 8100), at=AT).allowed
     assert not policy.check("phone", ForwardRequest("nas.lan", 8042), at=AT).allowed
+
+
+def test_an_ipv4_mapped_target_is_judged_as_the_ipv4_address() -> None:
+    """::ffff:127.0.0.1 is 127.0.0.1: an IPv6 range rule does not reach it, an IPv4 rule does."""
+    policy = make_policy(FULL.replace('"[::1]:22"]', '"[::1]:22", "[::/0]:8080"]'))
+    assert not policy.check("phone", ForwardRequest("::ffff:127.0.0.1", 8080), at=AT).allowed
+    assert policy.check("phone", ForwardRequest("::ffff:127.0.0.1", 554), at=AT).allowed

@@ -703,13 +703,22 @@ def parse_pattern(text: str, *, listen: bool = False) -> ForwardTarget:
 
 
 def norm_host(host: str) -> str:
+    """A forward host as the policy judges it and the device connects to it.
+
+    Lower case, without brackets or a final dot; an IP address in canonical
+    form, an IPv4-mapped IPv6 address as the IPv4 address it stands for (so a
+    rule for IPv6 ranges never reaches IPv4 hosts through it).
+    """
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
-        return str(ipaddress.ip_address(host))
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return host.rstrip(".")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def parse_target(text: str) -> tuple[str, int]:
