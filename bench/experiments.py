@@ -235,3 +235,113 @@ def coalesce_paho_writes() -> None:
 
     Client._sock_send = _sock_send  # type: ignore[method-assign]
     mqtt.BrokerLink.close = close  # type: ignore[method-assign]
+
+
+def buffered_splice_reads() -> None:
+    """Read the forwarded TCP side into one reused buffer instead of a StreamReader.
+
+    Today :func:`pstp.asyncio.splice.splice` reads the TCP connection with
+    ``StreamReader.read(CHUNK)`` (256 KiB): each chunk arrives as a fresh ``bytes``
+    from the event loop, is appended to the reader's ``bytearray`` (a copy), and
+    read out as another fresh ``bytes`` (a copy) while the rest of the buffer moves
+    down.  Chunks of 256 KiB are above glibc's 128 KiB ``mmap`` threshold, so those
+    buffers are often new memory that page-faults in.  Patched: ``splice`` is handed,
+    instead of the StreamReader, a reader whose transport now has an
+    :class:`asyncio.BufferedProtocol`: the loop reads (``recv_into``) into a 256 KiB buffer made
+    once per connection, and ``read`` returns a memoryview of it, which the channel
+    seals from (``Channel.write``); the next ``read`` reuses the space.  Writing-side
+    pause/resume and the connection's end still reach the StreamReaderProtocol, so
+    ``StreamWriter.drain`` and ``wait_closed`` behave as before.  The rest of
+    ``splice`` (the channel-to-TCP direction, ends, errors) is the real one.
+    """
+    import asyncio
+    from typing import Any, cast
+
+    from pstp.asyncio import splice as module
+    from pstp.client import forward as client_forward
+    from pstp.daemon import forward as daemon_forward
+
+    class Reads(asyncio.BufferedProtocol):
+        def __init__(self, inner: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+            self.inner = inner
+            self.transport = transport
+            self.buf = bytearray(module.CHUNK)
+            self.view = memoryview(self.buf)
+            self.filled = 0  # bytes in buf
+            self.lent = 0  # of which the last read() returned (in use until the next)
+            self.paused = False
+            self.eof = False
+            self.error: BaseException | None = None
+            self.wake = asyncio.Event()
+            self.held = b""
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self.view[self.filled :]
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.filled += nbytes
+            if self.filled > len(self.buf) - (16 << 10) and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            self.wake.set()
+
+        def eof_received(self) -> bool:
+            self.eof = True
+            self.wake.set()
+            return True  # keep the writing side open (half-close)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.error = exc
+            self.eof = True
+            self.wake.set()
+            self.inner.connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            self.inner.pause_writing()
+
+        def resume_writing(self) -> None:
+            self.inner.resume_writing()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            pass
+
+        async def read(self, n: int = -1) -> bytes | memoryview:
+            if self.held:
+                held, self.held = self.held, b""
+                return held
+            if self.lent:  # the caller is done with it: reuse the space
+                rest = self.filled - self.lent
+                if rest:
+                    self.buf[:rest] = self.buf[self.lent : self.filled]
+                self.filled, self.lent = rest, 0
+                if self.paused and not self.transport.is_closing():
+                    self.paused = False
+                    self.transport.resume_reading()
+            while not self.filled and not self.eof:
+                self.wake.clear()
+                await self.wake.wait()
+            if self.filled:
+                self.lent = self.filled
+                return self.view[: self.filled]
+            if self.error is not None:
+                raise self.error
+            return b""
+
+    real = module.splice
+
+    async def splice(
+        ch: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *args: Any
+    ) -> Any:
+        transport = cast(asyncio.Transport, writer.transport)
+        reads = Reads(transport.get_protocol(), transport)
+        transport.pause_reading()
+        transport.set_protocol(reads)
+        reads.held = bytes(reader._buffer)  # type: ignore[attr-defined]  # already read
+        reader._buffer.clear()  # type: ignore[attr-defined]
+        reads.eof = reader._eof  # type: ignore[attr-defined]
+        if not reads.eof:
+            transport.resume_reading()
+        return await real(ch, cast(asyncio.StreamReader, reads), writer, *args)
+
+    for where in (module, client_forward, daemon_forward):
+        setattr(where, "splice", splice)  # noqa: B010

@@ -1,6 +1,6 @@
 """Run every benchmark and print one table: PSTP beside its peer, measured in the same run.
 
-    python -m bench            # full run (< 5 min on the 2-core reference machine)
+    python -m bench            # full run (about 5 min on the 2-core reference machine)
     python -m bench --quick    # smoke run (< 60 s)
     python -m bench --json results.json --markdown table.md
 
@@ -17,7 +17,10 @@ Rows (targets are the project's goals, figures are medians of several repetition
    and wss:// through a real nginx TLS proxy (``nginx`` installed; else skipped);
 8. MQTT: PSTP through a private Mosquitto broker beside that broker's own publish ->
    echo -> subscribe round trip, connect + handshake and bulk beside TCP
-   (``mosquitto`` installed; else skipped; see bench/mqtt.py).
+   (``mosquitto`` installed; else skipped; see bench/mqtt.py);
+9. port forwarding: a bulk download, 64 B round trips and memory per idle connection
+   through ``pstp forward`` (real ``pstp serve`` and ``pstp forward`` processes) beside
+   ``ssh -L`` through the private sshd and direct TCP (see bench/forward.py).
 
 Every PSTP server runs in its own process (``bench.server``) unless a row says
 otherwise; pair keys go to it on stdin and to clients in the environment.
@@ -1505,6 +1508,16 @@ def _mqtt_rows(
     return rows
 
 
+# -- 9: port forwarding: pstp forward beside ssh -L ------------------------------------------
+
+
+def bench_forward(plan: Plan, peers: Peers, extra: dict[str, Any]) -> list[Row]:
+    """Bulk, 64 B round trips and memory through ``pstp forward``, ``ssh -L`` and direct."""
+    from bench.forward import bench_forward as run_forward
+
+    return run_forward(plan, peers, extra)
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -1530,7 +1543,8 @@ def main(argv: list[str] | None = None) -> int:
         help="apt-get install OpenSSH and pip install asyncssh if missing",
     )
     parser.add_argument(
-        "--only", help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle,ws,mqtt"
+        "--only",
+        help="comma-separated subset: latency,fresh,rtt,bulk,hs,idle,ws,mqtt,forward",
     )
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--markdown", help="also write the table here")
@@ -1539,7 +1553,7 @@ def main(argv: list[str] | None = None) -> int:
     only = (
         set(args.only.split(","))
         if args.only
-        else {"latency", "fresh", "rtt", "bulk", "hs", "idle", "ws", "mqtt"}
+        else {"latency", "fresh", "rtt", "bulk", "hs", "idle", "ws", "mqtt", "forward"}
     )
     raise_nofile()
     t_start = time.perf_counter()
@@ -1570,6 +1584,7 @@ def main(argv: list[str] | None = None) -> int:
             ("idle", "RSS per idle session", lambda: bench_idle(plan, peers)),
             ("ws", "transports", lambda: bench_transports(plan, extra)),
             ("mqtt", "MQTT through mosquitto", lambda: bench_mqtt(plan, extra)),
+            ("forward", "port forwarding", lambda: bench_forward(plan, peers, extra)),
         ]
         for key, what, fn in steps:
             if key in only:
