@@ -33,6 +33,10 @@ def forward(args: argparse.Namespace, console: Console) -> int:
         console.error(f"no peer {args.peer!r} in {settings.path} (pair first: pstp pair HOST)")
         return 2
 
+    from pstp.asyncio.runner import tune_malloc
+
+    tune_malloc()  # bulk through records: keep freed buffers (docs/benchmarks.md)
+
     async def main() -> int:
         stop = stop_event()
         forwarder = Forwarder(console.note, args.reason)

@@ -30,6 +30,10 @@ def serve(args: argparse.Namespace, console: Console) -> int:
     harden()  # before the keys are read: no core dumps; a higher descriptor limit
     settings = load_settings(args)
 
+    from pstp.asyncio.runner import tune_malloc
+
+    tune_malloc()  # bulk through records: keep freed buffers (docs/benchmarks.md)
+
     async def main() -> int:
         import asyncio
         import signal
