@@ -110,10 +110,12 @@ class Sniffer:
             capture(broker, "sniffer/probe", count=1, timeout=0.3, publish=(broker, b"probe"))
 
     def stop(self) -> bytes:
-        """Stop it; what it captured."""
-        self.proc.terminate()
+        """Stop it (again is harmless); what it captured."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         self.proc.wait(TIMEOUT)
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
         return self.path.read_bytes()
 
 
@@ -174,6 +176,7 @@ def test_action_exec_and_put_through_one_broker(tmp_path: Path) -> None:
     (tmp_path / "broker").mkdir()
     with Broker(tmp_path / "broker") as b:
         served, share = start_home(tmp_path, b.url)
+        sniffer: Sniffer | None = None
         try:
             sniffer = Sniffer(b, tmp_path / "capture.bin")
             config = client_config(tmp_path, b.url)
@@ -191,6 +194,7 @@ def test_action_exec_and_put_through_bridged_brokers(tmp_path: Path) -> None:
     (tmp_path / "brokers").mkdir()
     with bridged(tmp_path / "brokers") as (a, b):
         served, share = start_home(tmp_path, a.url)
+        sniffer: Sniffer | None = None
         try:
             sniffer = Sniffer(b, tmp_path / "capture.bin")
             config = client_config(tmp_path, b.url)
@@ -198,6 +202,8 @@ def test_action_exec_and_put_through_bridged_brokers(tmp_path: Path) -> None:
             exercise(served, share, config, tmp_path)
             assert_blind(sniffer.stop())
         finally:
+            if sniffer is not None:
+                sniffer.stop()  # never left running when an assertion failed
             served.stop()
 
 
