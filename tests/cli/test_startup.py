@@ -73,3 +73,16 @@ def test_import_pstp_imports_nothing_but_itself_and_still_offers_its_api() -> No
         "<class",
         "'pstp.protocol.config.Config'>",
     ]
+
+
+def test_reading_the_configuration_and_its_addresses_loads_no_cryptography() -> None:
+    """Every command loads the settings, which parse channel addresses (MQTT prefixes
+    among them): that path must not pull in cryptography (its Rust bindings alone cost
+    about 10 ms)."""
+    code = (
+        "import sys\n"
+        "from pstp.settings import check_channel\n"
+        "check_channel('mqtt://broker.example.net/home/pstp')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"
+    )
+    assert _python("-c", code).strip() == "[]"

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import re
 
-from pstp.crypto.kdf import hkdf_sha256, random_bytes
-
 __all__ = [
     "DEFAULT_PREFIX",
     "LABEL_TOPIC",
@@ -54,6 +52,10 @@ def rendezvous_id(key: bytes) -> str:
     Raises:
         ValueError: the key is not 32 bytes.
     """
+    # Imported here: pstp.address reads prefixes through this module, and every
+    # command imports that; cryptography costs start-up the others do not need.
+    from pstp.crypto.kdf import hkdf_sha256
+
     if len(key) != 32:
         raise ValueError("a pair key is exactly 32 bytes")
     return hkdf_sha256(key, salt=None, info=LABEL_TOPIC, length=32)[:16].hex()
@@ -61,6 +63,8 @@ def rendezvous_id(key: bytes) -> str:
 
 def new_session_id() -> str:
     """A fresh session id: 16 random bytes in hex."""
+    from pstp.crypto.kdf import random_bytes  # see rendezvous_id
+
     return random_bytes(16).hex()
 
 
