@@ -791,60 +791,23 @@ class Daemon:
                     )
                     self.responders.append(responder)
                     lookup = responder.lookup
-                server = await serve(
-                    None,
+                server = await self._serve(
                     host,
                     port,
-                    keyring=self.keyring,
-                    own_id=self.settings.device_id,
-                    config=self.config,
                     discovery_lookup=lookup,
-                    handlers=self.handlers(),
                     pake=self.pairing.verifier if self.pairing is not None else None,
-                    authorize=self.authorize,
-                    on_session=self._on_session,
-                    on_handshake_failed=self._auth_failed,
-                    admit=self._admit,
-                    session_data=False,  # the daemon serves channels only
                 )
                 self.servers.append(server)
                 _log.info("serving %s on %s:%d", self.settings.device_id, host, server.port)
             for where in self.settings.websocket:
                 # WebSocket behind a TLS proxy (§19.2): no discovery, no pairing window.
-                server = await serve(
-                    None,
-                    where.host,
-                    where.port,
-                    keyring=self.keyring,
-                    own_id=self.settings.device_id,
-                    config=self.config,
-                    handlers=self.handlers(),
-                    authorize=self.authorize,
-                    on_session=self._on_session,
-                    on_handshake_failed=self._auth_failed,
-                    admit=self._admit,
-                    session_data=False,
-                    websocket=where.path,
-                )
+                server = await self._serve(where.host, where.port, websocket=where.path)
                 self.websocket_servers.append(server)
                 _log.info("serving %s on %s", self.settings.device_id, where)
             for where in self.settings.mqtt:
                 # Out to a broker (§19.3): reached behind NAT; connects in the background.
-                server = await serve(
-                    None,
-                    "",
-                    0,
-                    keyring=self.keyring,
-                    own_id=self.settings.device_id,
-                    config=self.config,
-                    handlers=self.handlers(),
-                    authorize=self.authorize,
-                    on_session=self._on_session,
-                    on_handshake_failed=self._auth_failed,
-                    admit=self._admit,
-                    session_data=False,
-                    mqtt=where,
-                    broker=broker_options(self.settings, where),
+                server = await self._serve(
+                    "", 0, mqtt=where, broker=broker_options(self.settings, where)
                 )
                 self.mqtt_servers.append(server)
                 _log.info("serving %s through %s", self.settings.device_id, where)
@@ -866,6 +829,28 @@ class Daemon:
         self.spawn(self._keep_guard())
         self.spawn(self._keep_enforcing())
         self.spawn(self._keep_tokens())
+
+    async def _serve(self, host: str, port: int, **transport: Any) -> Server:
+        """One listener (or broker presence) with the daemon's session handling.
+
+        ``transport`` adds what differs by listen address: discovery and the
+        pairing window on TCP, ``websocket=PATH``, ``mqtt=`` and ``broker=``.
+        """
+        return await serve(
+            None,
+            host,
+            port,
+            keyring=self.keyring,
+            own_id=self.settings.device_id,
+            config=self.config,
+            handlers=self.handlers(),
+            authorize=self.authorize,
+            on_session=self._on_session,
+            on_handshake_failed=self._auth_failed,
+            admit=self._admit,
+            session_data=False,  # the daemon serves channels only
+            **transport,
+        )
 
     async def _start_control(self) -> None:
         control = ControlServer(self)
