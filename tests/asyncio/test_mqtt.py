@@ -8,6 +8,7 @@ republishes what the spy saw, as anyone allowed to publish on the broker could.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -128,6 +129,26 @@ async def device(broker: Broker) -> AsyncIterator[Device]:
     await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
     yield dev
     await server.close()
+
+
+async def _echo_back(session: Session) -> None:
+    while data := await session.recv():
+        await session.send(data)
+
+
+@contextlib.asynccontextmanager
+async def echo_device(url: str) -> AsyncIterator[Server]:
+    """A device serving CLIENT's key through the broker at ``url``, echoing session data;
+    yielded once it has subscribed."""
+    ring = KeyRing()
+    ring.add(CLIENT, KEY)
+    server = await serve(_echo_back, "", 0, keyring=ring, own_id=DEVICE, mqtt=parse(url))
+    try:
+        assert server.mqtt is not None
+        await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
+        yield server
+    finally:
+        await server.close()
 
 
 async def echo(session: Session, data: bytes) -> bytes:
@@ -272,23 +293,11 @@ async def test_records_fit_the_brokers_packet_limit(tmp_path: Path) -> None:
     """A broker announcing an 8 KiB Maximum Packet Size: records shrink to fit on both
     sides and 1 MiB crosses; a limit too small for any record is refused by name."""
     with Broker(tmp_path, extra="max_packet_size 8192\n") as b:
-        ring = KeyRing()
-        ring.add(CLIENT, KEY)
-
-        async def handler(session: Session) -> None:
-            while data := await session.recv():
-                await session.send(data)
-
-        server = await serve(handler, "", 0, keyring=ring, own_id=DEVICE, mqtt=parse(b.url))
-        try:
-            assert server.mqtt is not None
-            await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
+        async with echo_device(b.url):
             async with await connect(b.url, pair_key=KEY, own_id=CLIENT) as session:
                 assert session.connection.config.max_record_size < 8192
                 data = os.urandom(1 << 20)
                 assert await echo(session, data) == data
-        finally:
-            await server.close()
     (tmp_path / "tiny").mkdir()
     with Broker(tmp_path / "tiny", extra="max_packet_size 1000\n") as tiny:
         with pytest.raises(ValueError, match=r"maximum packet size \(1000 bytes\) is too small"):
@@ -379,17 +388,7 @@ async def test_through_two_bridged_brokers(tmp_path: Path) -> None:
     """Device on broker A, client on broker B, joined by a Mosquitto bridge: unchanged,
     and what a publisher on B replays, reversed and duplicated, is dropped on both ends."""
     with bridged(tmp_path) as (a, b):
-        ring = KeyRing()
-        ring.add(CLIENT, KEY)
-
-        async def handler(session: Session) -> None:
-            while data := await session.recv():
-                await session.send(data)
-
-        server = await serve(handler, "", 0, keyring=ring, own_id=DEVICE, mqtt=parse(a.url))
-        try:
-            assert server.mqtt is not None
-            await asyncio.wait_for(server.mqtt.ready.wait(), TIMEOUT)
+        async with echo_device(a.url):
             spy = Spy(b)
             try:
                 async with await connect(b.url, pair_key=KEY, own_id=CLIENT) as session:
@@ -403,8 +402,6 @@ async def test_through_two_bridged_brokers(tmp_path: Path) -> None:
                     assert session.connection.dropped_records > 0
             finally:
                 spy.close()
-        finally:
-            await server.close()
 
 
 async def test_the_broker_connection_has_nagle_off(broker: Broker, device: Device) -> None:
