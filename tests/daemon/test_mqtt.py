@@ -170,22 +170,33 @@ def assert_blind(captured: bytes) -> None:
     assert topics and all(len(t.split(b"/")) == 3 for t in topics), list(topics)[:3]
 
 
+def run_through(tmp_path: Path, device_broker: str, sniffed: Broker) -> Served:
+    """The device on ``device_broker``, the client on ``sniffed`` (the same broker or a
+    bridged one): an action, an exec and a put, with mosquitto_sub listening on
+    ``sniffed`` all along.  Returns the (stopped) daemon, for what it printed."""
+    served, share = start_home(tmp_path, device_broker)
+    sniffer: Sniffer | None = None
+    try:
+        sniffer = Sniffer(sniffed, tmp_path / "capture.bin")
+        config = client_config(tmp_path, sniffed.url)
+        wait_reachable(config)
+        exercise(served, share, config, tmp_path)
+        assert_blind(sniffer.stop())
+    finally:
+        if sniffer is not None:
+            sniffer.stop()  # never left running when an assertion failed
+        served.stop()
+    return served
+
+
 @pytest.mark.timeout(TIMEOUT * 60)
 def test_action_exec_and_put_through_one_broker(tmp_path: Path) -> None:
     """One Mosquitto between device and client; mosquitto_sub sees no name, no plaintext."""
     (tmp_path / "broker").mkdir()
     with Broker(tmp_path / "broker") as b:
-        served, share = start_home(tmp_path, b.url)
-        sniffer: Sniffer | None = None
-        try:
-            sniffer = Sniffer(b, tmp_path / "capture.bin")
-            config = client_config(tmp_path, b.url)
-            wait_reachable(config)
-            exercise(served, share, config, tmp_path)
-            assert_blind(sniffer.stop())
-            assert "connected to the broker" in served.proc.stdout.readline()  # type: ignore[union-attr]
-        finally:
-            served.stop()
+        served = run_through(tmp_path, b.url, b)
+    assert served.proc.stdout is not None
+    assert "connected to the broker" in served.proc.stdout.read()
 
 
 @pytest.mark.timeout(TIMEOUT * 60)
@@ -193,18 +204,7 @@ def test_action_exec_and_put_through_bridged_brokers(tmp_path: Path) -> None:
     """The device on broker A, the client on broker B, joined by a Mosquitto bridge."""
     (tmp_path / "brokers").mkdir()
     with bridged(tmp_path / "brokers") as (a, b):
-        served, share = start_home(tmp_path, a.url)
-        sniffer: Sniffer | None = None
-        try:
-            sniffer = Sniffer(b, tmp_path / "capture.bin")
-            config = client_config(tmp_path, b.url)
-            wait_reachable(config)
-            exercise(served, share, config, tmp_path)
-            assert_blind(sniffer.stop())
-        finally:
-            if sniffer is not None:
-                sniffer.stop()  # never left running when an assertion failed
-            served.stop()
+        run_through(tmp_path, a.url, b)
 
 
 # -- a device behind NAT: a route to the broker, none to the client -----------------------
